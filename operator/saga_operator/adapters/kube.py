@@ -1,0 +1,156 @@
+"""The Kubernetes side: read Sagas, write their status with compare-and-set, finalizers, Events.
+
+Async (kubernetes_asyncio) because it is called from the Kafka loop: a blocking client would stall
+the event loop and with it the consumer's heartbeats.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from saga_operator.domain.model import GROUP, KIND, PLURAL, VERSION, SagaStatus
+
+log = logging.getLogger(__name__)
+# Custom resources take JSON merge patches (no strategic merge); the client must be told.
+_MERGE: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
+
+
+class Conflict(Exception):
+    """The object changed since it was read: re-read it and apply the transition again."""
+
+
+class Gone(Exception):
+    """The object no longer exists."""
+
+
+@dataclass(frozen=True)
+class SagaRef:
+    namespace: str
+    name: str
+    uid: str
+
+
+def status_patch(status: SagaStatus, resource_version: str | None) -> dict[str, Any]:
+    """A JSON merge patch that replaces the status and fails with 409 if the object moved on.
+
+    Top-level fields that became unset are sent as null (merge patch deletes them); lists are
+    replaced whole by merge patch, so nested records need no such care."""
+    body = status.to_patch()
+    for name, info in SagaStatus.model_fields.items():
+        key = info.alias or name
+        body.setdefault(key, None)
+    patch: dict[str, Any] = {"status": body}
+    if resource_version is not None:
+        patch["metadata"] = {"resourceVersion": resource_version}
+    return patch
+
+
+class KubeClient:
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self._api_client = api_client
+        self._objects = client.CustomObjectsApi(api_client)
+        self._core = client.CoreV1Api(api_client)
+        self.writes = 0  # status and metadata writes: the number the benchmarks care about
+
+    @classmethod
+    async def connect(cls, kubeconfig: str | None) -> KubeClient:
+        configuration = client.Configuration()
+        try:
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        configuration.connection_pool_maxsize = 256
+        return cls(client.ApiClient(configuration))
+
+    async def close(self) -> None:
+        await self._api_client.close()
+
+    async def list_sagas(self, namespace: str = "") -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"limit": 500}
+            if token:
+                kwargs["_continue"] = token
+            if namespace:
+                page = await self._objects.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **kwargs)
+            else:
+                page = await self._objects.list_cluster_custom_object(GROUP, VERSION, PLURAL, **kwargs)
+            items.extend(page.get("items", []))
+            token = page.get("metadata", {}).get("continue")
+            if not token:
+                return items
+
+    async def get_saga(self, ref: SagaRef) -> dict[str, Any]:
+        try:
+            body: dict[str, Any] = await self._objects.get_namespaced_custom_object(
+                GROUP, VERSION, ref.namespace, PLURAL, ref.name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                raise Gone(ref.name) from None
+            raise
+        if body["metadata"]["uid"] != ref.uid:
+            raise Gone(ref.name)  # deleted and created again under the same name: another saga
+        return body
+
+    async def write_status(self, ref: SagaRef, status: SagaStatus, resource_version: str | None) -> dict[str, Any]:
+        """One PATCH of the status subresource; raises Conflict when resource_version is stale."""
+        self.writes += 1
+        try:
+            body: dict[str, Any] = await self._objects.patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                ref.namespace,
+                PLURAL,
+                ref.name,
+                status_patch(status, resource_version),
+                **_MERGE,
+            )
+        except ApiException as exc:
+            raise _translate(exc, ref) from None
+        return body
+
+    async def set_finalizers(self, ref: SagaRef, finalizers: list[str], resource_version: str) -> dict[str, Any]:
+        self.writes += 1
+        patch = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
+        try:
+            body: dict[str, Any] = await self._objects.patch_namespaced_custom_object(
+                GROUP, VERSION, ref.namespace, PLURAL, ref.name, patch, **_MERGE
+            )
+        except ApiException as exc:
+            raise _translate(exc, ref) from None
+        return body
+
+    async def post_event(self, ref: SagaRef, type_: str, reason: str, message: str) -> None:
+        now = datetime.now(UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{ref.name}.", namespace=ref.namespace),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}", kind=KIND, name=ref.name, namespace=ref.namespace, uid=ref.uid
+            ),
+            type=type_,
+            reason=reason,
+            message=message[:1024],
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=client.V1EventSource(component="saga-operator"),
+            reporting_component="saga.dev/saga-operator",
+            reporting_instance="saga-operator",
+        )
+        await self._core.create_namespaced_event(ref.namespace, event)
+
+
+def _translate(exc: ApiException, ref: SagaRef) -> Exception:
+    if exc.status == 409:
+        return Conflict(ref.name)
+    if exc.status == 404:
+        return Gone(ref.name)
+    return exc

@@ -1,0 +1,1 @@
+"""The functional core: the Saga resource's models and the pure transition function. No I/O here."""

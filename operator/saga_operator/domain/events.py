@@ -1,0 +1,87 @@
+"""What the transition function reacts to (events) and what it asks the shell to do (effects).
+
+Events carry the time they are applied at: the core never reads a clock, so every path is replayable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from saga_protocol import CommandKind, Reply
+
+
+@dataclass(frozen=True)
+class Start:
+    """The operator saw the saga for the first time (its status is empty)."""
+
+    now: datetime
+
+
+@dataclass(frozen=True)
+class ReplyReceived:
+    reply: Reply
+    now: datetime
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time has passed: every deadline at or before `now` is due (reply timeouts, ends of backoffs)."""
+
+    now: datetime
+
+
+@dataclass(frozen=True)
+class AbortRequested:
+    """`spec.abort` became true, or the saga is being deleted while it still has effects to undo."""
+
+    now: datetime
+    reason: str = "AbortRequested"
+
+
+@dataclass(frozen=True)
+class RetryRequested:
+    """A person annotated a Failed saga with a new retry token: try the stuck step again."""
+
+    token: str
+    now: datetime
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """The operator restarted and read this status back: commands in flight are sent again, unchanged."""
+
+    now: datetime
+
+
+Event = Start | ReplyReceived | Tick | AbortRequested | RetryRequested | Resumed
+
+
+@dataclass(frozen=True)
+class SendCommand:
+    step: str
+    participant: str
+    action: str
+    kind: CommandKind
+    attempt: int
+
+
+@dataclass(frozen=True)
+class EmitEvent:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ReplyIgnored:
+    """A reply that changes nothing. `invalid` ones could never have been a real answer (a step that
+    does not exist, an attempt never sent): the shell sets them aside in the dead-letter topic. The
+    others are the normal noise of at-least-once delivery (duplicates, late answers) and are counted."""
+
+    reason: str
+    invalid: bool
+
+
+Effect = SendCommand | EmitEvent | ReplyIgnored

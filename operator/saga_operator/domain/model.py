@@ -1,0 +1,266 @@
+"""The Saga resource: spec (what the user asks for) and status (the saga log).
+
+These pydantic models are the one source of truth for the resource's shape: the CRD's OpenAPI schema
+is generated from them (`saga_operator.crd`), and a test fails when `crds/` drifts. Field descriptions
+become `kubectl explain` text, so they are written for the person applying a manifest.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Final, Self, cast
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP: Final = "saga.dev"
+VERSION: Final = "v1alpha1"
+KIND: Final = "Saga"
+PLURAL: Final = "sagas"
+FINALIZER: Final = f"{GROUP}/compensate-before-delete"
+# Annotating a Failed saga with a new value here asks the operator to try its stuck step again.
+RETRY_ANNOTATION: Final = f"{GROUP}/retry"
+
+MAX_STEPS: Final = 32
+DNS_LABEL: Final = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class RetryPolicy(_Model):
+    """How often a step's command is sent again after a timeout or a transient error."""
+
+    limit: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="Retries after the first attempt. When they are used up the saga compensates.",
+    )
+    backoff_seconds: int = Field(
+        default=1,
+        ge=0,
+        le=3600,
+        description="Wait before the first retry; doubled for each further retry.",
+    )
+    max_backoff_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=86400,
+        description="The longest wait between two attempts.",
+    )
+
+    def backoff(self, attempt: int) -> int:
+        """Seconds to wait after `attempt` (1-based) failed, before sending attempt + 1."""
+        return min(self.max_backoff_seconds, self.backoff_seconds * (1 << max(0, attempt - 1)))
+
+
+class StepSpec(_Model):
+    """One step: an action sent to a participant and the compensation that undoes it."""
+
+    name: str = Field(
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="Unique within the saga; a DNS label (lower case letters, digits and '-').",
+    )
+    participant: str = Field(
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="The participant service that owns this step; its commands go to topic "
+        "saga.commands.<participant>.",
+    )
+    action: str = Field(min_length=1, max_length=128, description="The participant's action to run, e.g. debit.")
+    compensation: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="The participant's action that undoes this step, e.g. refund. Only the last step "
+        "(the pivot: once it succeeds the saga cannot be undone) may leave it out.",
+    )
+    depends_on: list[Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]] | None = Field(
+        default=None,
+        max_length=MAX_STEPS,
+        description="Steps that must succeed before this one starts; each must be listed earlier. "
+        "Left out, a step depends on the step before it (the steps run in order).",
+    )
+    timeout_seconds: int = Field(
+        default=30,
+        ge=1,
+        le=86400,
+        description="How long to wait for the participant's reply before retrying.",
+    )
+    retry: RetryPolicy = Field(default_factory=RetryPolicy, description="Retries on timeouts and transient errors.")
+
+
+_STEP_RULES: Final = [
+    {
+        "rule": "self.all(s, self.exists_one(t, t.name == s.name))",
+        "message": "step names must be unique",
+    },
+    {
+        "rule": "self.filter(s, !has(s.compensation)).all(s, s.name == self[size(self) - 1].name)",
+        "message": "only the last step (the pivot) may have no compensation",
+    },
+]
+
+
+class SagaSpec(_Model):
+    """A saga: steps run one after another; if one fails, the completed ones are compensated in reverse."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.steps.all(s, !has(s.dependsOn) || s.dependsOn.all(d, "
+                    "self.steps.map(t, t.name).indexOf(d) >= 0 && "
+                    "self.steps.map(t, t.name).indexOf(d) < self.steps.map(t, t.name).indexOf(s.name)))",
+                    "message": "each dependsOn entry must name a step listed before this one",
+                },
+            ]
+        }
+    )
+
+    steps: list[StepSpec] = Field(
+        min_length=1,
+        max_length=MAX_STEPS,
+        description="The steps, in order. At least one, at most 32.",
+        json_schema_extra={"x-kubernetes-validations": cast(list[JsonValue], _STEP_RULES)},
+    )
+    payload: dict[str, Any] = Field(
+        default_factory=dict,
+        description="JSON object sent unchanged with every command of this saga.",
+    )
+    abort: bool = Field(
+        default=False,
+        description="Set to true to stop the saga: running steps are compensated, in reverse order.",
+    )
+    compensation_attempt_limit: int = Field(
+        default=20,
+        ge=1,
+        le=1000,
+        description="Attempts per compensation before the saga is marked Failed for a person to look at "
+        "(compensations are retried, not given up; see docs/operations.md).",
+    )
+
+    @model_validator(mode="after")
+    def _same_rules_as_the_crd(self) -> Self:
+        """The CRD's CEL rules again, for specs that reach the operator some other way (an older CRD)."""
+        names = [step.name for step in self.steps]
+        if len(set(names)) != len(names):
+            raise ValueError("step names must be unique")
+        if any(step.compensation is None for step in self.steps[:-1]):
+            raise ValueError("only the last step (the pivot) may have no compensation")
+        for index, step in enumerate(self.steps):
+            for need in step.depends_on or ():
+                if need not in names[:index]:
+                    raise ValueError(f"step {step.name}: dependsOn {need!r} must name a step listed before it")
+        return self
+
+    def dependencies(self) -> dict[str, tuple[str, ...]]:
+        """Each step's prerequisites, with the default (the previous step) filled in."""
+        deps: dict[str, tuple[str, ...]] = {}
+        for index, step in enumerate(self.steps):
+            if step.depends_on is not None:
+                deps[step.name] = tuple(step.depends_on)
+            else:
+                deps[step.name] = (self.steps[index - 1].name,) if index else ()
+        return deps
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    COMPENSATING = "Compensating"
+    COMPENSATED = "Compensated"
+    # A compensation could not complete within its attempt limit (or the pivot's outcome is unknown):
+    # a person decides; see docs/operations.md.
+    FAILED = "Failed"
+
+
+TERMINAL_PHASES: Final = frozenset({Phase.SUCCEEDED, Phase.COMPENSATED, Phase.FAILED})
+
+
+class StepState(StrEnum):
+    PENDING = "Pending"
+    DISPATCHED = "Dispatched"  # the action is in flight: applied or not, nobody knows yet
+    RETRYING = "Retrying"  # waiting for the backoff before sending the action again
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"  # the participant refused for a business reason: nothing was applied
+    COMPENSATING = "Compensating"  # the compensation is in flight
+    COMPENSATION_RETRYING = "CompensationRetrying"
+    COMPENSATED = "Compensated"
+    SKIPPED = "Skipped"  # never started: the saga ended before it
+    # The operator stopped retrying the action; whether it was applied is unknown, so it is compensated
+    # (safe: compensations are idempotent and a late action is refused after one).
+    ABANDONED = "Abandoned"
+
+
+class ErrorRecord(_Model):
+    reason: str = Field(description="CamelCase reason, e.g. InsufficientFunds or Timeout.")
+    message: str = Field(default="", description="What happened, for a person.")
+
+
+class StepStatus(_Model):
+    """The log of one step."""
+
+    name: str = Field(description="The step's name.")
+    state: StepState = Field(default=StepState.PENDING, description="Where the step is.")
+    attempt: int = Field(default=0, ge=0, description="Action commands sent so far.")
+    compensation_attempt: int = Field(default=0, ge=0, description="Compensation commands sent so far.")
+    dispatched_at: datetime | None = Field(default=None, description="When the latest command was sent.")
+    deadline: datetime | None = Field(
+        default=None, description="When the operator stops waiting: the reply timeout, or the end of a backoff."
+    )
+    finished_at: datetime | None = Field(default=None, description="When the action's outcome was recorded.")
+    compensated_at: datetime | None = Field(default=None, description="When the compensation was recorded.")
+    result: dict[str, Any] | None = Field(default=None, description="What the action returned.")
+    error: ErrorRecord | None = Field(default=None, description="The latest failure of this step.")
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(_Model):
+    """A Kubernetes API condition."""
+
+    type: str = Field(description="Ready: the saga has ended as asked; Compensating: it is being undone.")
+    status: ConditionStatus
+    reason: str
+    message: str = ""
+    last_transition_time: datetime
+    observed_generation: int | None = None
+
+
+class SagaStatus(_Model):
+    """The saga log. Written by the operator before each command it sends."""
+
+    phase: Phase = Field(default=Phase.PENDING, description="Pending, Running, Succeeded, Compensating, ...")
+    seq: int = Field(default=0, ge=0, description="Counts the operator's writes of this status.")
+    observed_generation: int | None = Field(default=None, description="The spec generation last acted on.")
+    current_step: str | None = Field(default=None, description="The step(s) in flight, for kubectl get.")
+    progress: str | None = Field(default=None, description="Steps succeeded / steps, for kubectl get.")
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    abort_requested: bool = Field(default=False, description="The saga is being undone (abort or failure).")
+    retries_granted: int = Field(
+        default=0, ge=0, description="How often a person asked, by annotation, to retry a Failed saga."
+    )
+    retry_token: str | None = Field(default=None, description="The last retry annotation value acted on.")
+    message: str | None = Field(default=None, description="Why the saga is where it is.")
+    steps: list[StepStatus] = Field(default_factory=list, description="One record per step, in spec order.")
+    conditions: list[Condition] = Field(default_factory=list)
+
+    def step(self, name: str) -> StepStatus | None:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        return None
+
+    def to_patch(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)

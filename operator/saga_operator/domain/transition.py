@@ -1,0 +1,496 @@
+"""The saga rules, as one pure function: `transition(spec, status, event) -> (status, effects)`.
+
+No I/O and no clock: the shell writes the returned status (compare-and-set) *before* it performs the
+effects, so the log always runs ahead of the world. That ordering is what makes recovery a matter of
+reading `.status` back: a step recorded as dispatched may or may not have reached its participant, and
+re-sending it (same idempotency key) or compensating it are both safe.
+
+Forward: a step starts when the steps it depends on have succeeded (by default the step before it;
+the pivot, a step without compensation, starts last). Backward (after a business failure, retries used
+up, or an abort): a step is compensated once every step that depends on it is settled, which for
+steps in a line is exactly reverse order. Compensations are retried until they succeed; after
+`spec.compensationAttemptLimit` attempts the saga is marked Failed for a person, who can grant
+another round with the retry annotation.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from saga_operator.domain.events import (
+    AbortRequested,
+    Effect,
+    EmitEvent,
+    Event,
+    ReplyIgnored,
+    ReplyReceived,
+    Resumed,
+    RetryRequested,
+    SendCommand,
+    Start,
+    Tick,
+)
+from saga_operator.domain.model import (
+    TERMINAL_PHASES,
+    Condition,
+    ConditionStatus,
+    ErrorRecord,
+    Phase,
+    SagaSpec,
+    SagaStatus,
+    StepSpec,
+    StepState,
+    StepStatus,
+)
+from saga_protocol import CommandKind, Outcome, Reply
+
+# A step in one of these states has nothing left to undo.
+SETTLED = frozenset({StepState.PENDING, StepState.SKIPPED, StepState.FAILED, StepState.COMPENSATED})
+# Effects that may exist at the participant and are not undone yet.
+TO_UNDO = frozenset({StepState.SUCCEEDED, StepState.DISPATCHED, StepState.RETRYING, StepState.ABANDONED})
+IN_FLIGHT = frozenset(
+    {
+        StepState.DISPATCHED,
+        StepState.RETRYING,
+        StepState.COMPENSATING,
+        StepState.COMPENSATION_RETRYING,
+        StepState.ABANDONED,
+    }
+)
+
+
+class _Work:
+    """The status being built and the effects collected while applying one event."""
+
+    def __init__(self, spec: SagaSpec, status: SagaStatus) -> None:
+        self.spec = spec
+        self.status = status
+        self.effects: list[Effect] = []
+        self.specs = {step.name: step for step in spec.steps}
+        self.pivot = spec.steps[-1].name if spec.steps[-1].compensation is None else None
+
+    def record(self, name: str) -> StepStatus:
+        found = self.status.step(name)
+        assert found is not None, f"status has no record for step {name}"
+        return found
+
+    def event(self, warning: bool, reason: str, message: str) -> None:
+        self.effects.append(EmitEvent("Warning" if warning else "Normal", reason, message))
+
+    def send_action(self, spec: StepSpec, record: StepStatus, now: datetime) -> None:
+        record.state = StepState.DISPATCHED
+        record.attempt += 1
+        record.dispatched_at = now
+        record.deadline = now + timedelta(seconds=spec.timeout_seconds)
+        self.effects.append(SendCommand(spec.name, spec.participant, spec.action, CommandKind.ACTION, record.attempt))
+
+    def send_compensation(self, spec: StepSpec, record: StepStatus, now: datetime) -> None:
+        assert spec.compensation is not None and record.attempt > 0, "only a dispatched step is compensated"
+        record.state = StepState.COMPENSATING
+        record.compensation_attempt += 1
+        record.dispatched_at = now
+        record.deadline = now + timedelta(seconds=spec.timeout_seconds)
+        self.effects.append(
+            SendCommand(
+                spec.name, spec.participant, spec.compensation, CommandKind.COMPENSATION, record.compensation_attempt
+            )
+        )
+
+    def action_attempts_allowed(self, spec: StepSpec) -> int:
+        return (1 + spec.retry.limit) * (1 + self.status.retries_granted)
+
+    def compensation_attempts_allowed(self) -> int:
+        return self.spec.compensation_attempt_limit * (1 + self.status.retries_granted)
+
+
+def transition(spec: SagaSpec, status: SagaStatus, event: Event) -> tuple[SagaStatus, list[Effect]]:
+    """Apply one event. Returns the new status (`seq` bumped when it changed) and the effects to
+    perform, in order, after that status is durably written."""
+    work = _Work(spec, status.model_copy(deep=True))
+    now = event.now
+    match event:
+        case Start():
+            _start(work, now)
+        case Resumed():
+            _start(work, now)
+            _resend_in_flight(work)
+        case ReplyReceived(reply=reply):
+            _apply_reply(work, reply, now)
+        case Tick():
+            _apply_deadlines(work, now)
+        case AbortRequested(reason=reason):
+            _abort(work, reason, now)
+        case RetryRequested(token=token):
+            _retry(work, token, now)
+    if work.status.phase not in TERMINAL_PHASES and work.status.phase != Phase.PENDING:
+        _advance(work, now)
+    _derive(work, now)
+    new = work.status
+    if new != status:
+        new.seq = status.seq + 1
+    return new, work.effects
+
+
+def next_deadline(status: SagaStatus) -> datetime | None:
+    """When the shell should deliver the next Tick for this saga (None: nothing to wait for)."""
+    if status.phase in TERMINAL_PHASES:
+        return None
+    deadlines = [step.deadline for step in status.steps if step.deadline is not None]
+    return min(deadlines, default=None)
+
+
+def _start(work: _Work, now: datetime) -> None:
+    status = work.status
+    if status.phase != Phase.PENDING:
+        return
+    status.steps = [StepStatus(name=step.name) for step in work.spec.steps]
+    status.phase = Phase.RUNNING
+    status.started_at = now
+    status.message = None
+    work.event(False, "Started", f"saga started with {len(work.spec.steps)} steps")
+
+
+def _resend_in_flight(work: _Work) -> None:
+    """After a restart nobody knows whether the last commands left the building: send them again,
+    with the same attempt number (and so the same idempotency key and reply correlation)."""
+    if work.status.phase in TERMINAL_PHASES:
+        return
+    for record in work.status.steps:
+        spec = work.specs[record.name]
+        if record.state == StepState.DISPATCHED:
+            work.effects.append(
+                SendCommand(spec.name, spec.participant, spec.action, CommandKind.ACTION, record.attempt)
+            )
+        elif record.state == StepState.COMPENSATING and spec.compensation is not None:
+            work.effects.append(
+                SendCommand(
+                    spec.name,
+                    spec.participant,
+                    spec.compensation,
+                    CommandKind.COMPENSATION,
+                    record.compensation_attempt,
+                )
+            )
+
+
+def _ignore(work: _Work, reason: str, invalid: bool = False) -> None:
+    work.effects.append(ReplyIgnored(reason, invalid))
+
+
+def _apply_reply(work: _Work, reply: Reply, now: datetime) -> None:
+    if work.status.phase == Phase.PENDING:
+        _ignore(work, "SagaNotStarted", invalid=True)
+        return
+    record = work.status.step(reply.step)
+    if record is None:
+        _ignore(work, "UnknownStep", invalid=True)
+        return
+    if reply.kind == CommandKind.ACTION:
+        _apply_action_reply(work, work.specs[reply.step], record, reply, now)
+    else:
+        _apply_compensation_reply(work, work.specs[reply.step], record, reply, now)
+
+
+def _apply_action_reply(work: _Work, spec: StepSpec, record: StepStatus, reply: Reply, now: datetime) -> None:
+    if reply.attempt > record.attempt:
+        _ignore(work, "FutureAttempt", invalid=True)
+        return
+    if work.status.phase in TERMINAL_PHASES:
+        _ignore(work, "SagaFinished")
+        return
+    if record.state not in (StepState.DISPATCHED, StepState.RETRYING):
+        # Already decided (a replay of the same outcome), or being undone: the compensation wins,
+        # whatever this late answer says.
+        _ignore(work, "Duplicate" if record.state in (StepState.SUCCEEDED, StepState.FAILED) else "Late")
+        return
+    match reply.outcome:
+        case Outcome.SUCCEEDED:
+            # Any attempt's success is the step's success: every attempt carries the same key.
+            record.state = StepState.SUCCEEDED
+            record.result = reply.result
+            record.error = None
+            record.finished_at = now
+            record.deadline = None
+        case Outcome.FAILED:
+            record.state = StepState.FAILED
+            record.error = _error(reply, "Failed")
+            record.finished_at = now
+            record.deadline = None
+            work.event(True, "StepFailed", f"step {spec.name} failed: {_describe(record.error)}")
+            _begin_undo(work, f"step {spec.name} failed: {_describe(record.error)}")
+        case Outcome.ERROR:
+            if reply.attempt != record.attempt or record.state != StepState.DISPATCHED:
+                _ignore(work, "Late")  # an older attempt's transient error says nothing about the latest
+                return
+            _action_attempt_failed(work, spec, record, _error(reply, "ParticipantError"), now)
+
+
+def _apply_compensation_reply(work: _Work, spec: StepSpec, record: StepStatus, reply: Reply, now: datetime) -> None:
+    if record.compensation_attempt == 0:
+        _ignore(work, "CompensationNotSent", invalid=True)
+        return
+    if reply.attempt > record.compensation_attempt:
+        _ignore(work, "FutureAttempt", invalid=True)
+        return
+    if record.state == StepState.COMPENSATED:
+        _ignore(work, "Duplicate")
+        return
+    if work.status.phase in TERMINAL_PHASES or record.state not in (
+        StepState.COMPENSATING,
+        StepState.COMPENSATION_RETRYING,
+    ):
+        _ignore(work, "Late")
+        return
+    if reply.outcome == Outcome.SUCCEEDED:
+        record.state = StepState.COMPENSATED
+        record.compensated_at = now
+        record.deadline = None
+        return
+    if reply.attempt != record.compensation_attempt or record.state != StepState.COMPENSATING:
+        _ignore(work, "Late")
+        return
+    # Compensations cannot fail for business reasons; a participant that says so has a bug or a
+    # dependency down. Either way the only safe move is to try again.
+    _compensation_attempt_failed(work, spec, record, _error(reply, "CompensationError"), now)
+
+
+def _apply_deadlines(work: _Work, now: datetime) -> None:
+    if work.status.phase in TERMINAL_PHASES:
+        return
+    for record in work.status.steps:
+        if work.status.phase in TERMINAL_PHASES:
+            break
+        if record.deadline is None or record.deadline > now:
+            continue
+        spec = work.specs[record.name]
+        match record.state:
+            case StepState.DISPATCHED:
+                timeout = ErrorRecord(
+                    reason="Timeout", message=f"no reply to attempt {record.attempt} in {spec.timeout_seconds}s"
+                )
+                _action_attempt_failed(work, spec, record, timeout, now)
+            case StepState.RETRYING:
+                work.send_action(spec, record, now)
+            case StepState.COMPENSATING:
+                timeout = ErrorRecord(
+                    reason="Timeout",
+                    message=f"no reply to compensation attempt {record.compensation_attempt} "
+                    f"in {spec.timeout_seconds}s",
+                )
+                _compensation_attempt_failed(work, spec, record, timeout, now)
+            case StepState.COMPENSATION_RETRYING:
+                work.send_compensation(spec, record, now)
+            case _:
+                record.deadline = None
+
+
+def _action_attempt_failed(work: _Work, spec: StepSpec, record: StepStatus, error: ErrorRecord, now: datetime) -> None:
+    record.error = error
+    if record.attempt < work.action_attempts_allowed(spec):
+        record.state = StepState.RETRYING
+        record.deadline = now + timedelta(seconds=spec.retry.backoff(record.attempt))
+        return
+    record.state = StepState.ABANDONED
+    record.deadline = None
+    record.finished_at = now
+    message = f"step {spec.name} gave up after {record.attempt} attempts: {_describe(error)}"
+    if spec.compensation is None:
+        # The pivot cannot be undone and its outcome is unknown: only a person can decide.
+        _fail(work, "PivotOutcomeUnknown", message + "; the pivot has no compensation", now)
+        return
+    work.event(True, "StepAbandoned", message)
+    _begin_undo(work, message)
+
+
+def _compensation_attempt_failed(
+    work: _Work, spec: StepSpec, record: StepStatus, error: ErrorRecord, now: datetime
+) -> None:
+    record.error = error
+    if record.compensation_attempt < work.compensation_attempts_allowed():
+        record.state = StepState.COMPENSATION_RETRYING
+        record.deadline = now + timedelta(seconds=spec.retry.backoff(record.compensation_attempt))
+        return
+    record.deadline = None
+    _fail(
+        work,
+        "CompensationStuck",
+        f"compensation of step {spec.name} did not succeed after {record.compensation_attempt} attempts: "
+        f"{_describe(error)}",
+        now,
+    )
+
+
+def _fail(work: _Work, reason: str, message: str, now: datetime) -> None:
+    status = work.status
+    status.phase = Phase.FAILED
+    status.finished_at = now
+    status.message = f"{reason}: {message}"
+    work.event(True, reason, f"{message}. See docs/operations.md; annotate saga.dev/retry to try again")
+
+
+def _begin_undo(work: _Work, message: str) -> None:
+    status = work.status
+    if not status.abort_requested:
+        status.abort_requested = True
+        status.message = message
+
+
+def _abort(work: _Work, reason: str, now: datetime) -> None:
+    status = work.status
+    if status.abort_requested or status.phase in TERMINAL_PHASES:
+        return
+    if status.phase == Phase.PENDING:
+        _start(work, now)
+    status.abort_requested = True
+    status.message = f"{reason}: undoing the completed steps"
+    work.event(False, reason, "abort requested: compensating the completed steps in reverse order")
+
+
+def _retry(work: _Work, token: str, now: datetime) -> None:
+    status = work.status
+    if status.phase != Phase.FAILED or token == status.retry_token:
+        return
+    status.retry_token = token
+    status.retries_granted += 1
+    status.phase = Phase.COMPENSATING if status.abort_requested else Phase.RUNNING
+    status.finished_at = None
+    status.message = f"retry {status.retries_granted} requested"
+    work.event(False, "RetryRequested", f"a person asked to retry (token {token!r})")
+    for record in status.steps:
+        spec = work.specs[record.name]
+        if record.state in (StepState.COMPENSATING, StepState.COMPENSATION_RETRYING):
+            work.send_compensation(spec, record, now)
+        elif record.state == StepState.ABANDONED and spec.compensation is None:
+            work.send_action(spec, record, now)
+
+
+def _advance(work: _Work, now: datetime) -> None:
+    """Start whatever can start now, forward or backward, and settle the phase."""
+    if work.status.abort_requested:
+        _advance_backward(work, now)
+    else:
+        _advance_forward(work, now)
+
+
+def _advance_forward(work: _Work, now: datetime) -> None:
+    status = work.status
+    succeeded = {r.name for r in status.steps if r.state == StepState.SUCCEEDED}
+    if len(succeeded) == len(status.steps):
+        status.phase = Phase.SUCCEEDED
+        status.finished_at = now
+        status.message = None
+        work.event(False, "Succeeded", f"all {len(status.steps)} steps succeeded")
+        return
+    dependencies = work.spec.dependencies()
+    others = {name for name in work.specs if name != work.pivot}
+    for record in status.steps:
+        if record.state != StepState.PENDING:
+            continue
+        needs = others if record.name == work.pivot else set(dependencies[record.name])
+        if needs <= succeeded:
+            work.send_action(work.specs[record.name], record, now)
+
+
+def _advance_backward(work: _Work, now: datetime) -> None:
+    status = work.status
+    if status.phase == Phase.RUNNING:
+        status.phase = Phase.COMPENSATING
+        work.event(False, "CompensationStarted", status.message or "compensating the completed steps")
+    for record in status.steps:
+        if record.state == StepState.PENDING:
+            record.state = StepState.SKIPPED
+    if all(r.state == StepState.SUCCEEDED for r in status.steps):
+        # Only reachable when the pivot's answer arrives after an abort: it is too late to undo.
+        status.phase = Phase.SUCCEEDED
+        status.finished_at = now
+        status.message = "the pivot succeeded before the abort could take effect"
+        work.event(True, "AbortTooLate", status.message)
+        return
+    dependents = _dependents(work)
+    states = {r.name: r.state for r in status.steps}
+    # Reverse spec order: for steps in a line, the latest first.
+    for record in reversed(status.steps):
+        spec = work.specs[record.name]
+        if spec.compensation is None or record.state not in TO_UNDO:
+            continue
+        if all(states[d] in SETTLED for d in dependents[record.name]):
+            work.send_compensation(spec, record, now)
+            states[record.name] = record.state
+    if all(r.state in SETTLED for r in status.steps):
+        status.phase = Phase.COMPENSATED
+        status.finished_at = now
+        compensated = sum(r.state == StepState.COMPENSATED for r in status.steps)
+        work.event(False, "Compensated", f"saga undone: {compensated} step(s) compensated")
+
+
+def _dependents(work: _Work) -> dict[str, set[str]]:
+    dependents: dict[str, set[str]] = {name: set() for name in work.specs}
+    for name, needs in work.spec.dependencies().items():
+        if name == work.pivot:
+            needs = tuple(n for n in work.specs if n != name)
+        for need in needs:
+            dependents[need].add(name)
+    return dependents
+
+
+def _derive(work: _Work, now: datetime) -> None:
+    """Fields computed from the log, for `kubectl get` and `kubectl wait`."""
+    status = work.status
+    if status.phase == Phase.PENDING:
+        return
+    total = len(status.steps)
+    done = sum(r.state == StepState.SUCCEEDED for r in status.steps)
+    status.progress = f"{done}/{total}"
+    active = [r.name for r in status.steps if r.state in IN_FLIGHT]
+    status.current_step = ",".join(active) or None
+    terminal = status.phase in TERMINAL_PHASES
+    _set_condition(
+        status,
+        "Completed",
+        ConditionStatus.TRUE if terminal else ConditionStatus.FALSE,
+        status.phase.value,
+        status.message or "",
+        now,
+    )
+    succeeded = (
+        ConditionStatus.TRUE
+        if status.phase == Phase.SUCCEEDED
+        else ConditionStatus.FALSE
+        if terminal or status.abort_requested
+        else ConditionStatus.UNKNOWN
+    )
+    _set_condition(status, "Succeeded", succeeded, status.phase.value, status.message or "", now)
+
+
+def _set_condition(
+    status: SagaStatus, type_: str, value: ConditionStatus, reason: str, message: str, now: datetime
+) -> None:
+    for index, condition in enumerate(status.conditions):
+        if condition.type != type_:
+            continue
+        if (condition.status, condition.reason, condition.message) == (value, reason, message):
+            return
+        changed = condition.status != value
+        status.conditions[index] = Condition(
+            type=type_,
+            status=value,
+            reason=reason,
+            message=message,
+            last_transition_time=now if changed else condition.last_transition_time,
+        )
+        return
+    status.conditions.append(
+        Condition(type=type_, status=value, reason=reason, message=message, last_transition_time=now)
+    )
+
+
+def _error(reply: Reply, default_reason: str) -> ErrorRecord:
+    if reply.error is None:
+        return ErrorRecord(reason=default_reason, message="")
+    return ErrorRecord(reason=reply.error.reason, message=reply.error.message)
+
+
+def _describe(error: ErrorRecord | None) -> str:
+    if error is None:
+        return "no reason given"
+    return f"{error.reason}: {error.message}" if error.message else error.reason

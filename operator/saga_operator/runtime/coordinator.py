@@ -1,0 +1,422 @@
+"""The imperative shell around the pure core: for one saga at a time, apply an event with
+`transition`, write the new status (compare-and-set), and only then perform the effects.
+
+Every path into a saga (a watch event, a reply from Kafka, a deadline) goes through `_apply` under the
+saga's lock, so one saga's log is written by one writer at a time; different sagas run concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from saga_operator.adapters.kube import Conflict, Gone, KubeClient, SagaRef
+from saga_operator.domain.events import (
+    AbortRequested,
+    Effect,
+    EmitEvent,
+    Event,
+    ReplyIgnored,
+    ReplyReceived,
+    Resumed,
+    RetryRequested,
+    SendCommand,
+    Start,
+    Tick,
+)
+from saga_operator.domain.model import (
+    FINALIZER,
+    RETRY_ANNOTATION,
+    TERMINAL_PHASES,
+    Phase,
+    SagaSpec,
+    SagaStatus,
+)
+from saga_operator.domain.transition import next_deadline, transition
+from saga_operator.runtime.metrics import Metrics
+from saga_protocol import Command, CommandKind, Reply, command_topic, idempotency_key
+
+log = logging.getLogger(__name__)
+
+SendFn = Callable[[str, Command], Awaitable[None]]
+EnsureTopicsFn = Callable[[list[str]], Awaitable[None]]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _rv_newer(candidate: str, current: str) -> bool:
+    """resourceVersions are opaque, but etcd's are integers; where they are not, trust the newcomer."""
+    try:
+        return int(candidate) > int(current)
+    except ValueError:
+        return candidate != current
+
+
+@dataclass
+class SagaEntry:
+    ref: SagaRef
+    spec: SagaSpec | None
+    spec_error: str | None
+    status: SagaStatus
+    resource_version: str
+    generation: int
+    retry_token: str | None
+    deleting: bool
+    finalizers: list[str]
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # When a command went out, per (step, kind): for the step latency histogram.
+    sent_at: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> SagaEntry:
+        meta = body["metadata"]
+        entry = cls(
+            ref=SagaRef(meta["namespace"], meta["name"], meta["uid"]),
+            spec=None,
+            spec_error=None,
+            status=SagaStatus(),
+            resource_version=meta["resourceVersion"],
+            generation=meta.get("generation", 1),
+            retry_token=None,
+            deleting=False,
+            finalizers=[],
+        )
+        entry.adopt(body)
+        return entry
+
+    @property
+    def finalized(self) -> bool:
+        return FINALIZER in self.finalizers
+
+    def adopt_metadata(self, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        self.resource_version = meta["resourceVersion"]
+        self.generation = meta.get("generation", self.generation)
+        self.retry_token = (meta.get("annotations") or {}).get(RETRY_ANNOTATION)
+        self.deleting = meta.get("deletionTimestamp") is not None
+        self.finalizers = list(meta.get("finalizers") or [])
+
+    def adopt(self, body: dict[str, Any]) -> None:
+        """Take what the API server says. Our own status wins unless the stored one is further on
+        (another writer, or our write whose answer we lost)."""
+        self.adopt_metadata(body)
+        try:
+            self.spec = SagaSpec.model_validate(body.get("spec") or {})
+            self.spec_error = None
+        except ValidationError as exc:
+            self.spec, self.spec_error = None, _first_error(exc)
+        stored = body.get("status") or {}
+        try:
+            status = SagaStatus.model_validate(stored)
+        except ValidationError:
+            log.warning("saga %s/%s: unreadable status ignored", self.ref.namespace, self.ref.name)
+            return
+        if status.seq >= self.status.seq:
+            self.status = status
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"spec.{where}: {first['msg']}" if where else f"spec: {first['msg']}"
+
+
+class Coordinator:
+    def __init__(
+        self,
+        kube: KubeClient,
+        send: SendFn,
+        ensure_topics: EnsureTopicsFn,
+        metrics: Metrics,
+        reply_topic: str,
+        max_backoff_seconds: float = 30.0,
+    ) -> None:
+        self.kube = kube
+        self._send = send
+        self._ensure_topics = ensure_topics
+        self.metrics = metrics
+        self.reply_topic = reply_topic
+        self.max_backoff = max_backoff_seconds
+        self.sagas: dict[str, SagaEntry] = {}
+        self._known_topics: set[str] = set()
+        self._deadlines: list[tuple[float, str]] = []
+        self._scheduled: dict[str, float] = {}
+        self._wake = asyncio.Event()
+        self._events: asyncio.Queue[tuple[SagaRef, EmitEvent]] = asyncio.Queue(maxsize=10_000)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.api_healthy = True
+
+    # ---- entry points -------------------------------------------------------------------------
+
+    async def observe(self, body: dict[str, Any], event_type: str | None) -> None:
+        """A watch event (or an item of the start-up listing) for one Saga."""
+        meta = body.get("metadata") or {}
+        uid = meta.get("uid")
+        if not uid:
+            return
+        if event_type == "DELETED":
+            self.sagas.pop(uid, None)
+            self._scheduled.pop(uid, None)
+            return
+        entry = self.sagas.get(uid)
+        first_sight = entry is None
+        if entry is None:
+            entry = SagaEntry.from_body(body)
+            self.sagas[uid] = entry
+        elif _rv_newer(meta["resourceVersion"], entry.resource_version):
+            entry.adopt(body)
+        async with entry.lock:
+            await self._reconcile(entry, first_sight)
+
+    async def apply_reply(self, reply: Reply, received: float) -> list[ReplyIgnored]:
+        entry = self.sagas.get(reply.saga_uid)
+        if entry is None:
+            return [ReplyIgnored("UnknownSaga", invalid=True)]
+        async with entry.lock:
+            if entry.spec is None:
+                return [ReplyIgnored("InvalidSaga", invalid=True)]
+            started = entry.sent_at.pop((reply.step, reply.kind.value), None)
+            effects = await self._apply(entry, ReplyReceived(reply, _now()), received=received)
+            ignored = [e for e in effects if isinstance(e, ReplyIgnored)]
+            if not ignored:
+                self.metrics.step_outcomes.labels(reply.kind.value, reply.outcome.value).inc()
+                if started is not None:
+                    self.metrics.step_latency.observe(received - started)
+            await self._after(entry)
+            return ignored
+
+    async def run_deadlines(self) -> None:
+        """The one timer of the process: a heap of (when, saga uid), rebuilt from `.status`."""
+        while True:
+            delay = self._deadlines[0][0] - time.time() if self._deadlines else 3600.0
+            if delay > 0:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=min(delay, 3600.0))
+                except TimeoutError:
+                    pass
+                continue
+            when, uid = heapq.heappop(self._deadlines)
+            if self._scheduled.get(uid) != when:
+                continue  # superseded by a later schedule
+            del self._scheduled[uid]
+            self._spawn(self._tick(uid))
+
+    async def post_events(self) -> None:
+        while True:
+            ref, event = await self._events.get()
+            try:
+                await self.kube.post_event(ref, event.type, event.reason, event.message)
+            except Exception as exc:
+                self.metrics.events_dropped.inc()
+                log.debug("event %s for %s not posted: %s", event.reason, ref.name, exc)
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ---- internals ----------------------------------------------------------------------------
+
+    async def _tick(self, uid: str) -> None:
+        entry = self.sagas.get(uid)
+        if entry is None or entry.spec is None:
+            return
+        async with entry.lock:
+            await self._apply(entry, Tick(_now()))
+            await self._after(entry)
+
+    async def _reconcile(self, entry: SagaEntry, first_sight: bool) -> None:
+        if entry.spec is None:
+            await self._refuse(entry)
+            return
+        status = entry.status
+        if not entry.deleting and not entry.finalized and status.phase not in TERMINAL_PHASES:
+            await self._set_finalizer(entry, add=True)
+        if status.phase == Phase.PENDING:
+            await self._apply(entry, Start(_now()))
+        elif first_sight:
+            await self._apply(entry, Resumed(_now()))
+        if entry.spec.abort and not entry.status.abort_requested:
+            await self._apply(entry, AbortRequested(_now()))
+        if entry.deleting and not entry.status.abort_requested:
+            await self._apply(entry, AbortRequested(_now(), reason="Deleted"))
+        if entry.retry_token and entry.retry_token != entry.status.retry_token:
+            await self._apply(entry, RetryRequested(entry.retry_token, _now()))
+        await self._after(entry)
+
+    async def _after(self, entry: SagaEntry) -> None:
+        """Book-keeping after any change: the next deadline, and the finalizer once there is nothing
+        left to undo."""
+        deadline = next_deadline(entry.status)
+        if deadline is not None:
+            self._schedule(entry.ref.uid, deadline.timestamp())
+        if entry.deleting and entry.finalized and entry.status.phase in TERMINAL_PHASES:
+            await self._set_finalizer(entry, add=False)
+
+    async def _refuse(self, entry: SagaEntry) -> None:
+        """A spec the CRD should have refused (an older CRD, or validation off): say so, do nothing."""
+        if entry.status.phase == Phase.FAILED and entry.status.message == entry.spec_error:
+            return
+        status = entry.status.model_copy(update={"phase": Phase.FAILED, "message": entry.spec_error})
+        status.seq += 1
+        await self._write(entry, status)
+        self._emit(entry, EmitEvent("Warning", "InvalidSpec", entry.spec_error or "invalid spec"))
+        if entry.deleting and entry.finalized:
+            await self._set_finalizer(entry, add=False)
+
+    async def _apply(self, entry: SagaEntry, event: Event, received: float | None = None) -> list[Effect]:
+        assert entry.spec is not None
+        for _ in range(10):
+            new, effects = transition(entry.spec, entry.status, event)
+            if new.seq == entry.status.seq:
+                await self._perform(entry, effects, received)
+                return effects
+            new.observed_generation = entry.generation
+            try:
+                await self._write(entry, new)
+            except Conflict:
+                # Someone else wrote (the user's spec change, another replica): read, apply again.
+                self.metrics.status_writes.labels("conflict").inc()
+                await self._reread(entry)
+                if entry.spec is None:
+                    return []
+                continue
+            await self._perform(entry, effects, received)
+            return effects
+        raise RuntimeError(f"saga {entry.ref.name}: status kept changing under the operator")
+
+    async def _write(self, entry: SagaEntry, status: SagaStatus) -> None:
+        delay = 0.2
+        while True:
+            try:
+                body = await self.kube.write_status(entry.ref, status, entry.resource_version)
+            except (Conflict, Gone):
+                raise
+            except Exception as exc:
+                self.api_healthy = False
+                self.metrics.status_writes.labels("error").inc()
+                log.warning("status write for %s failed (%s); retrying in %.1fs", entry.ref.name, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+                continue
+            self.api_healthy = True
+            self.metrics.status_writes.labels("ok").inc()
+            entry.status = status
+            entry.resource_version = body["metadata"]["resourceVersion"]
+            return
+
+    async def _reread(self, entry: SagaEntry) -> None:
+        try:
+            body = await self.kube.get_saga(entry.ref)
+        except Gone:
+            self.sagas.pop(entry.ref.uid, None)
+            raise
+        entry.status = SagaStatus()  # after a conflict the stored log is the truth
+        entry.adopt(body)
+
+    async def _set_finalizer(self, entry: SagaEntry, add: bool) -> None:
+        """Our finalizer keeps a deleted saga around until its effects are compensated."""
+        for _ in range(10):
+            wanted = [f for f in entry.finalizers if f != FINALIZER] + ([FINALIZER] if add else [])
+            try:
+                body = await self.kube.set_finalizers(entry.ref, wanted, entry.resource_version)
+            except Conflict:
+                await self._reread(entry)
+                continue
+            except Gone:
+                return
+            entry.adopt_metadata(body)
+            return
+
+    async def _perform(self, entry: SagaEntry, effects: list[Effect], received: float | None) -> None:
+        spec = entry.spec
+        assert spec is not None
+        for effect in effects:
+            match effect:
+                case SendCommand():
+                    await self._send_command(entry, spec, effect, received)
+                case EmitEvent():
+                    self._emit(entry, effect)
+                case ReplyIgnored(reason=reason):
+                    self.metrics.replies_ignored.labels(reason).inc()
+
+    async def _send_command(
+        self, entry: SagaEntry, spec: SagaSpec, effect: SendCommand, received: float | None
+    ) -> None:
+        topic = command_topic(effect.participant)
+        if topic not in self._known_topics:
+            await self._ensure_topics([topic])
+            self._known_topics.add(topic)
+        command = Command(
+            message_id=str(uuid.uuid4()),
+            saga_uid=entry.ref.uid,
+            saga_namespace=entry.ref.namespace,
+            saga_name=entry.ref.name,
+            step=effect.step,
+            kind=effect.kind,
+            action=effect.action,
+            attempt=effect.attempt,
+            idempotency_key=idempotency_key(entry.ref.uid, effect.step),
+            payload=spec.payload,
+            reply_topic=self.reply_topic,
+            sent_at=_now(),
+        )
+        try:
+            await self._send(topic, command)
+        except Exception as exc:
+            self.metrics.command_errors.inc()
+            log.warning(
+                "command %s/%s for %s not sent (%s); its timeout will retry",
+                effect.step,
+                effect.kind.value,
+                entry.ref.name,
+                exc,
+            )
+            return
+        now = time.time()
+        entry.sent_at[(effect.step, effect.kind.value)] = now
+        self.metrics.commands.labels(effect.kind.value).inc()
+        if effect.attempt > 1:
+            self.metrics.retries.labels(effect.kind.value).inc()
+        elif effect.kind == CommandKind.COMPENSATION:
+            self.metrics.compensations.inc()
+        if received is not None:
+            self.metrics.overhead.observe(now - received)
+
+    def _emit(self, entry: SagaEntry, event: EmitEvent) -> None:
+        level = logging.WARNING if event.type == "Warning" else logging.INFO
+        log.log(level, "saga %s/%s: %s: %s", entry.ref.namespace, entry.ref.name, event.reason, event.message)
+        try:
+            self._events.put_nowait((entry.ref, event))
+        except asyncio.QueueFull:
+            self.metrics.events_dropped.inc()
+
+    def _schedule(self, uid: str, when: float) -> None:
+        if self._scheduled.get(uid) == when:
+            return
+        self._scheduled[uid] = when
+        heapq.heappush(self._deadlines, (when, uid))
+        if self._deadlines[0] == (when, uid):
+            self._wake.set()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def phase_counts(self) -> dict[str, int]:
+        counts = {phase.value: 0 for phase in Phase}
+        for entry in self.sagas.values():
+            counts[entry.status.phase.value] += 1
+        return counts

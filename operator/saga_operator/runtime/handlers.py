@@ -1,0 +1,42 @@
+"""The Kopf entry points, kept thin: they hand everything to `OperatorApp` and its coordinator.
+
+Only `on.event` is used for Sagas: it costs no writes of Kopf's own (no progress or last-handled
+annotations), so one saga transition is one status PATCH. Kopf gives us the watch streams, their
+reconnection, and start-up/clean-up ordering.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from saga_operator.config import Settings
+from saga_operator.domain.model import GROUP, PLURAL, VERSION
+from saga_operator.runtime.app import OperatorApp
+
+
+@kopf.on.startup()
+async def start_operator(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Kopf would post an Event for every handler run; the coordinator posts the ones that matter.
+    settings.posting.level = logging.ERROR
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+    app = OperatorApp(Settings.from_env())
+    memo["app"] = app
+    await app.start()
+
+
+@kopf.on.cleanup()
+async def stop_operator(memo: kopf.Memo, **_: Any) -> None:
+    app: OperatorApp | None = memo.get("app")
+    if app is not None:
+        await app.stop()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def saga_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    app: OperatorApp = memo["app"]
+    assert app.coordinator is not None, "start-up handlers finish before watching starts"
+    await app.coordinator.observe(dict(event["object"]), event.get("type"))

@@ -1,0 +1,62 @@
+"""Prometheus metrics of the operator. One registry per process, served on /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sagas = Gauge("saga_operator_sagas", "Sagas known to the operator, by phase.", ["phase"], registry=r)
+        self.commands = Counter(
+            "saga_operator_commands_sent_total", "Commands produced to Kafka.", ["kind"], registry=r
+        )
+        self.command_errors = Counter(
+            "saga_operator_command_send_errors_total",
+            "Commands that could not be produced (the step's timeout sends them again).",
+            registry=r,
+        )
+        self.step_outcomes = Counter(
+            "saga_operator_step_outcomes_total",
+            "Replies applied, by kind and outcome.",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "saga_operator_retries_total", "Commands sent again after a timeout or an error.", ["kind"], registry=r
+        )
+        self.compensations = Counter(
+            "saga_operator_compensations_started_total", "Compensations started (first attempts).", registry=r
+        )
+        self.replies_ignored = Counter(
+            "saga_operator_replies_ignored_total", "Replies that changed nothing, by reason.", ["reason"], registry=r
+        )
+        self.malformed = Counter(
+            "saga_operator_malformed_messages_total",
+            "Messages set aside to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.status_writes = Counter(
+            "saga_operator_status_writes_total", "Status writes, by result.", ["result"], registry=r
+        )
+        self.events_dropped = Counter(
+            "saga_operator_events_dropped_total",
+            "Kubernetes Events not posted (queue full or API error).",
+            registry=r,
+        )
+        self.step_latency = Histogram(
+            "saga_operator_step_latency_seconds",
+            "From sending a command to applying its reply.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "saga_operator_step_overhead_seconds",
+            "From taking a reply off Kafka to producing the next command (status write included).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.ready = Gauge("saga_operator_ready", "1 when the operator can do its work.", registry=r)

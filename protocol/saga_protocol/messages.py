@@ -1,0 +1,170 @@
+"""Commands (operator -> participant) and replies (participant -> operator).
+
+The body of every Kafka message is one JSON object, self-contained, validated by these models. The
+headers follow the CloudEvents Kafka protocol binding in binary mode (`ce_specversion`, `ce_id`,
+`ce_source`, `ce_type`, `ce_time`, `content-type`) so that generic tooling can route and trace the
+messages; a decoder never needs them to make sense of a body.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SPEC_VERSION: Final = "1.0"
+COMMAND_TYPE: Final = "dev.saga.command.v1"
+REPLY_TYPE: Final = "dev.saga.reply.v1"
+# Larger messages are refused on both sides: a saga payload is a few fields, never a document store.
+MAX_MESSAGE_BYTES: Final = 256 * 1024
+
+_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+
+
+class CommandKind(StrEnum):
+    ACTION = "action"
+    COMPENSATION = "compensation"
+
+
+class Outcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    # A business failure: the participant applied nothing and will refuse again; never retried.
+    FAILED = "failed"
+    # A transient failure (an exception, a dependency down): the operator retries per the step's policy.
+    ERROR = "error"
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
+
+
+class ErrorInfo(_Wire):
+    reason: str = Field(max_length=128, description="A CamelCase machine-readable reason, e.g. InsufficientFunds.")
+    message: str = Field(default="", max_length=4096, description="A sentence for a person.")
+
+
+def idempotency_key(saga_uid: str, step: str) -> str:
+    """One key per (saga, step): the action and its compensation share it, so a participant can pair
+    them (a compensation that overtakes its action leaves a tombstone under this key)."""
+    return f"{saga_uid}/{step}"
+
+
+class Command(_Wire):
+    """What the operator asks a participant to do for one step of one saga."""
+
+    message_id: str = Field(alias="messageId", min_length=1, max_length=64, description="Unique per send.")
+    saga_uid: str = Field(alias="sagaUid", min_length=1, max_length=64, description="metadata.uid of the Saga.")
+    saga_namespace: str = Field(alias="sagaNamespace", min_length=1, max_length=63)
+    saga_name: str = Field(alias="sagaName", min_length=1, max_length=253)
+    step: str = Field(pattern=_NAME, description="The step's name in the Saga spec.")
+    kind: CommandKind
+    action: str = Field(
+        min_length=1, max_length=128, description="The participant's handler: the step's action or compensation."
+    )
+    attempt: int = Field(ge=1, description="Counts sends of this kind for this step; the reply echoes it.")
+    idempotency_key: str = Field(alias="idempotencyKey", min_length=1, max_length=320)
+    payload: dict[str, Any] = Field(default_factory=dict, description="The saga's spec.payload, unchanged.")
+    reply_topic: str = Field(alias="replyTopic", min_length=1, max_length=249)
+    sent_at: datetime = Field(alias="sentAt")
+
+
+class Reply(_Wire):
+    """What a participant answers to a command. Replayed unchanged (but for `duplicate`) on redelivery."""
+
+    message_id: str = Field(alias="messageId", min_length=1, max_length=64)
+    saga_uid: str = Field(alias="sagaUid", min_length=1, max_length=64)
+    step: str = Field(pattern=_NAME)
+    kind: CommandKind
+    attempt: int = Field(ge=1, description="The attempt of the command this answers.")
+    idempotency_key: str = Field(alias="idempotencyKey", min_length=1, max_length=320)
+    participant: str = Field(pattern=_NAME)
+    outcome: Outcome
+    result: dict[str, Any] | None = Field(default=None, description="What the action produced, on success.")
+    error: ErrorInfo | None = None
+    duplicate: bool = Field(default=False, description="True when replayed from the stored outcome.")
+    sent_at: datetime = Field(alias="sentAt")
+
+
+class DecodeError(ValueError):
+    """A message that cannot be turned into a Command or Reply. `reason` goes into the dead-letter header."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+Headers = list[tuple[str, bytes]]
+
+
+def _headers(ce_type: str, message_id: str, source: str, subject: str, sent_at: datetime) -> Headers:
+    return [
+        ("ce_specversion", SPEC_VERSION.encode()),
+        ("ce_id", message_id.encode()),
+        ("ce_source", source.encode()),
+        ("ce_type", ce_type.encode()),
+        ("ce_subject", subject.encode()),
+        ("ce_time", sent_at.astimezone(UTC).isoformat().encode()),
+        ("content-type", b"application/json"),
+    ]
+
+
+def _dump(model: BaseModel) -> bytes:
+    return model.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+def encode_command(command: Command, source: str = "/saga-operator") -> tuple[bytes, bytes, Headers]:
+    """(key, value, headers). The key is the saga uid: all messages of one saga keep their order."""
+    headers = _headers(COMMAND_TYPE, command.message_id, source, command.step, command.sent_at)
+    return command.saga_uid.encode(), _dump(command), headers
+
+
+def encode_reply(reply: Reply) -> tuple[bytes, bytes, Headers]:
+    headers = _headers(REPLY_TYPE, reply.message_id, f"/participants/{reply.participant}", reply.step, reply.sent_at)
+    return reply.saga_uid.encode(), _dump(reply), headers
+
+
+def _load(value: bytes | None, headers: Headers | None, expected_type: str) -> dict[str, Any]:
+    if value is None:
+        raise DecodeError("EmptyMessage", "the message has no value")
+    if len(value) > MAX_MESSAGE_BYTES:
+        raise DecodeError("Oversized", f"{len(value)} bytes, the limit is {MAX_MESSAGE_BYTES}")
+    for name, raw in headers or ():
+        if name == "ce_type" and raw.decode(errors="replace") != expected_type:
+            raise DecodeError("WrongType", f"ce_type is {raw.decode(errors='replace')!r}, expected {expected_type!r}")
+    try:
+        body = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DecodeError("NotJson", str(exc)) from None
+    if not isinstance(body, dict):
+        raise DecodeError("NotAnObject", f"the body is a JSON {type(body).__name__}")
+    return body
+
+
+def _validation_detail(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    return f"{where}: {first['msg']} ({exc.error_count()} error(s))"
+
+
+def decode_command(value: bytes | None, headers: Headers | None = None) -> Command:
+    body = _load(value, headers, COMMAND_TYPE)
+    try:
+        return Command.model_validate(body)
+    except ValidationError as exc:
+        raise DecodeError("SchemaViolation", _validation_detail(exc)) from None
+
+
+def decode_reply(value: bytes | None, headers: Headers | None = None) -> Reply:
+    body = _load(value, headers, REPLY_TYPE)
+    try:
+        return Reply.model_validate(body)
+    except ValidationError as exc:
+        raise DecodeError("SchemaViolation", _validation_detail(exc)) from None
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
