@@ -1,0 +1,3 @@
+from saga_participants.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,245 @@
+"""Participant.process: in-process retries, replies, the simulate knob, command checks (no Kafka)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from participants_support import compensation_of, make_command, unique
+
+from saga_participants import BusinessError, Participant, RetryPolicy
+from saga_participants.sdk import (
+    IDEMPOTENCY_KEY_MISMATCH,
+    INVALID_REPLY_TOPIC,
+    KEY_MISMATCH,
+    UNKNOWN_ACTION,
+    Stopping,
+)
+from saga_protocol import Command, CommandKind, Outcome, Reply, decode_reply, encode_reply
+
+FAST = RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.02)
+SCHEMA = "CREATE TABLE IF NOT EXISTS effects (key TEXT PRIMARY KEY, note TEXT);"
+
+
+class Flaky:
+    """An action that raises for its first `failures` runs, then records an effect."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.runs = 0
+
+    def __call__(self, tx: sqlite3.Connection, command: Command) -> dict[str, Any]:
+        self.runs += 1
+        if self.runs <= self.failures:
+            raise RuntimeError(f"boom #{self.runs}")
+        tx.execute("INSERT INTO effects VALUES (?, ?)", (command.idempotency_key, "done"))
+        return {"runs": self.runs}
+
+
+def participant(tmp_path: Path, flaky: Flaky | None = None) -> Participant:
+    p = Participant(unique("things"), database=tmp_path / "things.db", schema=SCHEMA, retry=FAST)
+    p.action("do")(flaky or Flaky(0))
+
+    @p.compensation("undo")
+    def undo(tx: sqlite3.Connection, command: Command, done: dict[str, Any]) -> None:
+        tx.execute("DELETE FROM effects WHERE key = ?", (command.idempotency_key,))
+
+    @p.action("refuse")
+    def refuse(tx: sqlite3.Connection, command: Command) -> None:
+        raise BusinessError("NotToday", "refused on purpose")
+
+    return p
+
+
+def effects(tmp_path: Path) -> int:
+    conn = sqlite3.connect(tmp_path / "things.db")
+    try:
+        value: int = conn.execute("SELECT count(*) FROM effects").fetchone()[0]
+        return value
+    finally:
+        conn.close()
+
+
+def roundtrip(reply: Reply) -> Reply:
+    """What the operator would decode: proves the reply is valid on the wire."""
+    _, value, headers = encode_reply(reply)
+    return decode_reply(value, headers)
+
+
+async def test_an_unexpected_exception_is_retried_in_process_then_replied_error(tmp_path: Path) -> None:
+    flaky = Flaky(failures=10)
+    p = participant(tmp_path, flaky)
+    command = make_command(action="do", step="one")
+    async with p:
+        reply = roundtrip(await p.process(command))
+
+    assert flaky.runs == FAST.attempts
+    assert reply.outcome is Outcome.ERROR and not reply.duplicate
+    assert reply.error is not None and reply.error.reason == "RuntimeError" and "boom #3" in reply.error.message
+    assert effects(tmp_path) == 0
+    assert p.metrics.value("saga_participant_handler_retries_total", kind="action") == FAST.attempts - 1
+    assert p.metrics.value("saga_participant_commands_total", kind="action", outcome="error") == 1
+
+
+async def test_an_error_stores_nothing_so_the_operators_retry_runs_the_handler_again(tmp_path: Path) -> None:
+    flaky = Flaky(failures=FAST.attempts)  # fails every in-process run of the first delivery only
+    p = participant(tmp_path, flaky)
+    command = make_command(action="do", step="one")
+    async with p:
+        first = await p.process(command)
+        second = await p.process(command.model_copy(update={"attempt": 2, "message_id": "retry"}))
+
+    assert first.outcome is Outcome.ERROR
+    assert second.outcome is Outcome.SUCCEEDED and not second.duplicate
+    assert second.result == {"runs": FAST.attempts + 1}
+    assert effects(tmp_path) == 1
+
+
+async def test_a_transient_failure_that_heals_in_process_succeeds(tmp_path: Path) -> None:
+    flaky = Flaky(failures=1)
+    p = participant(tmp_path, flaky)
+    async with p:
+        reply = await p.process(make_command(action="do", step="one"))
+
+    assert reply.outcome is Outcome.SUCCEEDED and reply.result == {"runs": 2}
+    assert flaky.runs == 2
+
+
+async def test_a_replay_echoes_the_redelivered_attempt_with_a_fresh_message_id(tmp_path: Path) -> None:
+    p = participant(tmp_path)
+    command = make_command(action="do", step="one")
+    async with p:
+        first = await p.process(command)
+        replay = roundtrip(await p.process(command.model_copy(update={"attempt": 3, "message_id": "again"})))
+
+    assert (first.duplicate, replay.duplicate) == (False, True)
+    assert replay.attempt == 3
+    assert replay.message_id != first.message_id
+    assert (replay.outcome, replay.result, replay.idempotency_key) == (
+        first.outcome,
+        first.result,
+        first.idempotency_key,
+    )
+    assert replay.participant == p.name
+    assert p.metrics.value("saga_participant_duplicates_total", kind="action") == 1
+
+
+async def test_business_failure_is_replied_failed_without_retries(tmp_path: Path) -> None:
+    p = participant(tmp_path)
+    async with p:
+        reply = roundtrip(await p.process(make_command(action="refuse", step="one")))
+
+    assert reply.outcome is Outcome.FAILED and reply.result is None
+    assert reply.error is not None and (reply.error.reason, reply.error.message) == ("NotToday", "refused on purpose")
+    assert p.metrics.value("saga_participant_handler_retries_total", kind="action") == 0
+
+
+async def test_tombstone_and_refusal_are_counted(tmp_path: Path) -> None:
+    p = participant(tmp_path)
+    action = make_command(action="do", step="one")
+    async with p:
+        undo = await p.process(compensation_of(action, "undo"))
+        late = await p.process(action)
+
+    assert undo.outcome is Outcome.SUCCEEDED and undo.kind is CommandKind.COMPENSATION
+    assert late.outcome is Outcome.FAILED and late.error is not None and late.error.reason == "AlreadyCompensated"
+    assert effects(tmp_path) == 0
+    assert p.metrics.value("saga_participant_tombstones_total") == 1
+    assert p.metrics.value("saga_participant_refused_late_actions_total") == 1
+
+
+async def test_simulated_errors_fail_the_first_attempts_only(tmp_path: Path) -> None:
+    flaky = Flaky(failures=0)
+    p = participant(tmp_path, flaky)
+    knob = {"simulate": {p.name: {"errorAttempts": 1}}}
+    command = make_command(action="do", step="one", payload=knob)
+    async with p:
+        first = await p.process(command)
+        second = await p.process(command.model_copy(update={"attempt": 2}))
+
+    assert first.outcome is Outcome.ERROR and first.error is not None and first.error.reason == "SimulatedFault"
+    assert second.outcome is Outcome.SUCCEEDED
+    assert flaky.runs == 1  # the fault stands in for the handler: the real one ran once
+
+
+async def test_a_simulated_delay_happens_before_anything_is_applied(tmp_path: Path) -> None:
+    p = participant(tmp_path)
+    command = make_command(action="do", step="one", payload={"simulate": {p.name: {"delaySeconds": 30}}})
+    async with p:
+        task = asyncio.create_task(p.process(command))
+        await asyncio.sleep(0)
+        p.stop()
+        with pytest.raises(Stopping):
+            await task
+
+    assert effects(tmp_path) == 0
+
+
+@pytest.mark.parametrize(
+    "knob",
+    [
+        "not an object",
+        {"PARTICIPANT": "not an object"},
+        {"PARTICIPANT": {"delaySeconds": -1}},
+        {"PARTICIPANT": {"delaySeconds": 1, "typo": 2}},
+        {"PARTICIPANT": {"errorAttempts": 1.5}},
+        {"PARTICIPANT": {"errorAttempts": 1, "kinds": ["sometimes"]}},
+    ],
+)
+async def test_a_malformed_simulate_knob_is_ignored(tmp_path: Path, knob: Any) -> None:
+    p = participant(tmp_path)
+    if isinstance(knob, dict):
+        knob = {p.name if k == "PARTICIPANT" else k: v for k, v in knob.items()}
+    async with p:
+        reply = await p.process(make_command(action="do", step="one", payload={"simulate": knob}))
+
+    assert reply.outcome is Outcome.SUCCEEDED
+
+
+async def test_the_knob_for_another_participant_is_not_ours(tmp_path: Path) -> None:
+    p = participant(tmp_path)
+    async with p:
+        reply = await p.process(
+            make_command(action="do", step="one", payload={"simulate": {"other": {"errorAttempts": 5}}})
+        )
+
+    assert reply.outcome is Outcome.SUCCEEDED
+
+
+def test_checks_name_what_cannot_be_processed(tmp_path: Path) -> None:
+    p = participant(tmp_path)
+    good = make_command(action="do", step="one")
+
+    assert p.check(good, good.saga_uid.encode()) is None
+    assert p.check(make_command(action="fly", step="one"))[0] == UNKNOWN_ACTION  # type: ignore[index]
+    # "do" is an action, not a compensation: handlers are per kind.
+    assert p.check(compensation_of(good, "do"))[0] == UNKNOWN_ACTION  # type: ignore[index]
+    assert p.check(make_command(action="do", step="one", key="someone/else"))[0] == IDEMPOTENCY_KEY_MISMATCH  # type: ignore[index]
+    assert p.check(good, b"another-saga")[0] == KEY_MISMATCH  # type: ignore[index]
+    assert p.check(make_command(action="do", step="one", reply_topic="no spaces"))[0] == INVALID_REPLY_TOPIC  # type: ignore[index]
+
+
+async def test_process_refuses_an_unregistered_handler(tmp_path: Path) -> None:
+    p = participant(tmp_path)
+    async with p:
+        with pytest.raises(LookupError):
+            await p.process(make_command(action="fly", step="one"))
+
+
+def test_registration_rejects_duplicates_and_bad_names(tmp_path: Path) -> None:
+    p = participant(tmp_path)
+    with pytest.raises(ValueError):
+        p.action("do")(Flaky(0))
+    with pytest.raises(ValueError):
+        p.compensation("")(lambda tx, command, result: None)
+    with pytest.raises(ValueError):
+        Participant("Not_A_DNS_Label", database=tmp_path / "x.db")
+
+
+def test_backoff_grows_and_is_bounded() -> None:
+    policy = RetryPolicy(attempts=10, initial_backoff=1.0, max_backoff=8.0, multiplier=2.0)
+    for retry, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (9, 8.0)]:
+        assert ceiling / 2 <= policy.backoff(retry) <= ceiling
