@@ -72,7 +72,8 @@ class Command(_Wire):
 
 
 class Reply(_Wire):
-    """What a participant answers to a command. Replayed unchanged (but for `duplicate`) on redelivery."""
+    """What a participant answers to a command. On redelivery the stored outcome is replayed with
+    `duplicate` set and the redelivered command's `attempt` and a fresh `messageId`."""
 
     message_id: str = Field(alias="messageId", min_length=1, max_length=64)
     saga_uid: str = Field(alias="sagaUid", min_length=1, max_length=64)

@@ -1,0 +1,64 @@
+"""Generated files stay in step with the models they come from (one source of truth)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+from saga_operator import crd
+from saga_protocol import schema
+from saga_protocol.messages import Command, CommandKind, Outcome, Reply, now
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("path", "render", "command"),
+    [
+        ("crds/saga.dev_sagas.yaml", crd.render, "python -m saga_operator.crd > crds/saga.dev_sagas.yaml"),
+        ("docs/protocol.schema.json", schema.render, "python -m saga_protocol.schema > docs/protocol.schema.json"),
+    ],
+)
+def test_generated_file_matches_its_models(path: str, render: object, command: str) -> None:
+    assert callable(render)
+    committed = (REPO / path).read_text()
+    assert committed == render(), f"{path} drifted from the models: run `make generate` ({command})"
+
+
+def test_protocol_schema_accepts_what_the_models_write_and_refuses_the_rest() -> None:
+    document = json.loads((REPO / "docs/protocol.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(document)
+    command = Command(
+        message_id="m-1",
+        saga_uid="uid-1",
+        saga_namespace="default",
+        saga_name="buy-1",
+        step="debit-buyer",
+        kind=CommandKind.ACTION,
+        action="debit",
+        attempt=1,
+        idempotency_key="uid-1/debit-buyer",
+        payload={"buyer": "alice"},
+        reply_topic="saga.replies",
+        sent_at=now(),
+    )
+    reply = Reply(
+        message_id="m-2",
+        saga_uid="uid-1",
+        step="debit-buyer",
+        kind=CommandKind.ACTION,
+        attempt=1,
+        idempotency_key="uid-1/debit-buyer",
+        participant="users",
+        outcome=Outcome.FAILED,
+        error={"reason": "InsufficientFunds", "message": "bob has 500 cents"},
+        sent_at=now(),
+    )
+    for model in (command, reply):
+        jsonschema.validate(json.loads(model.model_dump_json(by_alias=True, exclude_none=True)), document)
+    broken = json.loads(command.model_dump_json(by_alias=True))
+    broken["attempt"] = 0
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, document)
