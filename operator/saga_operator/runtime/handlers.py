@@ -21,6 +21,9 @@ from saga_operator.runtime.app import OperatorApp
 async def start_operator(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Kopf would post an Event for every handler run; the coordinator posts the ones that matter.
     settings.posting.level = logging.ERROR
+    # The Saga CRD is installed before the operator starts, and the role grants no access to CRDs or
+    # Namespaces: without this, Kopf's dynamic scanning retries its forbidden lists for a minute.
+    settings.scanning.disabled = True
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     app = OperatorApp(Settings.from_env())

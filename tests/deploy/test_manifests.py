@@ -1,0 +1,288 @@
+"""The manifests, read as built by kustomize: what every kind-cluster object must look like.
+
+No API server here (only `kubectl kustomize`); tests/deploy/test_server_dry_run.py sends the same
+objects to a real one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from saga_localstack import versions
+from saga_participants.buyvideo import SERVICES, build
+from saga_participants.buyvideo.demo import DEMO_AGENTS, DEMO_USERS
+from saga_protocol import REPLY_TOPIC, CommandKind, command_topic, dead_letter_topic
+
+from .helpers import (
+    EXAMPLES,
+    KUSTOMIZATIONS,
+    MANIFESTS,
+    NAMESPACE,
+    REPO,
+    find,
+    kustomize,
+    objects,
+    pod_spec,
+    workloads,
+)
+
+OUR_IMAGE = "saga-operator"
+KIND_IMAGE = "saga-operator:dev"
+
+
+def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def test_crd_copy_matches_generated() -> None:
+    """kustomize reads no file outside its root, so manifests/base carries a copy of the generated CRD."""
+    generated = (REPO / "crds" / "saga.dev_sagas.yaml").read_text()
+    copy = (MANIFESTS / "base" / "crds" / "saga.dev_sagas.yaml").read_text()
+    assert copy == generated, "refresh the copy: cp crds/saga.dev_sagas.yaml manifests/base/crds/"
+    assert sorted(p.name for p in (REPO / "crds").glob("*.yaml")) == sorted(
+        p.name for p in (MANIFESTS / "base" / "crds").glob("*.yaml")
+    ), "every generated CRD must be copied into manifests/base/crds and listed in its kustomization"
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_kustomize_builds(path: str) -> None:
+    docs = objects(path)
+    assert docs, f"manifests/{path} builds to nothing"
+    for doc in docs:
+        if doc["kind"] not in ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
+            assert doc["metadata"].get("namespace") == NAMESPACE, f"{doc['kind']} {doc['metadata']['name']}"
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "saga-operator"
+
+
+def test_kind_overlay_has_everything() -> None:
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in objects("overlays/kind")}
+    for expected in [
+        ("Namespace", NAMESPACE),
+        ("CustomResourceDefinition", "sagas.saga.dev"),
+        ("ServiceAccount", "saga-operator"),
+        ("ClusterRole", "saga-operator"),
+        ("ClusterRoleBinding", "saga-operator"),
+        ("Deployment", "saga-operator"),
+        ("StatefulSet", "kafka"),
+        ("Service", "kafka"),
+        ("Job", "kafka-topics"),
+        *[("Deployment", s) for s in SERVICES],
+        *[("PersistentVolumeClaim", f"{s}-data") for s in SERVICES],
+    ]:
+        assert expected in kinds
+
+
+def test_kind_overlay_runs_the_loaded_image_without_pulling() -> None:
+    for workload in workloads(objects("overlays/kind")):
+        for container in containers(pod_spec(workload)):
+            if container["image"].startswith("apache/kafka"):
+                # the broker runs the same Kafka version as the local stack the tests use
+                assert container["image"] == f"apache/kafka:{versions.KAFKA_VERSION}"
+                continue
+            assert container["image"] == KIND_IMAGE, workload["metadata"]["name"]
+            assert container["imagePullPolicy"] == "IfNotPresent", workload["metadata"]["name"]
+
+
+def test_operator_deployment() -> None:
+    docs = objects("overlays/kind")
+    deployment = find(docs, "Deployment", "saga-operator")
+    # Kopf standalone: one active replica; Recreate never runs two during a rollout
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    spec = pod_spec(deployment)
+    assert spec["serviceAccountName"] == "saga-operator"
+    (container,) = spec["containers"]
+    assert container["command"] == ["saga-operator"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert {"name": "http", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
+    (env_from,) = container["envFrom"]
+    config = find(docs, "ConfigMap", env_from["configMapRef"]["name"])["data"]
+    assert config["SAGA_HTTP_PORT"] == "8080"  # the port the probes use
+    assert config["SAGA_NAMESPACE"] == ""  # all namespaces, hence the ClusterRole
+    assert config["SAGA_PARTICIPANTS"].split(",") == list(SERVICES)
+    assert config["KAFKA_BOOTSTRAP_SERVERS"] == f"kafka.{NAMESPACE}.svc:9092"
+
+
+def test_every_pod_is_hardened() -> None:
+    """The issue's securityContext, on every container of every workload (Kafka's included)."""
+    for workload in workloads(objects("overlays/kind")):
+        name = workload["metadata"]["name"]
+        spec = pod_spec(workload)
+        pod_sc = spec.get("securityContext", {})
+        assert pod_sc.get("runAsNonRoot") is True, name
+        assert pod_sc.get("runAsUser", 0) > 0, name
+        assert pod_sc.get("seccompProfile") == {"type": "RuntimeDefault"}, name
+        assert spec.get("enableServiceLinks") is False, name
+        emptydirs = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
+        for container in containers(spec):
+            where = f"{name}/{container['name']}"
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc["runAsNonRoot"] is True, where
+            assert sc["capabilities"] == {"drop": ["ALL"]}, where
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, where
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(container["resources"][kind]), where
+            # read-only root: a writable /tmp from an emptyDir
+            assert any(m["mountPath"] == "/tmp" and m["name"] in emptydirs for m in container["volumeMounts"]), where
+
+
+def test_only_the_operator_gets_an_api_token() -> None:
+    docs = objects("overlays/kind")
+    for workload in workloads(docs):
+        name = workload["metadata"]["name"]
+        expected = name == "saga-operator"
+        assert pod_spec(workload).get("automountServiceAccountToken") is expected, name
+    participant_sa = find(docs, "ServiceAccount", "saga-participant")
+    assert participant_sa["automountServiceAccountToken"] is False
+
+
+def test_no_role_but_the_operators() -> None:
+    rbac = [
+        d for d in objects("overlays/kind") if d["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")
+    ]
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in rbac) == [
+        ("ClusterRole", "saga-operator"),
+        ("ClusterRoleBinding", "saga-operator"),
+    ]
+    binding = find(rbac, "ClusterRoleBinding", "saga-operator")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "saga-operator",
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "saga-operator", "namespace": NAMESPACE}]
+
+
+def test_operator_role_is_exactly_what_it_needs() -> None:
+    """Widening the role must be a deliberate change of this test (and of docs/kind.md)."""
+    role = find(objects("base"), "ClusterRole", "saga-operator")
+    rules = sorted((tuple(r["apiGroups"]), tuple(r["resources"]), tuple(sorted(r["verbs"]))) for r in role["rules"])
+    assert rules == sorted(
+        [
+            (("saga.dev",), ("sagas",), ("get", "list", "patch", "watch")),
+            (("saga.dev",), ("sagas/status",), ("patch",)),
+            (("",), ("events",), ("create",)),
+        ]
+    )
+    assert all("resourceNames" not in r and "nonResourceURLs" not in r for r in role["rules"])
+    assert "aggregationRule" not in role
+
+
+def test_participants() -> None:
+    docs = objects("overlays/kind")
+    claims = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    for service in SERVICES:
+        deployment = find(docs, "Deployment", service)
+        assert deployment["spec"]["replicas"] == 1
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"}  # one SQLite writer per volume
+        spec = pod_spec(deployment)
+        (seed,) = spec["initContainers"]
+        assert seed["command"] == ["saga-participant", "seed"]
+        (container,) = spec["containers"]
+        assert container["command"] == ["saga-participant", "run", service]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        (volume,) = [v for v in spec["volumes"] if "persistentVolumeClaim" in v]
+        assert volume["persistentVolumeClaim"]["claimName"] == f"{service}-data"
+        assert f"{service}-data" in claims
+        (env_from,) = container["envFrom"]
+        config = find(docs, "ConfigMap", env_from["configMapRef"]["name"])["data"]
+        # the CLI binds 127.0.0.1 by default: the kubelet's probes need every interface
+        assert config["SAGA_HTTP_HOST"] == "0.0.0.0"
+        assert config["SAGA_HTTP_PORT"] == "8080"
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert mounts[config["SAGA_DATA_DIR"]] == volume["name"]
+        assert {m["mountPath"]: m["name"] for m in seed["volumeMounts"]}[config["SAGA_DATA_DIR"]] == volume["name"]
+
+
+def test_kafka() -> None:
+    docs = objects("kafka")
+    statefulset = find(docs, "StatefulSet", "kafka")
+    assert statefulset["spec"]["replicas"] == 1
+    assert statefulset["spec"]["serviceName"] == "kafka"
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    service = find(docs, "Service", "kafka")
+    assert service["spec"]["clusterIP"] == "None"
+    properties = (MANIFESTS / "kafka" / "server.properties").read_text()
+    assert "process.roles=broker,controller" in properties  # KRaft, no ZooKeeper
+    assert "auto.create.topics.enable=false" in properties
+
+
+def test_topics_job_creates_the_protocols_topics() -> None:
+    job = find(objects("kafka"), "Job", "kafka-topics")
+    (container,) = pod_spec(job)["containers"]
+    script = container["command"][-1]
+    assert f"create {REPLY_TOPIC} " in script
+    assert f"create {dead_letter_topic(REPLY_TOPIC)} " in script
+    participants = script.split("for participant in ", 1)[1].split(";", 1)[0].split()
+    assert participants == list(SERVICES)
+    # the loop body, expanded per participant, names the topics the way saga_protocol does
+    for participant in participants:
+        expanded = script.replace("$participant", participant)
+        assert f'create "{command_topic(participant)}" 6' in expanded
+        assert f'create "{dead_letter_topic(command_topic(participant))}" 1' in expanded
+
+
+# ---- the examples --------------------------------------------------------------------------------
+
+EXAMPLE_FILES = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
+
+
+def load_example(name: str) -> dict[str, Any]:
+    docs: list[dict[str, Any]] = [d for d in yaml.safe_load_all((EXAMPLES / name).read_text()) if d]
+    assert len(docs) == 1, f"{name}: one Saga per file"
+    return docs[0]
+
+
+def test_the_three_examples_exist() -> None:
+    assert EXAMPLE_FILES == [
+        "buy-video-fails-at-agent.yaml",
+        "buy-video-fails-at-debit.yaml",
+        "buy-video-succeeds.yaml",
+    ]
+
+
+@pytest.mark.parametrize("name", EXAMPLE_FILES)
+def test_example_steps_exist_in_the_participants(name: str, tmp_path: Path) -> None:
+    saga = load_example(name)
+    assert saga["apiVersion"] == "saga.dev/v1alpha1" and saga["kind"] == "Saga"
+    assert saga["metadata"]["name"] == Path(name).stem
+    assert "namespace" not in saga["metadata"], "examples go to the namespace they are applied to"
+    assert saga["metadata"]["labels"]["app.kubernetes.io/part-of"] == "saga-demo"  # make kind-demo selects it
+    for step in saga["spec"]["steps"]:
+        participant = build(step["participant"], tmp_path)
+        assert participant.handler_for(CommandKind.ACTION, step["action"]) is not None, step
+        assert participant.handler_for(CommandKind.COMPENSATION, step["compensation"]) is not None, step
+
+
+def test_examples_fit_the_seed_data() -> None:
+    """Each example ends the way its name says with the data `saga-participant seed` writes."""
+
+    def payload(name: str) -> dict[str, Any]:
+        body: dict[str, Any] = load_example(name)["spec"]["payload"]
+        return body
+
+    ok = payload("buy-video-succeeds.yaml")
+    assert DEMO_USERS[ok["buyer"]] >= ok["price"] and DEMO_AGENTS[ok["agent"]][0] == "open"
+    debit = payload("buy-video-fails-at-debit.yaml")
+    assert DEMO_USERS[debit["buyer"]] < debit["price"]
+    agent = payload("buy-video-fails-at-agent.yaml")
+    assert DEMO_USERS[agent["buyer"]] >= agent["price"] and DEMO_AGENTS[agent["agent"]][0] == "closed"
+    # distinct buyers and videos: the sagas run at the same time without meeting each other's effects
+    assert len({(p["buyer"], p["video"]) for p in (ok, debit, agent)}) == 3
+    assert len({p["buyer"] for p in (ok, debit, agent)}) == 3
+
+
+def test_kustomize_output_is_deterministic() -> None:
+    kustomize.cache_clear()
+    first = kustomize("overlays/kind")
+    kustomize.cache_clear()
+    assert kustomize("overlays/kind") == first
