@@ -25,15 +25,112 @@ up: $(STAMP) ## start the local stack (etcd, kube-apiserver, Kafka) in the backg
 	$(PY) -m saga_localstack up
 
 .PHONY: down
-down: $(STAMP) ## stop the local stack
+down: $(STAMP) ## stop the local stack; leaves no process behind
 	$(PY) -m saga_localstack down
+
+.PHONY: stack-status
+stack-status: $(STAMP) ## is the local stack up and healthy? (exit 0 yes, 1 not up, 2 unhealthy)
+	$(PY) -m saga_localstack status
+
+.PHONY: stack-build
+stack-build: $(STAMP) ## build etcd and kube-apiserver, fetch the Kafka jars, into the cache (only what is missing)
+	$(PY) -m saga_localstack build
+
+.PHONY: clean-cache
+clean-cache: $(STAMP) ## delete the cached binaries of the pinned versions (the next run rebuilds them)
+	rm -rf "$$($(PY) -m saga_localstack cache-dir)"
 
 .PHONY: test
 test: $(STAMP) ## run the whole test suite against the real local stack (started if needed)
-	$(PY) -m pytest
+	$(PY) -m saga_localstack build
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: demo
+demo: $(STAMP) ## the buy-video sagas end to end on the local stack: kubectl get sagas as they move, then the ledgers
+	$(PY) -m saga_localstack build
+	$(PY) -m saga_localstack.demo
+
+.PHONY: generate
+generate: $(STAMP) ## regenerate the CRD and the protocol JSON Schema from the pydantic models
+	$(PY) -m saga_operator.crd > crds/saga.dev_sagas.yaml
+	cp crds/saga.dev_sagas.yaml manifests/base/crds/saga.dev_sagas.yaml
+	$(PY) -m saga_protocol.schema > docs/protocol.schema.json
 
 .PHONY: lint
 lint: $(STAMP) ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy operator protocol participants localstack
+
+# ---- container image and kind (docs/kind.md) --------------------------------------------------
+# Needs Docker (a running engine), kind and kubectl; none of them runs on the CI machines, where the
+# manifests are checked against the local stack instead (tests/deploy).
+IMAGE ?= saga-operator:dev
+DOCKER ?= docker
+KIND ?= kind
+KUBECTL ?= kubectl
+KIND_CLUSTER ?= saga
+# e.g. kindest/node:v1.35.0; empty: the node image of your kind release
+KIND_NODE_IMAGE ?=
+KIND_CONTEXT := kind-$(KIND_CLUSTER)
+KCTL := $(KUBECTL) --context $(KIND_CONTEXT)
+DEMO_TIMEOUT ?= 300
+
+.PHONY: image
+image: ## build the container image saga-operator:dev (operator and participants) with Docker
+	@command -v $(DOCKER) >/dev/null 2>&1 || { \
+	  echo "make image: '$(DOCKER)' is not installed. Install Docker (https://docs.docker.com/get-docker/)." >&2; exit 1; }
+	@$(DOCKER) info >/dev/null 2>&1 || { \
+	  echo "make image: no Docker engine answers ('$(DOCKER) info' failed). Start Docker, or run where it runs." >&2; exit 1; }
+	DOCKER_BUILDKIT=1 $(DOCKER) build --tag $(IMAGE) .
+
+.PHONY: kind-up
+kind-up: image ## create the kind cluster, load the image, deploy Kafka, the operator and the participants
+	@for tool in $(KIND) $(KUBECTL); do command -v $$tool >/dev/null 2>&1 || { \
+	  echo "make kind-up: '$$tool' is not installed (see docs/kind.md)." >&2; exit 1; }; done
+	@if $(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)'; then \
+	  echo "kind cluster $(KIND_CLUSTER) exists; reusing it"; \
+	else \
+	  $(KIND) create cluster --name $(KIND_CLUSTER) --config kind/cluster.yaml \
+	    $(if $(KIND_NODE_IMAGE),--image $(KIND_NODE_IMAGE)) --wait 120s; \
+	fi
+	$(KIND) load docker-image $(IMAGE) --name $(KIND_CLUSTER)
+	@# the tag stays :dev: on a second kind-up, restart the pods so that they run the image just loaded
+	@if $(KCTL) -n saga-system get deployment/saga-operator >/dev/null 2>&1; then again=1; else again=0; fi; \
+	echo "$(KCTL) apply -k manifests/overlays/kind"; \
+	$(KCTL) apply -k manifests/overlays/kind || exit 1; \
+	if [ $$again = 1 ]; then \
+	  $(KCTL) -n saga-system rollout restart deployment/saga-operator deployment/videos deployment/users deployment/agents \
+	    || exit 1; \
+	fi
+	$(KCTL) wait --for condition=Established --timeout=60s crd/sagas.saga.dev
+	$(KCTL) -n saga-system rollout status statefulset/kafka --timeout=300s
+	$(KCTL) -n saga-system wait --for condition=Complete --timeout=300s job/kafka-topics
+	$(KCTL) -n saga-system rollout status deployment/saga-operator --timeout=300s
+	$(KCTL) -n saga-system rollout status deployment/videos --timeout=300s
+	$(KCTL) -n saga-system rollout status deployment/users --timeout=300s
+	$(KCTL) -n saga-system rollout status deployment/agents --timeout=300s
+	$(KCTL) -n saga-system get pods
+	@echo "saga-operator is up in kind cluster $(KIND_CLUSTER); next: make kind-demo"
+
+.PHONY: kind-demo
+kind-demo: ## apply examples/*.yaml to the kind cluster and watch the sagas until all have finished
+	$(KCTL) apply -f examples/
+	@deadline=$$(( $$(date +%s) + $(DEMO_TIMEOUT) )); \
+	while :; do \
+	  if [ -t 1 ]; then clear; fi; \
+	  $(KCTL) get sagas -l app.kubernetes.io/part-of=saga-demo; \
+	  phases=$$($(KCTL) get sagas -l app.kubernetes.io/part-of=saga-demo \
+	    -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}'); \
+	  running=$$(printf '%s\n' "$$phases" | grep -cvE '^(Succeeded|Compensated|Failed)$$' || true); \
+	  if [ "$$running" = 0 ]; then break; fi; \
+	  if [ $$(date +%s) -ge $$deadline ]; then \
+	    echo "make kind-demo: sagas still running after $(DEMO_TIMEOUT)s (see docs/kind.md, Troubleshooting)" >&2; exit 1; fi; \
+	  sleep 2; \
+	done
+	$(KCTL) get sagas -l app.kubernetes.io/part-of=saga-demo -o wide
+	$(KCTL) get events --field-selector involvedObject.kind=Saga --sort-by=.metadata.creationTimestamp
+
+.PHONY: kind-down
+kind-down: ## delete the kind cluster (and everything in it)
+	$(KIND) delete cluster --name $(KIND_CLUSTER)

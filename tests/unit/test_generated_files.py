@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+
 from saga_operator import crd
 from saga_protocol import schema
 from saga_protocol.messages import Command, CommandKind, Outcome, Reply, now

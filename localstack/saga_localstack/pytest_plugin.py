@@ -1,0 +1,62 @@
+"""pytest fixtures for the real local stack. Enable with ``pytest_plugins = ["saga_localstack.pytest_plugin"]``.
+
+* ``stack`` (session): a ``StackEndpoints``. If both ``KUBECONFIG`` and ``KAFKA_BOOTSTRAP_SERVERS`` are set,
+  the suite runs against that cluster and broker unchanged (``stack.managed`` is False, the unprivileged
+  token is None unless ``SAGA_LOCALSTACK_UNPRIVILEGED_TOKEN`` is set). Otherwise one ``Stack`` is started
+  for the session in a temporary directory (its logs stay in pytest's basetemp) and stopped at the end,
+  also on Ctrl-C/SIGTERM; its servers die with the pytest process even on SIGKILL.
+* ``kubectl`` (session): ``kubectl(*args, input=None, check=False, kubeconfig=None, timeout=120)`` runs the
+  project's kubectl against the stack's cluster and returns the ``CompletedProcess`` (text output).
+* ``kafka_bootstrap`` (session): ``"host:port"`` of the broker.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from .stack import Stack, StackEndpoints
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "stack: needs the real Kubernetes API server and Kafka broker")
+
+
+def _terminal_log(config: pytest.Config) -> Callable[[str], None]:
+    capman: Any = config.pluginmanager.getplugin("capturemanager")
+
+    def log(message: str) -> None:
+        if capman is not None:
+            with capman.global_and_fixture_disabled():
+                print(f"\n[localstack] {message}", flush=True)
+        else:
+            print(f"[localstack] {message}", flush=True)
+
+    return log
+
+
+@pytest.fixture(scope="session")
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackEndpoints]:
+    external = StackEndpoints.from_environment()
+    if external is not None:
+        yield external
+        return
+    local = Stack(tmp_path_factory.mktemp("localstack"), detached=False, log=_terminal_log(request.config))
+    local.start()
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture(scope="session")
+def kubectl(stack: StackEndpoints) -> Callable[..., subprocess.CompletedProcess[str]]:
+    return stack.kubectl
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(stack: StackEndpoints) -> str:
+    return stack.kafka_bootstrap

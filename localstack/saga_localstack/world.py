@@ -1,0 +1,212 @@
+"""A whole saga-operator installation on a stack: the CRD, the operator, the three buy-video
+participants with their databases, and helpers to apply Sagas and read them back with kubectl.
+
+Shared by the end-to-end tests, `make demo`, the chaos run and the benchmarks. Each world has its own
+reply topic and consumer group, so several can share one broker (a user's own Kafka) without
+crosstalk.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .services import Service, operator_service, participant_service
+from .stack import StackEndpoints
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_DIR = REPO / "crds"
+PARTICIPANTS = ("videos", "users", "agents")
+TERMINAL = ("Succeeded", "Compensated", "Failed")
+
+
+class WorldError(RuntimeError):
+    pass
+
+
+def buy_video_saga(
+    name: str,
+    payload: Mapping[str, Any],
+    *,
+    namespace: str = "default",
+    timeout_seconds: int = 10,
+    retry: Mapping[str, int] | None = None,
+    abort: bool = False,
+) -> dict[str, Any]:
+    """The seed's saga: record the purchase, debit the buyer, credit the seller's agent."""
+    step_retry = dict(retry or {"limit": 3, "backoffSeconds": 1, "maxBackoffSeconds": 5})
+
+    def step(step_name: str, participant: str, action: str, compensation: str) -> dict[str, Any]:
+        return {
+            "name": step_name,
+            "participant": participant,
+            "action": action,
+            "compensation": compensation,
+            "timeoutSeconds": timeout_seconds,
+            "retry": step_retry,
+        }
+
+    return {
+        "apiVersion": "saga.dev/v1alpha1",
+        "kind": "Saga",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "payload": dict(payload),
+            "abort": abort,
+            "steps": [
+                step("record-purchase", "videos", "record-purchase", "remove-purchase"),
+                step("debit-buyer", "users", "debit", "refund"),
+                step("credit-agent", "agents", "credit", "reverse-credit"),
+            ],
+        },
+    }
+
+
+class SagaWorld:
+    def __init__(self, endpoints: StackEndpoints, run_dir: Path, *, operator_env: Mapping[str, str] | None = None):
+        self.endpoints = endpoints
+        self.run_dir = run_dir
+        self.data_dir = run_dir / "data"
+        self.run_id = uuid.uuid4().hex[:8]
+        self.reply_topic = f"saga.replies.{self.run_id}"
+        env = endpoints.env()
+        self.operator: Service = operator_service(
+            run_dir,
+            env,
+            SAGA_REPLY_TOPIC=self.reply_topic,
+            SAGA_CONSUMER_GROUP=f"saga-operator-{self.run_id}",
+            SAGA_PARTICIPANTS=",".join(PARTICIPANTS),
+            SAGA_TOPIC_PARTITIONS="3",
+            # One namespace: tests that run an operator of their own elsewhere are not driven by this one.
+            SAGA_NAMESPACE="default",
+            **(operator_env or {}),
+        )
+        self.participants: dict[str, Service] = {
+            name: participant_service(name, self.data_dir, run_dir, env) for name in PARTICIPANTS
+        }
+
+    # ---- life cycle ---------------------------------------------------------------------------
+
+    def install_crd(self) -> None:
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR))
+        self.kubectl("wait", "--for=condition=Established", "crd/sagas.saga.dev", "--timeout=60s")
+        # Discovery lags behind Established for a moment; a Saga applied before it would fail.
+        deadline = time.monotonic() + 30
+        while self.endpoints.kubectl("get", "sagas", "-A").returncode != 0:
+            if time.monotonic() > deadline:
+                raise WorldError("the Saga resource never appeared in discovery")
+            time.sleep(0.3)
+
+    def seed(self) -> None:
+        import subprocess
+        import sys
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "saga_participants.cli", "seed", "--data-dir", str(self.data_dir)],
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self) -> SagaWorld:
+        self.install_crd()
+        self.seed()
+        for service in self.participants.values():
+            service.start(wait=False)
+        self.operator.start(wait=False)
+        for service in (*self.participants.values(), self.operator):
+            service.wait_ready()
+        return self
+
+    def stop(self) -> None:
+        for service in (self.operator, *self.participants.values()):
+            service.stop()
+
+    def __enter__(self) -> SagaWorld:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- kubectl ------------------------------------------------------------------------------
+
+    def kubectl(self, *args: str, input: str | None = None) -> str:
+        result = self.endpoints.kubectl(*args, input=input)
+        if result.returncode != 0:
+            raise WorldError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def apply(self, manifest: Mapping[str, Any]) -> str:
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump(dict(manifest)))
+        return str(manifest["metadata"]["name"])
+
+    def apply_all(self, manifests: Iterable[Mapping[str, Any]]) -> None:
+        """One kubectl call for many Sagas (a List), as a user applying a folder would."""
+        doc = {"apiVersion": "v1", "kind": "List", "items": [dict(m) for m in manifests]}
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+
+    def get(self, name: str, namespace: str = "default") -> dict[str, Any]:
+        body: dict[str, Any] = json.loads(self.kubectl("get", "saga", name, "-n", namespace, "-o", "json"))
+        return body
+
+    def phases(self, namespace: str | None = "default") -> dict[str, str]:
+        scope = ["-n", namespace] if namespace else ["-A"]
+        items = json.loads(self.kubectl("get", "sagas", *scope, "-o", "json"))["items"]
+        return {i["metadata"]["name"]: (i.get("status") or {}).get("phase", "") for i in items}
+
+    def wait_terminal(
+        self, names: Iterable[str], namespace: str = "default", timeout: float = 120.0
+    ) -> dict[str, dict[str, Any]]:
+        """Wait until every named saga is in a terminal phase; return their bodies."""
+        pending = set(names)
+        done: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + timeout
+        while pending:
+            items = json.loads(self.kubectl("get", "sagas", "-n", namespace, "-o", "json"))["items"]
+            for item in items:
+                name = item["metadata"]["name"]
+                if name in pending and (item.get("status") or {}).get("phase") in TERMINAL:
+                    done[name] = item
+                    pending.discard(name)
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                raise WorldError(
+                    f"sagas not finished after {timeout:.0f}s: {sorted(pending)}\n{self.operator.log_tail()}"
+                )
+            time.sleep(0.3)
+        return done
+
+    def events(self, name: str, namespace: str = "default") -> list[dict[str, Any]]:
+        out = self.kubectl(
+            "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}", "-o", "json"
+        )
+        items: list[dict[str, Any]] = json.loads(out)["items"]
+        return items
+
+    def ledger(self) -> dict[str, Any]:
+        from saga_participants.buyvideo.demo import read_ledger
+
+        result: dict[str, Any] = read_ledger(self.data_dir)
+        return result
+
+    def apiserver_writes(self) -> dict[str, float]:
+        """Write requests on Sagas the API server has counted since it started, by verb/subresource."""
+        text = self.kubectl("get", "--raw", "/metrics")
+        writes: dict[str, float] = {}
+        for line in text.splitlines():
+            if not line.startswith("apiserver_request_total{") or 'resource="sagas"' not in line:
+                continue
+            labels = dict(part.split("=", 1) for part in line[line.index("{") + 1 : line.index("}")].split(","))
+            verb = labels.get("verb", "").strip('"')
+            if verb not in ("PATCH", "PUT", "POST", "DELETE"):
+                continue
+            key = f"{verb} {labels.get('subresource', '').strip(chr(34)) or 'main'}"
+            writes[key] = writes.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+        return writes

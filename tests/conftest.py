@@ -1,0 +1,1 @@
+pytest_plugins = ["saga_localstack.pytest_plugin"]
