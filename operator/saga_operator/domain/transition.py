@@ -257,11 +257,15 @@ def _apply_compensation_reply(work: _Work, spec: StepSpec, record: StepStatus, r
 def _apply_deadlines(work: _Work, now: datetime) -> None:
     if work.status.phase in TERMINAL_PHASES:
         return
-    for record in work.status.steps:
+    # Timeouts first, then ends of backoff: a timeout may start the undo, and a parallel step whose
+    # backoff ends in the same tick must then be compensated, not sent once more (before this, the
+    # action's next attempt went out alongside its compensation). Test, in tests/domain/test_domain_rules.py:
+    # test_a_timeout_that_starts_the_undo_does_not_send_another_attempt_of_a_parallel_step.
+    due = [r for r in work.status.steps if r.deadline is not None and r.deadline <= now]
+    due.sort(key=lambda r: r.state not in (StepState.DISPATCHED, StepState.COMPENSATING))
+    for record in due:
         if work.status.phase in TERMINAL_PHASES:
             break
-        if record.deadline is None or record.deadline > now:
-            continue
         spec = work.specs[record.name]
         match record.state:
             case StepState.DISPATCHED:
@@ -270,6 +274,8 @@ def _apply_deadlines(work: _Work, now: datetime) -> None:
                 )
                 _action_attempt_failed(work, spec, record, timeout, now)
             case StepState.RETRYING:
+                if work.status.abort_requested and spec.compensation is not None:
+                    continue  # being undone: _advance_backward sends its compensation instead
                 work.send_action(spec, record, now)
             case StepState.COMPENSATING:
                 timeout = ErrorRecord(
