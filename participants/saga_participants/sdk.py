@@ -643,7 +643,9 @@ class Participant:
             )
 
     async def _handle(self, record: Any) -> None:
-        headers = [(name, bytes(value)) for name, value in (record.headers or ())]
+        # Fix (chaos run, docs/chaos.md): a header value can be null on the wire; bytes(None) raised
+        # TypeError here, and the consume loop retried that one record forever (a poison message).
+        headers = [(name, None if value is None else bytes(value)) for name, value in (record.headers or ())]
         try:
             command = decode_command(record.value, headers)
         except DecodeError as exc:
@@ -709,7 +711,7 @@ class Participant:
                 detail,
             )
         value: bytes = record.value if record.value is not None else b""
-        headers: list[tuple[str, bytes]] = [
+        headers: list[tuple[str, bytes | None]] = [
             (DLQ_REASON, reason.encode()),
             (DLQ_DETAIL, detail[:4096].encode()),
             (DLQ_PARTICIPANT, self.name.encode()),
@@ -717,7 +719,8 @@ class Participant:
             (DLQ_ORIGINAL_PARTITION, str(record.partition).encode()),
             (DLQ_ORIGINAL_OFFSET, str(record.offset).encode()),
             (DLQ_TIME, datetime.now(UTC).isoformat().encode()),
-            *[(name, bytes(raw)) for name, raw in (record.headers or ())],
+            # Null header values kept as they came (fix, chaos run: bytes(None) raised TypeError).
+            *[(name, None if raw is None else bytes(raw)) for name, raw in (record.headers or ())],
         ]
         retry = 0
         while True:

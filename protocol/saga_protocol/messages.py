@@ -9,6 +9,7 @@ messages; a decoder never needs them to make sense of a body.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
@@ -20,6 +21,11 @@ COMMAND_TYPE: Final = "dev.saga.command.v1"
 REPLY_TYPE: Final = "dev.saga.reply.v1"
 # Larger messages are refused on both sides: a saga payload is a few fields, never a document store.
 MAX_MESSAGE_BYTES: Final = 256 * 1024
+# Bodies nested deeper than this are refused too (SchemaViolation). Fix (chaos run, docs/chaos.md): the
+# decoders must raise nothing but DecodeError, yet json.loads raises RecursionError near 1000 levels,
+# and a reply whose result nests past ~250 levels decoded fine but could not be written into the
+# Saga's status (pydantic's serialisation depth limit), so the operator retried that write forever.
+MAX_JSON_DEPTH: Final = 64
 
 _NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
@@ -99,6 +105,8 @@ class DecodeError(ValueError):
 
 
 Headers = list[tuple[str, bytes]]
+# What a consumer hands the decoders: Kafka header values may be null on the wire (aiokafka gives None).
+WireHeaders = Sequence[tuple[str, bytes | None]]
 
 
 def _headers(ce_type: str, message_id: str, source: str, subject: str, sent_at: datetime) -> Headers:
@@ -128,20 +136,41 @@ def encode_reply(reply: Reply) -> tuple[bytes, bytes, Headers]:
     return reply.saga_uid.encode(), _dump(reply), headers
 
 
-def _load(value: bytes | None, headers: Headers | None, expected_type: str) -> dict[str, Any]:
+def _nested_deeper_than(body: Any, limit: int) -> bool:
+    pending: list[tuple[Any, int]] = [(body, 1)]
+    while pending:
+        node, depth = pending.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                pending.append((child, depth + 1))
+    return False
+
+
+def _load(value: bytes | None, headers: WireHeaders | None, expected_type: str) -> dict[str, Any]:
     if value is None:
         raise DecodeError("EmptyMessage", "the message has no value")
     if len(value) > MAX_MESSAGE_BYTES:
         raise DecodeError("Oversized", f"{len(value)} bytes, the limit is {MAX_MESSAGE_BYTES}")
     for name, raw in headers or ():
-        if name == "ce_type" and raw.decode(errors="replace") != expected_type:
-            raise DecodeError("WrongType", f"ce_type is {raw.decode(errors='replace')!r}, expected {expected_type!r}")
+        if name != "ce_type":
+            continue
+        # A null header value is possible on the wire (fix, chaos run: it raised AttributeError here).
+        ce_type = None if raw is None else raw.decode(errors="replace")
+        if ce_type != expected_type:
+            raise DecodeError("WrongType", f"ce_type is {ce_type!r}, expected {expected_type!r}")
     try:
         body = json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DecodeError("NotJson", str(exc)) from None
+    except RecursionError:
+        raise DecodeError("SchemaViolation", f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(body, dict):
         raise DecodeError("NotAnObject", f"the body is a JSON {type(body).__name__}")
+    if _nested_deeper_than(body, MAX_JSON_DEPTH):
+        raise DecodeError("SchemaViolation", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     return body
 
 
@@ -151,7 +180,7 @@ def _validation_detail(exc: ValidationError) -> str:
     return f"{where}: {first['msg']} ({exc.error_count()} error(s))"
 
 
-def decode_command(value: bytes | None, headers: Headers | None = None) -> Command:
+def decode_command(value: bytes | None, headers: WireHeaders | None = None) -> Command:
     body = _load(value, headers, COMMAND_TYPE)
     try:
         return Command.model_validate(body)
@@ -159,7 +188,7 @@ def decode_command(value: bytes | None, headers: Headers | None = None) -> Comma
         raise DecodeError("SchemaViolation", _validation_detail(exc)) from None
 
 
-def decode_reply(value: bytes | None, headers: Headers | None = None) -> Reply:
+def decode_reply(value: bytes | None, headers: WireHeaders | None = None) -> Reply:
     body = _load(value, headers, REPLY_TYPE)
     try:
         return Reply.model_validate(body)

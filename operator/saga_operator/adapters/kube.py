@@ -19,6 +19,12 @@ from saga_operator.domain.model import GROUP, KIND, PLURAL, VERSION, SagaStatus
 log = logging.getLogger(__name__)
 # Custom resources take JSON merge patches (no strategic merge); the client must be told.
 _MERGE: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
+# Fix (chaos run, docs/chaos.md): without a timeout a request to an API server that stops answering
+# (frozen, or gone behind a partition that sends no RST) waits forever, holding its saga's lock and,
+# through it, the reply pump. A write that times out may still have landed; the next one carries the
+# same resourceVersion, gets 409 and re-reads, as for any other conflict.
+REQUEST_TIMEOUT = 30.0
+_TIMEOUT: dict[str, Any] = {"_request_timeout": REQUEST_TIMEOUT}
 
 
 class Conflict(Exception):
@@ -65,7 +71,11 @@ class KubeClient:
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         except config.ConfigException:
             await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        configuration.connection_pool_maxsize = 256
+        # Fix (benchmark, docs/performance.md): was 256. A batch of up to 500 replies applied in parallel
+        # opened a TLS connection per concurrent PATCH, and kept them all: each costs ~0.3 MiB (asyncio's
+        # 256 KiB SSL buffer, OpenSSL's own), +60 MiB RSS with 5,000 Sagas. The API server handles a few
+        # requests per core at a time anyway; 64 (= RESUME_CONCURRENCY) queue here instead of there.
+        configuration.connection_pool_maxsize = 64
         return cls(client.ApiClient(configuration))
 
     async def close(self) -> None:
@@ -78,6 +88,7 @@ class KubeClient:
             kwargs: dict[str, Any] = {"limit": 500}
             if token:
                 kwargs["_continue"] = token
+            kwargs.update(_TIMEOUT)
             if namespace:
                 page = await self._objects.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **kwargs)
             else:
@@ -90,7 +101,7 @@ class KubeClient:
     async def get_saga(self, ref: SagaRef) -> dict[str, Any]:
         try:
             body: dict[str, Any] = await self._objects.get_namespaced_custom_object(
-                GROUP, VERSION, ref.namespace, PLURAL, ref.name
+                GROUP, VERSION, ref.namespace, PLURAL, ref.name, **_TIMEOUT
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -112,6 +123,7 @@ class KubeClient:
                 ref.name,
                 status_patch(status, resource_version),
                 **_MERGE,
+                **_TIMEOUT,
             )
         except ApiException as exc:
             raise _translate(exc, ref) from None
@@ -122,7 +134,7 @@ class KubeClient:
         patch = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
         try:
             body: dict[str, Any] = await self._objects.patch_namespaced_custom_object(
-                GROUP, VERSION, ref.namespace, PLURAL, ref.name, patch, **_MERGE
+                GROUP, VERSION, ref.namespace, PLURAL, ref.name, patch, **_MERGE, **_TIMEOUT
             )
         except ApiException as exc:
             raise _translate(exc, ref) from None
@@ -145,7 +157,11 @@ class KubeClient:
             reporting_component="saga.dev/saga-operator",
             reporting_instance="saga-operator",
         )
-        await self._core.create_namespaced_event(ref.namespace, event)
+        await self._core.create_namespaced_event(ref.namespace, event, **_TIMEOUT)
+
+    async def ping(self, seconds: float) -> None:
+        """GET /version: does the API server answer at all? (the readiness probe)"""
+        await client.VersionApi(self._api_client).get_code(_request_timeout=seconds)
 
 
 def _translate(exc: ApiException, ref: SagaRef) -> Exception:

@@ -28,6 +28,10 @@ from saga_protocol import Command, DecodeError, Reply, dead_letter_topic, decode
 
 log = logging.getLogger(__name__)
 RESUME_CONCURRENCY = 64
+# Readiness follows the dependencies: each is asked every PROBE_INTERVAL seconds, and a probe that does
+# not answer within PROBE_TIMEOUT counts as a failure (a frozen API server hangs; it does not refuse).
+PROBE_INTERVAL = 2.0
+PROBE_TIMEOUT = 5.0
 
 
 class OperatorApp:
@@ -43,6 +47,9 @@ class OperatorApp:
         self._tasks: list[asyncio.Task[Any]] = []
         self._http: web.AppRunner | None = None
         self._kafka_healthy = False
+        # Set by the dependency probes (see _probe_dependencies).
+        self._kafka_reachable = False
+        self._api_reachable = False
         self._dlq = dead_letter_topic(settings.reply_topic)
 
     # ---- life cycle ---------------------------------------------------------------------------
@@ -68,8 +75,10 @@ class OperatorApp:
         )
         await self._retry("Kafka consumer", self._consumer.start)
         self._kafka_healthy = True
+        self._kafka_reachable = self._api_reachable = True  # both just answered the start-up
         self._tasks = [
             asyncio.create_task(self._pump_replies(), name="reply-pump"),
+            asyncio.create_task(self._probe_dependencies(), name="probes"),
             asyncio.create_task(self.coordinator.run_deadlines(), name="deadlines"),
             asyncio.create_task(self.coordinator.post_events(), name="events"),
         ]
@@ -100,12 +109,38 @@ class OperatorApp:
         healthy = (
             self.started.is_set()
             and self._kafka_healthy
+            and self._kafka_reachable
+            and self._api_reachable
             and self.coordinator is not None
             and self.coordinator.api_healthy
             and all(not t.done() for t in self._tasks)
         )
         self.metrics.ready.set(1 if healthy else 0)
         return healthy
+
+    async def _probe_dependencies(self) -> None:
+        """Ask the API server and the broker, every few seconds, whether they answer.
+
+        Fix (chaos run, docs/chaos.md): readiness used to depend only on `_kafka_healthy` and
+        `coordinator.api_healthy`, which flip on errors that never surface in these outages: aiokafka's
+        `getmany` rides out a dead broker by returning empty batches, and requests to a frozen API
+        server hang instead of failing. So /readyz said 200 through both. These probes are cheap (a
+        GET /version, a Metadata request) and bounded by PROBE_TIMEOUT.
+        """
+        assert self._kube is not None and self._producer is not None
+        kube, producer = self._kube, self._producer
+        while True:
+            self._api_reachable = await self._probe("Kubernetes API", lambda: kube.ping(PROBE_TIMEOUT))
+            self._kafka_reachable = await self._probe("Kafka", producer.client.fetch_all_metadata)
+            await asyncio.sleep(PROBE_INTERVAL)
+
+    async def _probe(self, what: str, action: Any) -> bool:
+        try:
+            await asyncio.wait_for(action(), PROBE_TIMEOUT)
+        except Exception as exc:
+            log.warning("%s probe failed (%s: %s): not ready", what, type(exc).__name__, exc)
+            return False
+        return True
 
     async def _retry(self, what: str, action: Any) -> Any:
         """Dependencies that are not there yet (Kafka still starting, the API server away) are waited
@@ -172,7 +207,15 @@ class OperatorApp:
     async def _apply_in_order(self, items: list[tuple[Any, Reply]], received: float) -> None:
         assert self.coordinator is not None
         for message, reply in items:
-            ignored = await self.coordinator.apply_reply(reply, received)
+            try:
+                ignored = await self.coordinator.apply_reply(reply, received)
+            except Exception as exc:
+                # Fix (chaos run, docs/chaos.md): an exception here (Gone: the saga was deleted after its
+                # finalizer was removed by hand; or any bug) used to end the reply pump for good while
+                # /healthz kept saying ok. Set the reply aside instead: the step's timeout asks again.
+                log.exception("reply for saga %s step %s could not be applied", reply.saga_uid, reply.step)
+                await self._set_aside(message, "NotApplied", f"{type(exc).__name__}: {exc}")
+                continue
             for effect in ignored:
                 if effect.invalid:
                     await self._set_aside(message, effect.reason, f"step {reply.step} attempt {reply.attempt}")
