@@ -134,3 +134,15 @@ kind-demo: ## apply examples/*.yaml to the kind cluster and watch the sagas unti
 .PHONY: kind-down
 kind-down: ## delete the kind cluster (and everything in it)
 	$(KIND) delete cluster --name $(KIND_CLUSTER)
+
+# ---- chaos (docs/chaos.md) ----------------------------------------------------------------------------
+CHAOS_SAGAS ?= $(or $(N),300)
+
+.PHONY: chaos
+chaos: $(STAMP) ## N sagas (default 300) while everything breaks, then audit the books; SEED=n replays a mix
+	$(PY) -m saga_localstack build
+	$(PY) -m saga_localstack.chaos --sagas $(CHAOS_SAGAS) $(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)
+
+.PHONY: bench
+bench: $(STAMP) ## benchmark the operator against its floor; prints the figures, JSON in bench/results/ (BENCH_ARGS="--sagas 1000 --concurrency 100 --scale-sagas 5000")
+	$(PY) -m saga_localstack.bench $(BENCH_ARGS)

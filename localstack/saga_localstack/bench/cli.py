@@ -1,0 +1,317 @@
+"""`python -m saga_localstack.bench` (`make bench`): run the benchmark, print the figures, write the JSON.
+
+Where it runs: against KUBECONFIG + KAFKA_BOOTSTRAP_SERVERS when both are set; else against the local
+stack in $SAGA_STACK_DIR (default .stack) if it is up; else it starts a fresh local stack for the run
+and stops it afterwards. On a stack it did not start, it cleans up what it created (its namespaces and
+topics, all named after the run id).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .. import versions
+from ..stack import Stack, StackEndpoints
+from ..world import CRD_DIR, REPO
+from . import phases, procinfo
+from .kube import Kube
+
+DEFAULT_OUT = REPO / "bench" / "results"
+MB_IN_MIB = 1e6 / 2**20  # the issue's 250 MB, in the MiB /proc reports
+
+
+def _log(message: str) -> None:
+    print(f"[bench] {message}", flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="saga_localstack.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("-k", "--sagas", type=int, default=1000, help="sagas of 3 steps to run (default 1000)")
+    parser.add_argument("-c", "--concurrency", type=int, default=100, help="sagas in flight (default 100)")
+    parser.add_argument(
+        "--scale-sagas", type=int, default=5000, help="Sagas present when the operator starts (default 5000; 0 skips)"
+    )
+    parser.add_argument(
+        "--floor-sagas",
+        type=int,
+        default=0,
+        help="objects given the 4 status PATCHes of a saga, per floor client (default: --sagas)",
+    )
+    parser.add_argument(
+        "--floor-round-trips", type=int, default=0, help="Kafka request/reply round trips (default: 3 x --sagas)"
+    )
+    parser.add_argument("--skip-floor", action="store_true", help="measure the operator only")
+    parser.add_argument("--partitions", type=int, default=3, help="partitions of the bench's topics (default 3)")
+    parser.add_argument(
+        "--profile", action="store_true", help="sample the operator with py-spy (installed separately) while measuring"
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"where the JSON goes (default {DEFAULT_OUT})")
+    parser.add_argument("--note", default="", help="free text kept in the JSON, e.g. what else ran on the machine")
+    parser.add_argument(
+        "--stack-dir",
+        type=Path,
+        default=Path(os.environ.get("SAGA_STACK_DIR", ".stack")),
+        help="use the local stack in this directory if it is up (default $SAGA_STACK_DIR or .stack)",
+    )
+    return parser
+
+
+def _endpoints(stack_dir: Path) -> tuple[StackEndpoints, Stack | None, Stack | None]:
+    """(endpoints, the stack we started or None, the local stack behind the endpoints if known)."""
+    external = StackEndpoints.from_environment()
+    if external is not None:
+        behind = Stack.attach(external.kubeconfig.parent)
+        if behind is not None and behind.kafka_bootstrap == external.kafka_bootstrap:
+            return behind, None, behind
+        return external, None, None
+    attached = Stack.attach(stack_dir)
+    if attached is not None:
+        _log(f"using the local stack that is up in {stack_dir}")
+        return attached, None, attached
+    _log("no stack named: starting a fresh local stack for this run")
+    stack = Stack(Path(tempfile.mkdtemp(prefix="saga-bench-stack-")), detached=False, log=_log).start()
+    return stack, stack, stack
+
+
+def _install_crd(endpoints: StackEndpoints) -> None:
+    endpoints.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR), check=True)
+    endpoints.kubectl("wait", "--for=condition=Established", "crd/sagas.saga.dev", "--timeout=60s", check=True)
+    deadline = time.monotonic() + 30
+    while endpoints.kubectl("get", "sagas", "-A").returncode != 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the Saga resource never appeared in discovery")
+        time.sleep(0.3)
+
+
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with where this run stands."""
+    sagas = result.get("sagas") or {}
+    scale = result.get("scale") or {}
+    rows: list[dict[str, Any]] = []
+
+    def row(name: str, target: str, value: float | None, ok: bool | None, unit: str = "") -> None:
+        rows.append({"name": name, "target": target, "value": value, "unit": unit, "met": ok})
+
+    writes = (sagas.get("apiserver_writes") or {}).get("per_step", {})
+    w = writes.get("operator_saga_writes")
+    row("API writes per step (Saga PATCHes)", "<= 2 (1 is the floor)", w, None if w is None else w <= 2)
+    we = writes.get("operator_writes_with_events")
+    row("  the same, with the operator's Event POSTs", "(not a target)", we, None)
+    ratio = result.get("ratio")
+    row("operator steps/s / raw status PATCHes/s", ">= 0.5", ratio, None if ratio is None else ratio >= 0.5)
+    p99 = ((sagas.get("overhead_seconds") or {}).get("reply_to_next_command") or {}).get("p99")
+    c = sagas.get("concurrency")
+    row(
+        f"coordinator overhead per step, p99 (C={c})",
+        "<= 50 ms at C=100",
+        None if p99 is None else round(p99 * 1000, 1),
+        None if p99 is None else p99 <= 0.050,
+        "ms",
+    )
+    peak = (scale.get("operator") or {}).get("peak_rss_mib")
+    n = scale.get("sagas")
+    row(
+        f"operator peak RSS with {n} Sagas",
+        "<= 250 MB (238 MiB) with 5,000",
+        peak,
+        None if peak is None else peak <= 250 * MB_IN_MIB,
+        "MiB",
+    )
+    resume = scale.get("resume_seconds")
+    row(
+        f"start to every unfinished saga resumed ({n} Sagas)",
+        "<= 30 s",
+        resume,
+        None if resume is None else resume <= 30,
+        "s",
+    )
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def print_report(result: dict[str, Any]) -> None:
+    sagas = result.get("sagas") or {}
+    floor = result.get("floor") or {}
+    scale = result.get("scale") or {}
+    print()
+    print(f"== saga-operator benchmark {result['run_id']} ({result['machine']['cores']} cores) ==")
+    if sagas:
+        lat = sagas["latency_seconds"]
+        ov = sagas["overhead_seconds"]
+        hist = sagas["operator_histograms_seconds"]
+        writes = sagas["apiserver_writes"]
+        op = sagas["operator"]
+        print(f"K={sagas['sagas']} sagas x {sagas['steps_per_saga']} steps, C={sagas['concurrency']}")
+        print(f"  throughput           {sagas['sagas_per_second']} sagas/s, {sagas['steps_per_second']} steps/s")
+        e2e = lat["end_to_end"]
+        print(f"  saga latency         p50 {_fmt(e2e['p50'])}s  p95 {_fmt(e2e['p95'])}s  p99 {_fmt(e2e['p99'])}s")
+        rn = lat["started_to_finished"]
+        print(f"    startedAt->finish  p50 {_fmt(rn['p50'])}s  p99 {_fmt(rn['p99'])}s")
+        o = ov["reply_to_next_command"]
+        print(f"  overhead per step    p50 {_fmt(o['p50'])}s  p99 {_fmt(o['p99'])}s  (reply sent -> next command sent)")
+        h = hist["step_overhead"]
+        print(f"    operator histogram p50 {_fmt(h['p50'])}s  p99 {_fmt(h['p99'])}s  (reply taken -> command acked)")
+        per = writes["per_step"]
+        print(
+            f"  API writes per step  {per['operator_saga_writes']} by the operator "
+            f"(PATCH status {per['sagas_patch_status']}, PATCH main {per['sagas_patch_main']}); "
+            f"+ POST {per['sagas_post']} (the driver's creates) = {per['all_saga_writes']}; "
+            f"+ Events {per['events_writes']}"
+        )
+        print(
+            f"  operator             {op['cpu_seconds']} CPU s ({op['cpu_ms_per_step']} ms/step), "
+            f"peak RSS {op['peak_rss_mib']} MiB"
+        )
+        if sagas.get("apiserver_cpu_ms_per_write") is not None:
+            print(f"  API server           {sagas['apiserver_cpu_ms_per_write']} CPU ms per write request")
+    if floor:
+        lean = floor["status_patch"]["aiohttp"]
+        gen = floor["status_patch"]["kubernetes_asyncio"]
+        rt = floor["kafka_round_trip"]
+        print("floor (same API server and broker, same run, same concurrency)")
+        print(
+            f"  status PATCH         {lean['patches_per_second']}/s aiohttp, {gen['patches_per_second']}/s "
+            f"kubernetes_asyncio (p50 {_fmt(lean['latency_seconds']['p50'])}s; "
+            f"API server {_fmt(lean.get('apiserver_cpu_ms_per_patch'))} CPU ms each)"
+        )
+        print(
+            f"  Kafka request/reply  {rt['round_trips_per_second']}/s, p50 {_fmt(rt['latency_seconds']['p50'])}s "
+            f"p99 {_fmt(rt['latency_seconds']['p99'])}s"
+        )
+        if result.get("ratio") is not None:
+            print(f"  ratio                operator steps/s / raw patches/s = {result['ratio']}")
+    if scale:
+        print(f"scale: {scale['sagas']} Sagas present at start ({scale['mix']})")
+        print(
+            f"  resumed all {scale['unfinished']} unfinished in {scale['resume_seconds']}s; ready (probe) in "
+            f"{scale['ready_probe_seconds']}s; all Succeeded in {scale['all_succeeded_seconds']}s"
+        )
+        print(
+            f"  operator RSS         peak {scale['operator']['peak_rss_mib']} MiB, settled "
+            f"{scale['operator']['rss_settled_mib']} MiB"
+        )
+    print("targets")
+    for t in result["targets"]:
+        mark = {True: "ok  ", False: "MISS", None: "    "}[t["met"]]
+        print(f"  {mark} {t['name']:<48} {_fmt(t['value']):>8} {t['unit']:<4} target {t['target']}")
+    print()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return _parser().parse_args(argv)
+
+
+async def run(
+    args: argparse.Namespace, endpoints: StackEndpoints, local: Stack | None = None, owned: bool = False
+) -> dict[str, Any]:
+    """One whole benchmark against `endpoints`; `local` is the local stack behind them (for its pids),
+    `owned` says the stack is ours alone (then nothing is cleaned up: it is about to be stopped)."""
+    kube = await Kube.connect(endpoints.kubeconfig, connections=args.concurrency + 20)
+    run_dir = Path(tempfile.mkdtemp(prefix="saga-bench-run-"))
+    bench = phases.Bench(endpoints, kube, run_dir, args.concurrency, args.partitions, _log, profile=args.profile)
+    bench.roles[os.getpid()] = "bench driver"
+    for record in local.records if local is not None else []:
+        bench.roles[record.pid] = record.name
+    _log(f"run {bench.run_id}: logs of the operator and the echo participant in {run_dir}")
+    result: dict[str, Any] = {
+        "schema": 1,
+        "run_id": bench.run_id,
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": procinfo.machine_facts(REPO),
+        "note": args.note,
+        "loadavg_at_start": procinfo.loadavg(),
+        "stack": {
+            "kubernetes": await kube.server_version(),
+            "etcd": versions.ETCD_VERSION if local is not None else None,
+            "kafka": versions.KAFKA_VERSION if local is not None else None,
+            "local_stack": local is not None,
+            "fresh_for_this_run": owned,
+        },
+        "parameters": {
+            "sagas": args.sagas,
+            "concurrency": args.concurrency,
+            "steps_per_saga": phases.STEPS,
+            "scale_sagas": args.scale_sagas,
+            "partitions": args.partitions,
+        },
+    }
+    main_operator = scale_operator = None
+    try:
+        await asyncio.to_thread(_install_crd, endpoints)
+        await bench.start_echo()
+        if not args.skip_floor:
+            result["floor"] = {
+                "status_patch": await phases.floor_status_patches(bench, args.floor_sagas or args.sagas),
+                "kafka_round_trip": await phases.floor_kafka(bench, args.floor_round_trips or 3 * args.sagas),
+            }
+        sagas, main_operator = await phases.run_sagas(bench, args.sagas)
+        result["sagas"] = sagas
+        if "floor" in result:
+            result["ratio"] = round(
+                sagas["steps_per_second"] / result["floor"]["status_patch"]["aiohttp"]["patches_per_second"], 3
+            )
+        if not owned:
+            await bench.clean_namespace("main", main_operator)
+        await bench.stop(main_operator)
+        main_operator = None
+        if args.scale_sagas > 0:
+            scale, scale_operator = await phases.run_scale(bench, args.scale_sagas)
+            result["scale"] = scale
+            if not owned:
+                await bench.clean_namespace("scale", scale_operator)
+    finally:
+        await bench.stop(main_operator)
+        await bench.stop(scale_operator)
+        await bench.stop(bench.echo)
+        if not owned:
+            for phase in ("floor", "main", "scale"):
+                await bench.clean_namespace(phase, None, wait_seconds=0)
+            await bench.delete_topics()
+        await kube.close()
+    result["loadavg_at_end"] = procinfo.loadavg()
+    result["targets"] = targets(result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.sagas < 1 or args.concurrency < 1:
+        print("--sagas and --concurrency must be at least 1", file=sys.stderr)
+        return 2
+    endpoints, started, local = _endpoints(args.stack_dir.absolute())
+    try:
+        result = asyncio.run(run(args, endpoints, local, owned=started is not None))
+    finally:
+        if started is not None:
+            started.stop()
+            shutil.rmtree(started.directory, ignore_errors=True)  # its etcd holds every Saga of the run
+    print_report(result)
+    path = write(result, args.out)
+    _log(f"wrote {path}")
+    return 0
+
+
+def write(result: dict[str, Any], out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    params = result["parameters"]
+    path = out / f"{stamp}-k{params['sagas']}-c{params['concurrency']}-n{params['scale_sagas']}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
