@@ -76,17 +76,17 @@ class SagaWorld:
         self.run_id = uuid.uuid4().hex[:8]
         self.reply_topic = f"saga.replies.{self.run_id}"
         env = endpoints.env()
-        self.operator: Service = operator_service(
-            run_dir,
-            env,
-            SAGA_REPLY_TOPIC=self.reply_topic,
-            SAGA_CONSUMER_GROUP=f"saga-operator-{self.run_id}",
-            SAGA_PARTICIPANTS=",".join(PARTICIPANTS),
-            SAGA_TOPIC_PARTITIONS="3",
-            # One namespace: tests that run an operator of their own elsewhere are not driven by this one.
-            SAGA_NAMESPACE="default",
+        settings = {
+            "SAGA_REPLY_TOPIC": self.reply_topic,
+            "SAGA_CONSUMER_GROUP": f"saga-operator-{self.run_id}",
+            "SAGA_PARTICIPANTS": ",".join(PARTICIPANTS),
+            "SAGA_TOPIC_PARTITIONS": "3",
+            # One namespace (the caller may name another): tests that run an operator of their own in
+            # another namespace are not driven by this one.
+            "SAGA_NAMESPACE": "default",
             **(operator_env or {}),
-        )
+        }
+        self.operator: Service = operator_service(run_dir, env, **settings)
         self.participants: dict[str, Service] = {
             name: participant_service(name, self.data_dir, run_dir, env) for name in PARTICIPANTS
         }

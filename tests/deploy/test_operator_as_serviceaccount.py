@@ -71,7 +71,9 @@ def test_examples_run_with_the_operator_authenticated_as_its_serviceaccount(
     namespace: str,
     tmp_path: Path,
 ) -> None:
-    world = SagaWorld(stack, tmp_path / "world", operator_env={"KUBECONFIG": str(operator_kubeconfig)})
+    world = SagaWorld(
+        stack, tmp_path / "world", operator_env={"KUBECONFIG": str(operator_kubeconfig), "SAGA_NAMESPACE": namespace}
+    )
     with world, sagas_removed_before_stop(kubectl, namespace):
         assert world.operator.env["KUBECONFIG"] == str(operator_kubeconfig)
         ok(kubectl("apply", "-n", namespace, "-f", str(EXAMPLES)), "kubectl apply -f examples/")
