@@ -156,6 +156,8 @@ class SagaPlan:
     knobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Seconds after the saga was applied at which `spec.abort` is set (None: never).
     abort_after: float | None = None
+    #: Set `spec.abort` as soon as this step is seen in flight (None: not so).
+    abort_at_step: str | None = None
     #: Why the saga cannot succeed, whatever the faults (None: it may).
     cannot_succeed: str | None = None
     tags: list[str] = field(default_factory=list)
@@ -228,7 +230,7 @@ def plan(config: ChaosConfig, names: Mapping[str, str]) -> tuple[Accounts, list[
             # The credit takes a while and the abort comes while it is in flight: its compensation goes
             # first and the others wait for it (reverse order while the last step's outcome is unknown).
             p.knobs[names["agents"]] = {"delaySeconds": config.step_timeout - 1.0, "delayAttempts": 1}
-            p.abort_after = round(rng.uniform(2.0, config.step_timeout + 2.0), 2)
+            p.abort_at_step = "credit-agent"
             p.tags.append("abort-during-credit")
         plans.append(p)
     return Accounts(users, agents), plans
@@ -368,6 +370,10 @@ class ChaosWorld:
 
     def summary(self) -> dict[str, tuple[str, str]]:
         """name -> (uid, phase), cheaply (no status bodies)."""
+        return {name: (uid, phase) for name, (uid, phase, _) in self.overview().items()}
+
+    def overview(self) -> dict[str, tuple[str, str, str]]:
+        """name -> (uid, phase, the steps in flight), cheaply (no status bodies)."""
         out = self.world.kubectl(
             "get",
             "sagas",
@@ -375,13 +381,13 @@ class ChaosWorld:
             self.namespace,
             "--no-headers",
             "-o",
-            "custom-columns=NAME:.metadata.name,UID:.metadata.uid,PHASE:.status.phase",
+            "custom-columns=NAME:.metadata.name,UID:.metadata.uid,PHASE:.status.phase,STEP:.status.currentStep",
         )
         result = {}
         for line in out.splitlines():
-            parts = line.split()
-            if len(parts) == 3:
-                result[parts[0]] = (parts[1], "" if parts[2] == "<none>" else parts[2])
+            parts = [("" if part == "<none>" else part) for part in line.split()]
+            if len(parts) == 4:
+                result[parts[0]] = (parts[1], parts[2], parts[3])
         return result
 
     def bodies(self) -> dict[str, dict[str, Any]]:
@@ -838,6 +844,8 @@ class Tally:
     apiserver_pauses: int = 0
     apiserver_paused_seconds: float = 0.0
     aborts_sent: int = 0
+    #: Aborts aimed at a step that ended before the poller saw the step in flight.
+    aborts_missed: int = 0
     applied_at: dict[str, float] = field(default_factory=dict)
     #: Things that went wrong along the way but are not violations (a kubectl call retried).
     notes: list[str] = field(default_factory=list)
@@ -883,6 +891,7 @@ class Storm:
         self.bootstrap = cw.endpoints.kafka_bootstrap
         self.stop = asyncio.Event()
         self.summary: dict[str, tuple[str, str]] = {}
+        self.in_flight: dict[str, str] = {}
         self.redeliverer = Redeliverer(
             self.bootstrap,
             {cw.reply_topic: "replies", **{cw.command_topic(s): "commands" for s in PARTICIPANTS}},
@@ -932,12 +941,20 @@ class Storm:
                 self.tally.applied_at[name] = now
 
     async def abort_some(self) -> None:
-        pending = [p for p in self.plans if p.abort_after is not None]
+        pending = [p for p in self.plans if p.abort_after is not None or p.abort_at_step is not None]
         while pending:
             if self.stop.is_set():
                 return
-            ready = [p for p in pending if p.name in self.tally.applied_at]
-            due = [p for p in ready if time.monotonic() >= self.tally.applied_at[p.name] + (p.abort_after or 0)]
+            due = []
+            for p in [p for p in pending if p.name in self.tally.applied_at]:
+                if p.abort_at_step is not None:
+                    if self.summary.get(p.name, ("", ""))[1] in TERMINAL:
+                        pending.remove(p)  # it ended before the step was seen in flight
+                        self.tally.aborts_missed += 1
+                    elif self.in_flight.get(p.name) == p.abort_at_step:
+                        due.append(p)
+                elif time.monotonic() >= self.tally.applied_at[p.name] + (p.abort_after or 0):
+                    due.append(p)
             for p in due:
                 pending.remove(p)
                 try:
@@ -951,13 +968,17 @@ class Storm:
         last_log = 0.0
         while True:
             try:
-                self.summary = await _blocking(self.cw.summary)
+                overview = await _blocking(self.cw.overview)
             except (WorldError, subprocess.TimeoutExpired):
                 pass
+            else:
+                self.summary = {name: (uid, phase) for name, (uid, phase, _) in overview.items()}
+                self.in_flight = {name: step for name, (_, _, step) in overview.items()}
             if time.monotonic() - last_log > 15:
                 last_log = time.monotonic()
                 self.log(self.progress())
-            await asyncio.sleep(3.0)
+            # Often enough to catch a saga in its slow credit (5 s) for the aborts aimed at it.
+            await asyncio.sleep(1.5)
 
     def progress(self) -> str:
         phases = Counter(phase or "-" for _, phase in self.summary.values())
@@ -1442,6 +1463,7 @@ def run_chaos(
                 "duplicatesInjected": dict(storm.redeliverer.copies),
                 "duplicateErrors": storm.redeliverer.errors[-20:],
                 "abortsSent": t.aborts_sent,
+                "abortsMissed": t.aborts_missed,
                 "notes": t.notes,
                 "tags": dict(Counter(tag for p in plans for tag in p.tags)),
             }
@@ -1465,7 +1487,8 @@ def format_report(report: ChaosReport) -> str:
         "",
         f"== chaos run: {c.sagas} sagas, seed {c.seed}: {report.seconds:.0f} s",
         f"  sagas       {sum(report.phases.values())}: {phases}",
-        f"  mix         {', '.join(f'{k} {v}' for k, v in sorted(f['tags'].items()))}; aborts sent {f['abortsSent']}",
+        f"  mix         {', '.join(f'{k} {v}' for k, v in sorted(f['tags'].items()))}; aborts sent {f['abortsSent']} "
+        f"(missed their moment {f['abortsMissed']})",
         f"  outcomes    {outcomes}; commands sent again (retries) {f['retries']}",
         f"  faults      operator SIGKILLed {f['operatorKills']} times (started {f['operatorStarts']} times); "
         f"participants SIGKILLed and restarted: {kills}",
