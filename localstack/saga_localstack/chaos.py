@@ -844,7 +844,8 @@ class Tally:
     apiserver_pauses: int = 0
     apiserver_paused_seconds: float = 0.0
     aborts_sent: int = 0
-    #: Aborts aimed at a step that ended before the poller saw the step in flight.
+    #: Aborts not sent: the saga ended before the poller saw the step aimed at in flight, or the faults
+    #: ended first.
     aborts_missed: int = 0
     applied_at: dict[str, float] = field(default_factory=dict)
     #: Things that went wrong along the way but are not violations (a kubectl call retried).
@@ -944,6 +945,7 @@ class Storm:
         pending = [p for p in self.plans if p.abort_after is not None or p.abort_at_step is not None]
         while pending:
             if self.stop.is_set():
+                self.tally.aborts_missed += len(pending)  # the faults ended before their moment came
                 return
             due = []
             for p in [p for p in pending if p.name in self.tally.applied_at]:
