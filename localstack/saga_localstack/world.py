@@ -9,6 +9,8 @@ crosstalk.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -104,9 +106,6 @@ class SagaWorld:
             time.sleep(0.3)
 
     def seed(self) -> None:
-        import subprocess
-        import sys
-
         self.data_dir.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             [sys.executable, "-m", "saga_participants.cli", "seed", "--data-dir", str(self.data_dir)],

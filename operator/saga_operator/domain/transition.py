@@ -82,7 +82,7 @@ class _Work:
         record.attempt += 1
         record.dispatched_at = now
         record.deadline = now + timedelta(seconds=spec.timeout_seconds)
-        self.effects.append(SendCommand(spec.name, spec.participant, spec.action, CommandKind.ACTION, record.attempt))
+        self.command(spec, record, CommandKind.ACTION)
 
     def send_compensation(self, spec: StepSpec, record: StepStatus, now: datetime) -> None:
         assert spec.compensation is not None and record.attempt > 0, "only a dispatched step is compensated"
@@ -90,11 +90,16 @@ class _Work:
         record.compensation_attempt += 1
         record.dispatched_at = now
         record.deadline = now + timedelta(seconds=spec.timeout_seconds)
-        self.effects.append(
-            SendCommand(
-                spec.name, spec.participant, spec.compensation, CommandKind.COMPENSATION, record.compensation_attempt
-            )
-        )
+        self.command(spec, record, CommandKind.COMPENSATION)
+
+    def command(self, spec: StepSpec, record: StepStatus, kind: CommandKind) -> None:
+        """The command for the attempt the record holds now (a new one, or a re-send after a restart)."""
+        if kind == CommandKind.ACTION:
+            action, attempt = spec.action, record.attempt
+        else:
+            assert spec.compensation is not None
+            action, attempt = spec.compensation, record.compensation_attempt
+        self.effects.append(SendCommand(spec.name, spec.participant, action, kind, attempt))
 
     def action_attempts_allowed(self, spec: StepSpec) -> int:
         return (1 + spec.retry.limit) * (1 + self.status.retries_granted)
@@ -158,19 +163,9 @@ def _resend_in_flight(work: _Work) -> None:
     for record in work.status.steps:
         spec = work.specs[record.name]
         if record.state == StepState.DISPATCHED:
-            work.effects.append(
-                SendCommand(spec.name, spec.participant, spec.action, CommandKind.ACTION, record.attempt)
-            )
+            work.command(spec, record, CommandKind.ACTION)
         elif record.state == StepState.COMPENSATING and spec.compensation is not None:
-            work.effects.append(
-                SendCommand(
-                    spec.name,
-                    spec.participant,
-                    spec.compensation,
-                    CommandKind.COMPENSATION,
-                    record.compensation_attempt,
-                )
-            )
+            work.command(spec, record, CommandKind.COMPENSATION)
 
 
 def _ignore(work: _Work, reason: str, invalid: bool = False) -> None:

@@ -24,7 +24,7 @@ from saga_operator.adapters.kube import KubeClient
 from saga_operator.config import Settings
 from saga_operator.runtime.coordinator import Coordinator
 from saga_operator.runtime.metrics import Metrics
-from saga_protocol import Command, DecodeError, Reply, dead_letter_topic, decode_reply
+from saga_protocol import Command, DecodeError, Reply, command_topic, dead_letter_topic, decode_reply
 
 log = logging.getLogger(__name__)
 RESUME_CONCURRENCY = 64
@@ -157,8 +157,6 @@ class OperatorApp:
     # ---- Kafka --------------------------------------------------------------------------------
 
     async def _ensure_base_topics(self) -> None:
-        from saga_protocol import command_topic
-
         names = [self.settings.reply_topic, self._dlq]
         names += [command_topic(p) for p in self.settings.participants]
         await self._ensure_topics(names)
