@@ -193,9 +193,16 @@ def _b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
 
-def _kafka_cluster_id() -> str:
-    # what `kafka-storage random-uuid` prints: a UUID in URL-safe base64 without padding
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+def kafka_cluster_id() -> str:
+    """What `kafka-storage random-uuid` prints: a UUID in URL-safe base64 without padding.
+
+    Like Kafka's own generator it never starts with "-": one id in 64 would, and the storage tool's
+    argument parser then reads it as an option ("--cluster-id: expected one argument").
+    """
+    while True:
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
 
 
 _LOG4J2 = """status = warn
@@ -341,7 +348,7 @@ class Stack(StackEndpoints):
                 "kafka.tools.StorageTool",
                 "format",
                 "-t",
-                _kafka_cluster_id(),
+                kafka_cluster_id(),
                 "-c",
                 str(props),
             ],
