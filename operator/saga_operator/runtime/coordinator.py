@@ -13,7 +13,6 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,37 +62,102 @@ def _rv_newer(candidate: str, current: str) -> bool:
         return candidate != current
 
 
-@dataclass
 class SagaEntry:
-    ref: SagaRef
-    spec: SagaSpec | None
-    spec_error: str | None
-    status: SagaStatus
-    resource_version: str
-    generation: int
-    retry_token: str | None
-    deleting: bool
-    finalizers: list[str]
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # When a command went out, per (step, kind): for the step latency histogram.
-    sent_at: dict[tuple[str, str], float] = field(default_factory=dict)
+    """What the coordinator knows of one saga: its identity, the metadata it acts on, spec and status.
+
+    A finished saga that nothing is touching *rests*: its spec and status are kept as their JSON, about
+    a tenth of the memory of the parsed models, and parsed again the moment anything reads them (a late
+    reply, a retry annotation, a deletion). With thousands of finished Sagas this is most of the
+    operator's memory (docs/performance.md).
+    """
+
+    __slots__ = (
+        "_resting",
+        "_spec",
+        "_status",
+        "deleting",
+        "finalizers",
+        "generation",
+        "lock",
+        "ref",
+        "resource_version",
+        "retry_token",
+        "sent_at",
+        "spec_error",
+    )
+
+    def __init__(self, ref: SagaRef) -> None:
+        self.ref = ref
+        self.spec_error: str | None = None
+        self.resource_version = ""
+        self.generation = 1
+        self.retry_token: str | None = None
+        self.deleting = False
+        self.finalizers: list[str] = []
+        self.lock = asyncio.Lock()
+        # When a command went out, per (step, kind): for the step latency histogram.
+        self.sent_at: dict[tuple[str, str], float] = {}
+        self._spec: SagaSpec | None = None
+        self._status = SagaStatus()
+        # (spec JSON or None, status JSON, phase) while resting; None while parsed.
+        self._resting: tuple[str | None, str, Phase] | None = None
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> SagaEntry:
         meta = body["metadata"]
-        entry = cls(
-            ref=SagaRef(meta["namespace"], meta["name"], meta["uid"]),
-            spec=None,
-            spec_error=None,
-            status=SagaStatus(),
-            resource_version=meta["resourceVersion"],
-            generation=meta.get("generation", 1),
-            retry_token=None,
-            deleting=False,
-            finalizers=[],
-        )
+        entry = cls(SagaRef(meta["namespace"], meta["name"], meta["uid"]))
         entry.adopt(body)
         return entry
+
+    @property
+    def spec(self) -> SagaSpec | None:
+        self._wake()
+        return self._spec
+
+    @spec.setter
+    def spec(self, spec: SagaSpec | None) -> None:
+        self._wake()
+        self._spec = spec
+
+    @property
+    def status(self) -> SagaStatus:
+        self._wake()
+        return self._status
+
+    @status.setter
+    def status(self, status: SagaStatus) -> None:
+        self._wake()  # the spec rests with the status: bring it back before replacing the status
+        self._status = status
+
+    @property
+    def phase(self) -> Phase:
+        """The phase, without waking a resting saga."""
+        return self._resting[2] if self._resting is not None else self._status.phase
+
+    @property
+    def resting(self) -> bool:
+        return self._resting is not None
+
+    def rest(self) -> None:
+        """Keep a finished, idle saga as JSON. Anything still to do (a deletion to finish, a writer
+        holding or waiting for the lock) keeps it parsed."""
+        if self._resting is not None or self.lock.locked() or self.deleting:
+            return
+        if self._status.phase not in TERMINAL_PHASES:
+            return
+        spec_json = self._spec.model_dump_json(by_alias=True) if self._spec is not None else None
+        self._resting = (spec_json, self._status.model_dump_json(by_alias=True), self._status.phase)
+        self._spec = None
+        self._status = _EMPTY_STATUS
+        self.sent_at.clear()  # replies still owed to a finished saga are ignored, never timed
+
+    def _wake(self) -> None:
+        if self._resting is None:
+            return
+        spec_json, status_json, _ = self._resting
+        self._resting = None
+        self._spec = SagaSpec.model_validate_json(spec_json) if spec_json is not None else None
+        self._status = SagaStatus.model_validate_json(status_json)
 
     @property
     def finalized(self) -> bool:
@@ -124,6 +188,10 @@ class SagaEntry:
             return
         if status.seq >= self.status.seq:
             self.status = status
+
+
+# Stands in for the status of a resting saga; never read (reads wake the saga first).
+_EMPTY_STATUS = SagaStatus()
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -176,25 +244,31 @@ class Coordinator:
             self.sagas[uid] = entry
         elif _rv_newer(meta["resourceVersion"], entry.resource_version):
             entry.adopt(body)
+        elif entry.resting:
+            return  # nothing new for a finished saga (Kopf's listing after our own, or our own write)
         async with entry.lock:
             await self._reconcile(entry, first_sight)
+        entry.rest()
 
     async def apply_reply(self, reply: Reply, received: float) -> list[ReplyIgnored]:
         entry = self.sagas.get(reply.saga_uid)
         if entry is None:
             return [ReplyIgnored("UnknownSaga", invalid=True)]
-        async with entry.lock:
-            if entry.spec is None:
-                return [ReplyIgnored("InvalidSaga", invalid=True)]
-            started = entry.sent_at.pop((reply.step, reply.kind.value), None)
-            effects = await self._apply(entry, ReplyReceived(reply, _now()), received=received)
-            ignored = [e for e in effects if isinstance(e, ReplyIgnored)]
-            if not ignored:
-                self.metrics.step_outcomes.labels(reply.kind.value, reply.outcome.value).inc()
-                if started is not None:
-                    self.metrics.step_latency.observe(received - started)
-            await self._after(entry)
+        try:
+            async with entry.lock:
+                if entry.spec is None:
+                    return [ReplyIgnored("InvalidSaga", invalid=True)]
+                started = entry.sent_at.pop((reply.step, reply.kind.value), None)
+                effects = await self._apply(entry, ReplyReceived(reply, _now()), received=received)
+                ignored = [e for e in effects if isinstance(e, ReplyIgnored)]
+                if not ignored:
+                    self.metrics.step_outcomes.labels(reply.kind.value, reply.outcome.value).inc()
+                    if started is not None:
+                        self.metrics.step_latency.observe(received - started)
+                await self._after(entry)
             return ignored
+        finally:
+            entry.rest()  # a late reply woke a finished saga: let it rest again
 
     async def run_deadlines(self) -> None:
         """The one timer of the process: a heap of (when, saga uid), rebuilt from `.status`."""
@@ -236,6 +310,7 @@ class Coordinator:
             async with entry.lock:
                 await self._apply(entry, Tick(_now()))
                 await self._after(entry)
+            entry.rest()
         except Gone:
             self.sagas.pop(uid, None)
         except Exception:
@@ -428,5 +503,5 @@ class Coordinator:
     def phase_counts(self) -> dict[str, int]:
         counts = {phase.value: 0 for phase in Phase}
         for entry in self.sagas.values():
-            counts[entry.status.phase.value] += 1
+            counts[entry.phase.value] += 1
         return counts
