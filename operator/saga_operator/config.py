@@ -13,6 +13,15 @@ def _int(name: str, default: int) -> int:
     return default if raw in (None, "") else int(raw)
 
 
+def _bool(name: str) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{name}={raw!r}: expected true or false")
+
+
 @dataclass(frozen=True)
 class Settings:
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
@@ -28,6 +37,10 @@ class Settings:
     max_backoff_seconds: int = 30
     event_queue_size: int = 10_000
     kubeconfig: str | None = None
+    # Let the Kubernetes client take HTTPS_PROXY/NO_PROXY and ~/.netrc from the environment. Off by
+    # default: aiohttp then reads ~/.netrc in a thread before every request (docs/performance.md), and
+    # in a cluster the API server is reached directly. A kubeconfig's proxy-url works either way.
+    kube_proxy_from_env: bool = False
     participants: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
@@ -45,5 +58,6 @@ class Settings:
             topic_replication_factor=_int("SAGA_TOPIC_REPLICATION_FACTOR", cls.topic_replication_factor),
             max_backoff_seconds=_int("SAGA_MAX_BACKOFF_SECONDS", cls.max_backoff_seconds),
             kubeconfig=env.get("KUBECONFIG") or None,
+            kube_proxy_from_env=_bool("SAGA_KUBE_PROXY_FROM_ENV"),
             participants=participants,
         )

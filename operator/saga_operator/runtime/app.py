@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -20,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from saga_operator.adapters import kafka
-from saga_operator.adapters.kube import KubeClient
+from saga_operator.adapters.kube import KubeClient, ListingExpired
 from saga_operator.config import Settings
 from saga_operator.runtime.coordinator import Coordinator
 from saga_operator.runtime.metrics import Metrics
@@ -57,7 +58,9 @@ class OperatorApp:
     async def start(self) -> None:
         began = time.monotonic()
         await self._serve_http()
-        self._kube = await self._retry("Kubernetes API", lambda: KubeClient.connect(self.settings.kubeconfig))
+        self._kube = await self._retry(
+            "Kubernetes API", lambda: KubeClient.connect(self.settings.kubeconfig, self.settings.kube_proxy_from_env)
+        )
         await self._retry("Kafka topics", self._ensure_base_topics)
         self._producer = kafka.new_producer(self.settings.kafka_bootstrap_servers)
         await self._retry("Kafka producer", self._producer.start)
@@ -236,17 +239,31 @@ class OperatorApp:
     # ---- Kubernetes ---------------------------------------------------------------------------
 
     async def _resume_all(self) -> None:
+        """Resume every Saga from its status, one page of the listing at a time."""
         assert self._kube is not None and self.coordinator is not None
-        kube, coordinator = self._kube, self.coordinator
-        items = await self._retry("listing Sagas", lambda: kube.list_sagas(self.settings.namespace))
+        kube, coordinator, namespace = self._kube, self.coordinator, self.settings.namespace
         gate = asyncio.Semaphore(RESUME_CONCURRENCY)
 
         async def resume(body: dict[str, Any]) -> None:
             async with gate:
                 await coordinator.observe(body, None)
 
-        await asyncio.gather(*(resume(body) for body in items))
-        log.info("resumed %d sagas from their status", len(items))
+        async def page(token: str | None) -> tuple[list[dict[str, Any]], str | None]:
+            try:
+                return await kube.list_saga_page(namespace, token)
+            except ListingExpired:
+                # Start over: sagas already resumed are known, and observing one again changes nothing.
+                log.info("Saga listing expired part-way; listing again from the start")
+                return await kube.list_saga_page(namespace, None)
+
+        token: str | None = None
+        while True:
+            items, token = await self._retry("listing Sagas", functools.partial(page, token))
+            await asyncio.gather(*(resume(body) for body in items))
+            del items  # let this page's bodies go before the next one arrives
+            if token is None:
+                break
+        log.info("resumed %d sagas from their status", len(coordinator.sagas))
 
     # ---- HTTP: probes and metrics -------------------------------------------------------------
 
