@@ -51,9 +51,11 @@ demo: $(STAMP) ## the buy-video sagas end to end on the local stack: kubectl get
 	$(PY) -m saga_localstack.demo
 
 .PHONY: generate
-generate: $(STAMP) ## regenerate the CRD and the protocol JSON Schema from the pydantic models
+generate: $(STAMP) ## regenerate the CRD, the finalizer policy and the protocol JSON Schema from the pydantic models
 	$(PY) -m saga_operator.crd > crds/saga.dev_sagas.yaml
-	cp crds/saga.dev_sagas.yaml manifests/base/crds/saga.dev_sagas.yaml
+	$(PY) -m saga_operator.crd --finalizer-policy > crds/saga.dev_finalizer-policy.yaml
+	cp crds/saga.dev_sagas.yaml manifests/base/crds/
+	cp crds/saga.dev_finalizer-policy.yaml manifests/admission/
 	$(PY) -m saga_protocol.schema > docs/protocol.schema.json
 
 .PHONY: lint
@@ -99,6 +101,8 @@ kind-up: image ## create the kind cluster, load the image, deploy Kafka, the ope
 	@if $(KCTL) -n saga-system get deployment/saga-operator >/dev/null 2>&1; then again=1; else again=0; fi; \
 	echo "$(KCTL) apply -k manifests/overlays/kind"; \
 	$(KCTL) apply -k manifests/overlays/kind || exit 1; \
+	echo "$(KCTL) apply -k manifests/admission"; \
+	$(KCTL) apply -k manifests/admission || echo "make kind-up: this cluster has no MutatingAdmissionPolicy v1 (Kubernetes < 1.36?); skipped it: the operator adds the finalizer itself, one more write per saga"; \
 	if [ $$again = 1 ]; then \
 	  $(KCTL) -n saga-system rollout restart deployment/saga-operator deployment/videos deployment/users deployment/agents \
 	    || exit 1; \

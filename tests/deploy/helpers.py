@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
 EXAMPLES = REPO / "examples"
 #: Every kustomization: the three bases and the kind overlay.
-KUSTOMIZATIONS = ("base", "kafka", "participants", "overlays/kind")
+KUSTOMIZATIONS = ("base", "admission", "kafka", "participants", "overlays/kind")
 NAMESPACE = "saga-system"
 OPERATOR_SA = "saga-operator"
 OPERATOR_USER = f"system:serviceaccount:{NAMESPACE}:{OPERATOR_SA}"

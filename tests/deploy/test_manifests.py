@@ -39,13 +39,28 @@ def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_crd_copy_matches_generated() -> None:
-    """kustomize reads no file outside its root, so manifests/base carries a copy of the generated CRD."""
-    generated = (REPO / "crds" / "saga.dev_sagas.yaml").read_text()
-    copy = (MANIFESTS / "base" / "crds" / "saga.dev_sagas.yaml").read_text()
-    assert copy == generated, "refresh the copy: cp crds/saga.dev_sagas.yaml manifests/base/crds/"
-    assert sorted(p.name for p in (REPO / "crds").glob("*.yaml")) == sorted(
-        p.name for p in (MANIFESTS / "base" / "crds").glob("*.yaml")
-    ), "every generated CRD must be copied into manifests/base/crds and listed in its kustomization"
+    """kustomize reads no file outside its root, so manifests/ carries copies of the generated files."""
+    copies = {
+        "saga.dev_sagas.yaml": MANIFESTS / "base" / "crds",
+        "saga.dev_finalizer-policy.yaml": MANIFESTS / "admission",
+    }
+    for name, directory in copies.items():
+        generated = (REPO / "crds" / name).read_text()
+        copy = (directory / name).read_text()
+        assert copy == generated, f"refresh the copy of crds/{name} in {directory.name}: make generate"
+    assert sorted(p.name for p in (REPO / "crds").glob("*.yaml")) == sorted(copies), (
+        "every generated file in crds/ must be copied into manifests/ and listed in a kustomization"
+    )
+
+
+CLUSTER_SCOPED = (
+    "Namespace",
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "MutatingAdmissionPolicy",
+    "MutatingAdmissionPolicyBinding",
+)
 
 
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
@@ -53,7 +68,7 @@ def test_kustomize_builds(path: str) -> None:
     docs = objects(path)
     assert docs, f"manifests/{path} builds to nothing"
     for doc in docs:
-        if doc["kind"] not in ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
+        if doc["kind"] not in CLUSTER_SCOPED:
             assert doc["metadata"].get("namespace") == NAMESPACE, f"{doc['kind']} {doc['metadata']['name']}"
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "saga-operator"
 

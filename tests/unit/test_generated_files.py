@@ -19,6 +19,11 @@ REPO = Path(__file__).resolve().parents[2]
     ("path", "render", "command"),
     [
         ("crds/saga.dev_sagas.yaml", crd.render, "python -m saga_operator.crd > crds/saga.dev_sagas.yaml"),
+        (
+            "crds/saga.dev_finalizer-policy.yaml",
+            crd.render_finalizer_policy,
+            "python -m saga_operator.crd --finalizer-policy > crds/saga.dev_finalizer-policy.yaml",
+        ),
         ("docs/protocol.schema.json", schema.render, "python -m saga_protocol.schema > docs/protocol.schema.json"),
     ],
 )
