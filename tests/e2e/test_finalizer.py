@@ -22,7 +22,7 @@ def test_a_new_saga_has_the_finalizer_from_its_create_and_the_operator_never_wri
     world: SagaWorld, saga_name: Names
 ) -> None:
     manifest = buy_video_saga(
-        saga_name("admitted"), {"buyer": "alice", "video": "v-2", "price": 100, "agent": "acme-films"}
+        saga_name("admitted"), {"buyer": "alice", "video": "v-finalizer-1", "price": 100, "agent": "acme-films"}
     )
     created = json.loads(world.kubectl("create", "-f", "-", "-o", "json", input=yaml.safe_dump(manifest)))
     assert created["metadata"].get("finalizers") == [FINALIZER]  # the create's own answer: before any operator
@@ -40,8 +40,8 @@ def test_a_new_saga_has_the_finalizer_from_its_create_and_the_operator_never_wri
 
 def test_the_operator_puts_back_a_finalizer_removed_from_a_running_saga(world: SagaWorld, saga_name: Names) -> None:
     payload = {
-        "buyer": "carol",
-        "video": "v-3",
+        "buyer": "alice",
+        "video": "v-finalizer-2",
         "price": 100,
         "agent": "acme-films",
         "simulate": {"agents": {"delaySeconds": 4}},
