@@ -32,6 +32,32 @@ class WorldError(RuntimeError):
     pass
 
 
+def install_crd(endpoints: StackEndpoints, timeout: float = 60.0) -> None:
+    """Apply crds/ (the Saga CRD and the finalizer admission policy) and wait until a Saga can be created.
+
+    Established is not enough. Discovery lags behind it, and the admission policy learns a new CRD's
+    schema a few seconds later (~4 s here): until then a create answers 503 "Resource kind ... not
+    found". A server-side dry-run create goes through the same admission chain, so it is the probe.
+    """
+    endpoints.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR), check=True)
+    endpoints.kubectl(
+        "wait", "--for=condition=Established", "crd/sagas.saga.dev", f"--timeout={timeout:.0f}s", check=True
+    )
+    probe = yaml.safe_dump(
+        buy_video_saga("crd-ready-probe", {"buyer": "alice", "video": "v-0", "price": 1, "agent": "x"})
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        result = endpoints.kubectl("create", "--dry-run=server", "-n", "default", "-o", "name", "-f", "-", input=probe)
+        if result.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise WorldError(
+                f"Sagas could not be created {timeout:.0f}s after installing the CRD: {result.stderr.strip()}"
+            )
+        time.sleep(0.3)
+
+
 def buy_video_saga(
     name: str,
     payload: Mapping[str, Any],
@@ -96,14 +122,7 @@ class SagaWorld:
     # ---- life cycle ---------------------------------------------------------------------------
 
     def install_crd(self) -> None:
-        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR))
-        self.kubectl("wait", "--for=condition=Established", "crd/sagas.saga.dev", "--timeout=60s")
-        # Discovery lags behind Established for a moment; a Saga applied before it would fail.
-        deadline = time.monotonic() + 30
-        while self.endpoints.kubectl("get", "sagas", "-A").returncode != 0:
-            if time.monotonic() > deadline:
-                raise WorldError("the Saga resource never appeared in discovery")
-            time.sleep(0.3)
+        install_crd(self.endpoints)
 
     def seed(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

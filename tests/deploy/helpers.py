@@ -60,15 +60,17 @@ def ok(result: subprocess.CompletedProcess[str], what: str) -> str:
 
 
 def install_crd(kubectl: Kubectl) -> None:
-    """Apply the Saga CRD for real (dry runs of Sagas need it) and wait until discovery serves it."""
+    """Apply the Saga CRD for real (dry runs of Sagas need it) and wait until a Saga can be created:
+    discovery, and any admission policy for Sagas, learn a new CRD a few seconds after Established."""
     ok(
         kubectl("apply", "--server-side", "--force-conflicts", "-f", str(MANIFESTS / "base" / "crds")),
         "applying the CRD",
     )
     ok(kubectl("wait", "--for=condition=Established", "crd/sagas.saga.dev", "--timeout=60s"), "waiting for the CRD")
-    deadline = time.monotonic() + 30
-    while kubectl("get", "sagas", "-A").returncode != 0:
-        assert time.monotonic() < deadline, "the Saga resource never appeared in discovery"
+    example = str(REPO / "examples" / "buy-video-succeeds.yaml")
+    deadline = time.monotonic() + 60
+    while (probe := kubectl("create", "--dry-run=server", "-n", "default", "-f", example)).returncode != 0:
+        assert time.monotonic() < deadline, f"Sagas still cannot be created: {probe.stderr}"
         time.sleep(0.3)
 
 

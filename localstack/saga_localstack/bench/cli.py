@@ -15,14 +15,13 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .. import versions
 from ..stack import Stack, StackEndpoints
-from ..world import CRD_DIR, REPO
+from ..world import REPO, install_crd
 from . import phases, procinfo
 from .kube import Kube
 
@@ -81,16 +80,6 @@ def _endpoints(stack_dir: Path) -> tuple[StackEndpoints, Stack | None, Stack | N
     _log("no stack named: starting a fresh local stack for this run")
     stack = Stack(Path(tempfile.mkdtemp(prefix="saga-bench-stack-")), detached=False, log=_log).start()
     return stack, stack, stack
-
-
-def _install_crd(endpoints: StackEndpoints) -> None:
-    endpoints.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR), check=True)
-    endpoints.kubectl("wait", "--for=condition=Established", "crd/sagas.saga.dev", "--timeout=60s", check=True)
-    deadline = time.monotonic() + 30
-    while endpoints.kubectl("get", "sagas", "-A").returncode != 0:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the Saga resource never appeared in discovery")
-        time.sleep(0.3)
 
 
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -254,7 +243,7 @@ async def run(
     }
     main_operator = scale_operator = None
     try:
-        await asyncio.to_thread(_install_crd, endpoints)
+        await asyncio.to_thread(install_crd, endpoints)
         await bench.start_echo()
         if not args.skip_floor:
             result["floor"] = {
