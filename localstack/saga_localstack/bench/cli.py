@@ -97,20 +97,29 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     we = writes.get("operator_writes_with_events")
     row("  the same, with the operator's Event POSTs", "(not a target)", we, None)
     ratio = result.get("ratio")
-    row("operator steps/s / raw status PATCHes/s", ">= 0.5", ratio, None if ratio is None else ratio >= 0.5)
-    p99 = ((sagas.get("overhead_seconds") or {}).get("reply_to_next_command") or {}).get("p99")
     c = sagas.get("concurrency")
+    # The issue sets the throughput and overhead targets for the default run, C=100; at another
+    # concurrency the figures are shown, not judged (at C=1 the ratio measures latency, not capacity).
+    judged = c == 100
+    row(
+        "operator steps/s / raw status PATCHes/s",
+        ">= 0.5 at C=100",
+        ratio,
+        None if ratio is None or not judged else ratio >= 0.5,
+    )
+    p99 = ((sagas.get("overhead_seconds") or {}).get("reply_to_next_command") or {}).get("p99")
     row(
         f"coordinator overhead per step, p99 (C={c})",
         "<= 50 ms at C=100",
         None if p99 is None else round(p99 * 1000, 1),
-        None if p99 is None else p99 <= 0.050,
+        None if p99 is None or not judged else p99 <= 0.050,
         "ms",
     )
     peak = (scale.get("operator") or {}).get("peak_rss_mib")
     n = scale.get("sagas")
+    at_scale = f"with {n} Sagas" if n else "(scale phase not run)"
     row(
-        f"operator peak RSS with {n} Sagas",
+        f"operator peak RSS {at_scale}",
         "<= 250 MB (238 MiB) with 5,000",
         peak,
         None if peak is None else peak <= 250 * MB_IN_MIB,
@@ -118,7 +127,7 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     )
     resume = scale.get("resume_seconds")
     row(
-        f"start to every unfinished saga resumed ({n} Sagas)",
+        f"start to every unfinished saga resumed {at_scale}",
         "<= 30 s",
         resume,
         None if resume is None else resume <= 30,
