@@ -24,12 +24,24 @@ from .stack import StackEndpoints
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "crds"
+CRD_FILE = "saga.dev_sagas.yaml"
+POLICY_FILE = "saga.dev_finalizer-policy.yaml"
+POLICY_API = "MutatingAdmissionPolicy v1"
 PARTICIPANTS = ("videos", "users", "agents")
 TERMINAL = ("Succeeded", "Compensated", "Failed")
 
 
 class WorldError(RuntimeError):
     pass
+
+
+def serves_mutating_admission_policies(endpoints: StackEndpoints) -> bool:
+    """Whether the cluster serves MutatingAdmissionPolicy as admissionregistration.k8s.io/v1 (1.36 does)."""
+    result = endpoints.kubectl("get", "--raw", "/apis/admissionregistration.k8s.io/v1")
+    if result.returncode != 0:
+        return False
+    resources = json.loads(result.stdout).get("resources", [])
+    return any(r.get("name") == "mutatingadmissionpolicies" for r in resources)
 
 
 def install_crd(endpoints: StackEndpoints, timeout: float = 60.0) -> None:
@@ -39,7 +51,12 @@ def install_crd(endpoints: StackEndpoints, timeout: float = 60.0) -> None:
     schema a few seconds later (~4 s here): until then a create answers 503 "Resource kind ... not
     found". A server-side dry-run create goes through the same admission chain, so it is the probe.
     """
-    endpoints.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR), check=True)
+    endpoints.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR / CRD_FILE), check=True)
+    if serves_mutating_admission_policies(endpoints):
+        endpoints.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR / POLICY_FILE), check=True)
+    else:
+        # An older cluster (a user's kind, say): the operator adds the finalizer itself.
+        print(f"[world] this cluster serves no {POLICY_API}; {POLICY_FILE} not applied", file=sys.stderr)
     endpoints.kubectl(
         "wait", "--for=condition=Established", "crd/sagas.saga.dev", f"--timeout={timeout:.0f}s", check=True
     )
