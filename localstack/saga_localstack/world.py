@@ -44,19 +44,27 @@ def serves_mutating_admission_policies(endpoints: StackEndpoints) -> bool:
     return any(r.get("name") == "mutatingadmissionpolicies" for r in resources)
 
 
-def install_crd(endpoints: StackEndpoints, timeout: float = 60.0) -> None:
-    """Apply crds/ (the Saga CRD and the finalizer admission policy) and wait until a Saga can be created.
+def install_crd(
+    endpoints: StackEndpoints,
+    timeout: float = 60.0,
+    *,
+    crd: Path = CRD_DIR / CRD_FILE,
+    policy: Path | None = CRD_DIR / POLICY_FILE,
+) -> None:
+    """Apply the Saga CRD and the finalizer admission policy (from crds/ unless told otherwise; no policy
+    with ``policy=None``) and wait until a Saga can be created.
 
     Established is not enough. Discovery lags behind it, and the admission policy learns a new CRD's
     schema a few seconds later (~4 s here): until then a create answers 503 "Resource kind ... not
     found". A server-side dry-run create goes through the same admission chain, so it is the probe.
     """
-    endpoints.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR / CRD_FILE), check=True)
-    if serves_mutating_admission_policies(endpoints):
-        endpoints.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR / POLICY_FILE), check=True)
-    else:
-        # An older cluster (a user's kind, say): the operator adds the finalizer itself.
-        print(f"[world] this cluster serves no {POLICY_API}; {POLICY_FILE} not applied", file=sys.stderr)
+    endpoints.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd), check=True)
+    if policy is not None:
+        if serves_mutating_admission_policies(endpoints):
+            endpoints.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(policy), check=True)
+        else:
+            # An older cluster (a user's kind, say): the operator adds the finalizer itself.
+            print(f"[world] this cluster serves no {POLICY_API}; {policy.name} not applied", file=sys.stderr)
     endpoints.kubectl(
         "wait", "--for=condition=Established", "crd/sagas.saga.dev", f"--timeout={timeout:.0f}s", check=True
     )

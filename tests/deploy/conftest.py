@@ -6,13 +6,15 @@ from __future__ import annotations
 import pytest
 
 from saga_localstack import StackEndpoints
+from saga_localstack.world import install_crd
 
-from .helpers import Kubectl, apply_docs, install_crd, objects, ok
+from .helpers import MANIFESTS, Kubectl, apply_docs, objects, ok
 
 
 @pytest.fixture(scope="session")
-def saga_crd(stack: StackEndpoints, kubectl: Kubectl) -> None:
-    install_crd(kubectl)
+def saga_crd(stack: StackEndpoints) -> None:
+    """The CRD from the kustomize copy in manifests/base (what the deploy tests check), without the policy."""
+    install_crd(stack, crd=MANIFESTS / "base" / "crds" / "saga.dev_sagas.yaml", policy=None)
 
 
 @pytest.fixture(scope="session")

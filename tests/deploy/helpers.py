@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,21 +56,6 @@ def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
 def ok(result: subprocess.CompletedProcess[str], what: str) -> str:
     assert result.returncode == 0, f"{what} failed (exit {result.returncode}):\n{result.stderr}{result.stdout}"
     return result.stdout
-
-
-def install_crd(kubectl: Kubectl) -> None:
-    """Apply the Saga CRD for real (dry runs of Sagas need it) and wait until a Saga can be created:
-    discovery, and any admission policy for Sagas, learn a new CRD a few seconds after Established."""
-    ok(
-        kubectl("apply", "--server-side", "--force-conflicts", "-f", str(MANIFESTS / "base" / "crds")),
-        "applying the CRD",
-    )
-    ok(kubectl("wait", "--for=condition=Established", "crd/sagas.saga.dev", "--timeout=60s"), "waiting for the CRD")
-    example = str(REPO / "examples" / "buy-video-succeeds.yaml")
-    deadline = time.monotonic() + 60
-    while (probe := kubectl("create", "--dry-run=server", "-n", "default", "-f", example)).returncode != 0:
-        assert time.monotonic() < deadline, f"Sagas still cannot be created: {probe.stderr}"
-        time.sleep(0.3)
 
 
 def apply_docs(kubectl: Kubectl, docs: list[dict[str, Any]], *extra: str) -> subprocess.CompletedProcess[str]:
