@@ -13,12 +13,11 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-# pyproject.toml names README.md as the package's readme and looks for packages in these four folders.
+# pyproject.toml names README.md as the package's readme and looks for packages in these three folders.
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
 COPY protocol/ protocol/
 COPY participants/ participants/
-COPY localstack/ localstack/
 # Every dependency has a binary wheel for CPython 3.11 on Linux; --only-binary makes a missing one an
 # error here instead of a silent compile. The project itself is pure Python.
 RUN pip wheel --wheel-dir /wheels --only-binary=:all: --no-binary=saga-operator .

@@ -11,10 +11,12 @@ STAMP := $(VENV)/.installed
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# The product (the root pyproject.toml) with its dev tools, and beside it, editable, the two development-only
+# distributions: the local control plane (testenv/) and the harness (harness/).
+$(STAMP): pyproject.toml testenv/pyproject.toml harness/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]' -e ./testenv -e ./harness
 	touch $@
 
 .PHONY: venv
@@ -22,33 +24,33 @@ venv: $(STAMP) ## create .venv with the project and its dev tools
 
 .PHONY: up
 up: $(STAMP) ## start the local stack (etcd, kube-apiserver, Kafka) in the background; writes .stack/env
-	$(PY) -m saga_localstack up
+	$(PY) -m saga_testenv up
 
 .PHONY: down
 down: $(STAMP) ## stop the local stack; leaves no process behind
-	$(PY) -m saga_localstack down
+	$(PY) -m saga_testenv down
 
 .PHONY: stack-status
 stack-status: $(STAMP) ## is the local stack up and healthy? (exit 0 yes, 1 not up, 2 unhealthy)
-	$(PY) -m saga_localstack status
+	$(PY) -m saga_testenv status
 
 .PHONY: stack-build
 stack-build: $(STAMP) ## build etcd and kube-apiserver, fetch the Kafka jars, into the cache (only what is missing)
-	$(PY) -m saga_localstack build
+	$(PY) -m saga_testenv build
 
 .PHONY: clean-cache
 clean-cache: $(STAMP) ## delete the cached binaries of the pinned versions (the next run rebuilds them)
-	rm -rf "$$($(PY) -m saga_localstack cache-dir)"
+	rm -rf "$$($(PY) -m saga_testenv cache-dir)"
 
 .PHONY: test
 test: $(STAMP) ## run the whole test suite against the real local stack (started if needed)
-	$(PY) -m saga_localstack build
+	$(PY) -m saga_testenv build
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: demo
 demo: $(STAMP) ## the buy-video sagas end to end on the local stack: kubectl get sagas as they move, then the ledgers
-	$(PY) -m saga_localstack build
-	$(PY) -m saga_localstack.demo
+	$(PY) -m saga_testenv build
+	$(PY) -m saga_harness.demo
 
 .PHONY: generate
 generate: $(STAMP) ## regenerate the CRD, the finalizer policy and the protocol JSON Schema from the pydantic models
@@ -144,9 +146,9 @@ CHAOS_SAGAS ?= $(or $(N),300)
 
 .PHONY: chaos
 chaos: $(STAMP) ## N sagas (default 300) while everything breaks, then audit the books; SEED=n replays a mix
-	$(PY) -m saga_localstack build
-	$(PY) -m saga_localstack.chaos --sagas $(CHAOS_SAGAS) $(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)
+	$(PY) -m saga_testenv build
+	$(PY) -m saga_harness.chaos --sagas $(CHAOS_SAGAS) $(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)
 
 .PHONY: bench
-bench: $(STAMP) ## benchmark the operator against its floor; prints the figures, JSON in bench/results/ (BENCH_ARGS="--sagas 1000 --concurrency 100 --scale-sagas 5000")
-	$(PY) -m saga_localstack.bench $(BENCH_ARGS)
+bench: $(STAMP) ## benchmark the operator against its floor; prints the figures, JSON in harness/bench-results/ (BENCH_ARGS="--sagas 1000 --concurrency 100 --scale-sagas 5000")
+	$(PY) -m saga_harness.bench $(BENCH_ARGS)

@@ -1,1 +1,1 @@
-pytest_plugins = ["saga_localstack.pytest_plugin"]
+pytest_plugins = ["saga_testenv.pytest_plugin"]

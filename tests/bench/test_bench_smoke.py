@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from saga_localstack import Stack, StackEndpoints
-from saga_localstack.bench import cli
+from saga_harness.bench import cli
+from saga_testenv import Stack, StackEndpoints
 
 pytestmark = pytest.mark.stack
 

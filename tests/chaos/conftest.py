@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from saga_localstack import StackEndpoints
-from saga_localstack.chaos import ChaosWorld
-from saga_localstack.faults import StackFaults, resume_service
-from saga_localstack.stack import Stack
+from saga_harness.chaos import ChaosWorld
+from saga_harness.faults import StackFaults, resume_service
+from saga_testenv import StackEndpoints
+from saga_testenv.stack import Stack
 
 FOREIGN = StackEndpoints.from_environment() is not None
 

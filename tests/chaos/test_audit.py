@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from saga_localstack.chaos import STEPS, Books, Injected, SagaPlan, Violation, audit, audit_dead_letters
+from saga_harness.chaos import STEPS, Books, Injected, SagaPlan, Violation, audit, audit_dead_letters
 from saga_protocol import idempotency_key
 
 UID = "11111111-2222-3333-4444-555555555555"

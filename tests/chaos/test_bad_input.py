@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from saga_localstack.chaos import (
+from saga_harness.chaos import (
     MARKER,
     NEEDS_SAGA,
     REPLY_KINDS,
@@ -33,9 +33,9 @@ from saga_localstack.chaos import (
     read_topic,
     wait_until,
 )
-from saga_localstack.kafka import run_sync
 from saga_participants.sdk import DLQ_REASON
 from saga_protocol import dead_letter_topic, decode_reply
+from saga_testenv.kafka import run_sync
 
 pytestmark = pytest.mark.stack
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from saga_localstack.chaos import ChaosConfig, format_report, run_chaos
-from saga_localstack.stack import Stack
+from saga_harness.chaos import ChaosConfig, format_report, run_chaos
+from saga_testenv.stack import Stack
 
 pytestmark = pytest.mark.stack
 

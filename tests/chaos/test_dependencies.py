@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from saga_localstack.chaos import ChaosWorld, http_status, wait_until
-from saga_localstack.faults import StackFaults, service_paused
+from saga_harness.chaos import ChaosWorld, http_status, wait_until
+from saga_harness.faults import StackFaults, service_paused
 
 pytestmark = pytest.mark.stack
 

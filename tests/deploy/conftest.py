@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from saga_localstack import StackEndpoints
-from saga_localstack.world import install_crd
+from saga_harness.world import install_crd
+from saga_testenv import StackEndpoints
 
 from .helpers import MANIFESTS, Kubectl, apply_docs, objects, ok
 

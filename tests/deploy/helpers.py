@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from saga_localstack import run_kubectl
+from saga_testenv import run_kubectl
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from saga_localstack import versions
-from saga_participants.buyvideo import SERVICES, build
-from saga_participants.buyvideo.demo import DEMO_AGENTS, DEMO_USERS
+from saga_buyvideo import SERVICES, build
+from saga_buyvideo.demo import DEMO_AGENTS, DEMO_USERS
 from saga_protocol import REPLY_TOPIC, CommandKind, command_topic, dead_letter_topic
+from saga_testenv import versions
 
 from .helpers import (
     EXAMPLES,

@@ -2,7 +2,7 @@
 TokenRequest API, `kubectl create token`, not the admin certificate), runs the three example sagas
 from examples/ to the end they are meant to reach.
 
-The operator and the participants run as local processes (saga_localstack.world), as in the other
+The operator and the participants run as local processes (saga_harness.world), as in the other
 end-to-end tests; only the operator's kubeconfig differs. Its own reply topic and consumer group keep
 it apart from other operators sharing the broker. Runs before tests/e2e (alphabetical order), so the
 session's admin operator of tests/e2e, which watches every namespace, is not running yet.
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from saga_localstack import StackEndpoints
-from saga_localstack.world import SagaWorld
+from saga_harness.world import SagaWorld
+from saga_testenv import StackEndpoints
 
 from .helpers import EXAMPLES, NAMESPACE, OPERATOR_SA, OPERATOR_USER, Kubectl, ok
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from saga_localstack import StackEndpoints
-from saga_localstack.world import serves_mutating_admission_policies
+from saga_harness.world import serves_mutating_admission_policies
+from saga_testenv import StackEndpoints
 
 from .helpers import (
     EXAMPLES,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from saga_localstack.stack import StackEndpoints
-from saga_localstack.world import SagaWorld
+from saga_harness.world import SagaWorld
+from saga_testenv.stack import StackEndpoints
 
 _names = itertools.count(1)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from saga_localstack.world import SagaWorld, buy_video_saga
+from saga_harness.world import SagaWorld, buy_video_saga
 
 pytestmark = pytest.mark.stack
 
@@ -192,7 +192,7 @@ def test_deleting_a_running_saga_compensates_first(world: SagaWorld, saga_name: 
 def test_malformed_replies_are_set_aside_and_sagas_go_on(world: SagaWorld, saga_name: Names) -> None:
     from aiokafka import AIOKafkaProducer
 
-    from saga_localstack.kafka import run_sync
+    from saga_testenv.kafka import run_sync
 
     before = world.operator.metric("saga_operator_malformed_messages_total")
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from saga_localstack.world import SagaWorld
+from saga_harness.world import SagaWorld
 
 pytestmark = pytest.mark.stack
 

@@ -1,7 +1,7 @@
 """Fixtures for the participant tests.
 
 The Kafka tests use the broker named by $KAFKA_BOOTSTRAP_SERVERS if set (any real broker will do; these
-tests need no Kubernetes), else the local stack's through its `kafka_bootstrap` fixture (saga_localstack's
+tests need no Kubernetes), else the local stack's through its `kafka_bootstrap` fixture (saga_testenv's
 pytest plugin, which starts the stack when needed); without either they skip.
 """
 

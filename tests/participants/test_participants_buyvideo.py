@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from participants_support import BUY_VIDEO_STEPS, compensation_of, make_command, order
 
+from saga_buyvideo import SCHEMAS, SERVICES, database_path
+from saga_buyvideo.demo import DEMO_AGENTS, DEMO_USERS, read_ledger, seed
 from saga_participants import Inbox, Participant, open_database
-from saga_participants.buyvideo import SCHEMAS, SERVICES, database_path
-from saga_participants.buyvideo.demo import DEMO_AGENTS, DEMO_USERS, read_ledger, seed
 from saga_protocol import Command, CommandKind, Outcome
 
 INITIAL_TOTAL = sum(DEMO_USERS.values()) + sum(balance for _, balance in DEMO_AGENTS.values())

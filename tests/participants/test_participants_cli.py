@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 from participants_support import WAIT, KafkaHarness, make_command, order, unique, until
 
-from saga_participants.buyvideo.demo import DEMO_USERS
-from saga_participants.cli import main
+from saga_buyvideo.cli import main
+from saga_buyvideo.demo import DEMO_USERS
 from saga_protocol import Outcome, command_topic
 
 DEMO_TOTAL = 13_000
@@ -140,7 +140,7 @@ async def test_run_serves_probes_and_metrics_handles_commands_and_stops_on_sigte
 
 @pytest.mark.stack
 async def test_a_participant_started_before_its_topic_exists_creates_it(tmp_path: Path, kafka: KafkaHarness) -> None:
-    from saga_participants.buyvideo import agents
+    from saga_buyvideo import agents
 
     p = agents.participant(tmp_path / "agents.db", name=unique("agents"), bootstrap_servers=kafka.bootstrap_servers)
     await kafka.start(p)  # returns once consuming: its topic exists, it has the partition

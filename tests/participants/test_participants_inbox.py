@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from participants_support import compensation_of, make_command, order
 
+from saga_buyvideo import users
 from saga_participants import ALREADY_COMPENSATED, BusinessError, Disposition, Inbox, open_database
-from saga_participants.buyvideo import users
 from saga_participants.inbox import NOOP_ACTION_FAILED, NOOP_ACTION_NOT_APPLIED
 from saga_protocol import Command, CommandKind, Outcome
 

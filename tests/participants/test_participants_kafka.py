@@ -26,9 +26,9 @@ from participants_support import (
     until,
 )
 
+from saga_buyvideo import SERVICES, users
+from saga_buyvideo.demo import DEMO_AGENTS, DEMO_USERS, read_ledger, seed
 from saga_participants import Participant, RetryPolicy
-from saga_participants.buyvideo import SERVICES, users
-from saga_participants.buyvideo.demo import DEMO_AGENTS, DEMO_USERS, read_ledger, seed
 from saga_participants.sdk import DLQ_ORIGINAL_OFFSET, DLQ_ORIGINAL_TOPIC, DLQ_REASON, REPLY_UNDELIVERABLE
 from saga_protocol import MAX_MESSAGE_BYTES, Command, Outcome, decode_reply, encode_command
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from saga_localstack import StackEndpoints
-from saga_localstack.procs import ProcessRecord, read_records, terminate
+from saga_testenv import StackEndpoints
+from saga_testenv.procs import ProcessRecord, read_records, terminate
 
 pytestmark = [
     pytest.mark.stack,
@@ -31,7 +31,7 @@ SERVERS = {"etcd", "kube-apiserver", "kube-controller-manager", "kafka"}
 
 def _cli(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "saga_localstack", "--dir", str(directory), *args],
+        [sys.executable, "-m", "saga_testenv", "--dir", str(directory), *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -77,7 +77,7 @@ def test_up_twice_then_down_leaves_no_process(tmp_path: Path) -> None:
 _OWNER = textwrap.dedent(
     """
     import json, sys, time
-    from saga_localstack import Stack
+    from saga_testenv import Stack
     stack = Stack(sys.argv[1], detached=False, log=lambda m: None).start()
     print(json.dumps([r.pid for r in stack.records]), flush=True)
     time.sleep(600)

@@ -19,7 +19,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from saga_localstack import StackEndpoints, TopicSpec, ensure_topics, kubectl_path
+from saga_testenv import StackEndpoints, TopicSpec, ensure_topics, kubectl_path
 
 pytestmark = pytest.mark.stack
 
@@ -85,8 +85,8 @@ def _cluster_ssl_context(stack: StackEndpoints, kubectl: Kubectl) -> tuple[str, 
 def test_unprivileged_user_is_forbidden(stack: StackEndpoints, kubectl: Kubectl, tmp_path: Path) -> None:
     if not stack.unprivileged_token:
         pytest.skip(
-            "no unprivileged user known for this cluster: set SAGA_LOCALSTACK_UNPRIVILEGED_TOKEN "
-            "(and SAGA_LOCALSTACK_UNPRIVILEGED_USER) to a token without RBAC rights"
+            "no unprivileged user known for this cluster: set SAGA_TESTENV_UNPRIVILEGED_TOKEN "
+            "(and SAGA_TESTENV_UNPRIVILEGED_USER) to a token without RBAC rights"
         )
     kubeconfig = stack.token_kubeconfig(stack.unprivileged_token, tmp_path / "unprivileged.kubeconfig")
     whoami = kubectl("auth", "whoami", "-o", "json", kubeconfig=kubeconfig)

@@ -2,7 +2,7 @@
 
 import base64
 
-from saga_localstack.stack import kafka_cluster_id
+from saga_testenv.stack import kafka_cluster_id
 
 
 def test_cluster_ids_never_start_with_a_dash_and_decode_to_sixteen_bytes() -> None:

@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from .stack import Stack, StackEndpoints
+from saga_testenv.stack import Stack, StackEndpoints
+
 from .world import REPO, TERMINAL, SagaWorld
 
 EXPECTED = "demo.saga.dev/expected-phase"
@@ -133,7 +134,7 @@ def _verdict(world: SagaWorld, manifests: list[dict[str, Any]], ledger: dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="saga_localstack.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="saga_harness.demo", description=__doc__)
     parser.add_argument("--examples", type=Path, default=REPO / "examples")
     parser.add_argument("--stack-dir", type=Path, default=REPO / ".stack")
     parser.add_argument("--timeout", type=float, default=180.0)

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
-from saga_participants.buyvideo import SCHEMAS, database_path
+from saga_buyvideo import SCHEMAS, database_path
 from saga_participants.inbox import open_database
 
 #: Demo users and their balances in cents.

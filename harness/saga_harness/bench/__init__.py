@@ -1,6 +1,6 @@
 """The benchmark behind `make bench` (issue 6): throughput, latency, API writes per step, memory at scale.
 
-    python -m saga_localstack.bench [--sagas 1000] [--concurrency 100] [--scale-sagas 5000] [--out DIR]
+    python -m saga_harness.bench [--sagas 1000] [--concurrency 100] [--scale-sagas 5000] [--out DIR]
 
 One run measures, against one API server and one Kafka broker (KUBECONFIG + KAFKA_BOOTSTRAP_SERVERS, the
 local stack in ``.stack`` if it is up, or a fresh local stack started for the run and stopped after it):
@@ -13,6 +13,6 @@ local stack in ``.stack`` if it is up, or a fresh local stack started for the ru
 
 Modules: `echo` (the fast participant, a process of its own), `kube` (a lean aiohttp client for the
 driver), `procinfo` (CPU, memory and machine facts from /proc), `stats`, `phases` (the three
-measurements), `cli` (orchestration, the printed table, the JSON under bench/results/).
+measurements), `cli` (orchestration, the printed table, the JSON under harness/bench-results/).
 See docs/performance.md for what each figure means.
 """

@@ -17,8 +17,8 @@ import sys
 from collections.abc import Sequence
 from typing import Final
 
-from saga_participants.buyvideo import SERVICES, build
-from saga_participants.buyvideo.demo import dump_ledger, format_ledger, read_ledger, seed
+from saga_buyvideo import SERVICES, build
+from saga_buyvideo.demo import dump_ledger, format_ledger, read_ledger, seed
 
 #: Default HTTP ports, distinct so that the three services can run side by side on one machine.
 DEFAULT_HTTP_PORTS: Final = {"videos": 8081, "users": 8082, "agents": 8083}

@@ -1,6 +1,6 @@
 """A participant that answers every command at once: `succeeded`, empty result, to the command's replyTopic.
 
-    python -m saga_localstack.bench.echo --bootstrap HOST:PORT --topics saga.commands.a,saga.commands.b \
+    python -m saga_harness.bench.echo --bootstrap HOST:PORT --topics saga.commands.a,saga.commands.b \
         --group GROUP --http-port PORT
 
 Built on raw aiokafka and the protocol models (docs/protocol.md), not on the participant SDK: the SDK
@@ -131,7 +131,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="saga_localstack.bench.echo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="saga_harness.bench.echo", description=__doc__.splitlines()[0])
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--topics", required=True, help="comma-separated command topics")
     parser.add_argument("--group", required=True)

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from typing import Any, Final
 
-from saga_participants.buyvideo import agents, users, videos
+from saga_buyvideo import agents, users, videos
 from saga_participants.sdk import Participant
 
 Factory = Callable[..., Participant]

@@ -1,6 +1,6 @@
 """Every version the local stack depends on, pinned in one place.
 
-Change a pin here and the next ``saga_localstack build`` (or ``make up`` / ``make test``) builds the new
+Change a pin here and the next ``saga_testenv build`` (or ``make up`` / ``make test``) builds the new
 binaries into a fresh cache directory; the old ones stay where they are until ``make clean-cache``.
 
 Why these versions (checked against the registries these machines reach):

@@ -1,4 +1,4 @@
-"""``python -m saga_localstack up|down|status|env|build|cache-dir`` (also the ``saga-localstack`` script)."""
+"""``python -m saga_testenv up|down|status|env|build|cache-dir`` (also the ``saga-testenv`` script)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .stack import Stack, StackError
 
 
 def _log(message: str) -> None:
-    print(f"[localstack] {message}", flush=True)
+    print(f"[testenv] {message}", flush=True)
 
 
 def _up(directory: Path) -> int:
@@ -67,7 +67,7 @@ def _status(directory: Path, quiet: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="saga_localstack", description=__doc__)
+    parser = argparse.ArgumentParser(prog="saga_testenv", description=__doc__)
     parser.add_argument(
         "--dir",
         type=Path,
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             print(build.cache_dir())
             return 0
     except (StackError, build.BuildError) as exc:
-        print(f"[localstack] error: {exc}", file=sys.stderr)
+        print(f"[testenv] error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -37,17 +37,17 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from saga_harness.services import Service, operator_service
 from saga_operator.adapters import kafka as operator_kafka
 from saga_operator.adapters.kube import status_patch
 from saga_operator.domain.events import ReplyReceived, Start
 from saga_operator.domain.model import FINALIZER, GROUP, KIND, PLURAL, VERSION, SagaSpec, SagaStatus
 from saga_operator.domain.transition import transition
 from saga_protocol import Command, CommandKind, Outcome, Reply, command_topic, decode_reply, idempotency_key
+from saga_testenv import procs
+from saga_testenv.kafka import TopicSpec, ensure_topics
+from saga_testenv.stack import StackEndpoints
 
-from .. import procs
-from ..kafka import TopicSpec, ensure_topics
-from ..services import Service, operator_service
-from ..stack import StackEndpoints
 from . import procinfo, stats
 from .kube import Kube, KubeError, load_configuration
 
@@ -112,7 +112,7 @@ class Bench:
         argv = [
             sys.executable,
             "-m",
-            "saga_localstack.bench.echo",
+            "saga_harness.bench.echo",
             "--bootstrap",
             self.endpoints.kafka_bootstrap,
             "--topics",

@@ -1,8 +1,8 @@
-"""pytest fixtures for the real local stack. Enable with ``pytest_plugins = ["saga_localstack.pytest_plugin"]``.
+"""pytest fixtures for the real local stack. Enable with ``pytest_plugins = ["saga_testenv.pytest_plugin"]``.
 
 * ``stack`` (session): a ``StackEndpoints``. If both ``KUBECONFIG`` and ``KAFKA_BOOTSTRAP_SERVERS`` are set,
   the suite runs against that cluster and broker unchanged (``stack.managed`` is False, the unprivileged
-  token is None unless ``SAGA_LOCALSTACK_UNPRIVILEGED_TOKEN`` is set). Otherwise one ``Stack`` is started
+  token is None unless ``SAGA_TESTENV_UNPRIVILEGED_TOKEN`` is set). Otherwise one ``Stack`` is started
   for the session in a temporary directory (its logs stay in pytest's basetemp) and stopped at the end,
   also on Ctrl-C/SIGTERM; its servers die with the pytest process even on SIGKILL.
 * ``kubectl`` (session): ``kubectl(*args, input=None, check=False, kubeconfig=None, timeout=120)`` runs the
@@ -31,9 +31,9 @@ def _terminal_log(config: pytest.Config) -> Callable[[str], None]:
     def log(message: str) -> None:
         if capman is not None:
             with capman.global_and_fixture_disabled():
-                print(f"\n[localstack] {message}", flush=True)
+                print(f"\n[testenv] {message}", flush=True)
         else:
-            print(f"[localstack] {message}", flush=True)
+            print(f"[testenv] {message}", flush=True)
 
     return log
 
@@ -44,7 +44,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     if external is not None:
         yield external
         return
-    local = Stack(tmp_path_factory.mktemp("localstack"), detached=False, log=_terminal_log(request.config))
+    local = Stack(tmp_path_factory.mktemp("testenv"), detached=False, log=_terminal_log(request.config))
     local.start()
     try:
         yield local

@@ -1,4 +1,4 @@
-"""saga_localstack: a real local Kubernetes API server, etcd and Kafka broker for saga-operator.
+"""saga_testenv: a real local Kubernetes API server, etcd and Kafka broker (development and tests only).
 
 Public API::
 

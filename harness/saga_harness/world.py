@@ -19,8 +19,9 @@ from typing import Any
 
 import yaml
 
+from saga_testenv.stack import StackEndpoints
+
 from .services import Service, operator_service, participant_service
-from .stack import StackEndpoints
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "crds"
@@ -152,7 +153,7 @@ class SagaWorld:
     def seed(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [sys.executable, "-m", "saga_participants.cli", "seed", "--data-dir", str(self.data_dir)],
+            [sys.executable, "-m", "saga_buyvideo.cli", "seed", "--data-dir", str(self.data_dir)],
             check=True,
             capture_output=True,
         )
@@ -234,7 +235,7 @@ class SagaWorld:
         return items
 
     def ledger(self) -> dict[str, Any]:
-        from saga_participants.buyvideo.demo import read_ledger
+        from saga_buyvideo.demo import read_ledger
 
         result: dict[str, Any] = read_ledger(self.data_dir)
         return result

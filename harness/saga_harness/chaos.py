@@ -17,7 +17,7 @@ applied twice; every malformed message dead-lettered with the right reason and n
 dead-lettered. Each violation names its saga; the exit status is 1 if there is any (2 if the run itself
 could not be carried out). See docs/chaos.md.
 
-    python -m saga_localstack.chaos [--sagas 300] [--seed N] [--stack-dir DIR] [--keep DIR]
+    python -m saga_harness.chaos [--sagas 300] [--seed N] [--stack-dir DIR] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from saga_participants.buyvideo import SCHEMAS, database_path
+from saga_buyvideo import SCHEMAS, database_path
 from saga_participants.inbox import open_database
 from saga_participants.sdk import DLQ_REASON, REPLY_UNDELIVERABLE
 from saga_protocol import (
@@ -70,11 +70,11 @@ from saga_protocol import (
     encode_reply,
     idempotency_key,
 )
+from saga_testenv.kafka import run_sync
+from saga_testenv.stack import Stack, StackEndpoints
 
 from .faults import StackFaults
-from .kafka import run_sync
 from .services import Service
-from .stack import Stack, StackEndpoints
 from .world import PARTICIPANTS, TERMINAL, SagaWorld, WorldError
 
 Log = Callable[[str], None]
@@ -1517,17 +1517,17 @@ def _stack_for(stack_dir: Path | None, work: Path, log: Log) -> Iterator[StackEn
     if stack_dir is not None:
         attached = Stack.attach(stack_dir)
         if attached is None:
-            raise ChaosError(f"no running stack in {stack_dir} (python -m saga_localstack --dir {stack_dir} up)")
+            raise ChaosError(f"no running stack in {stack_dir} (python -m saga_testenv --dir {stack_dir} up)")
         log(f"== using the stack in {stack_dir}: its Kafka broker is restarted and its API server frozen once")
         yield attached
         return
     log("== starting a stack of its own for the run")
-    with Stack(work / "stack", log=lambda m: log(f"  [localstack] {m}")) as stack:
+    with Stack(work / "stack", log=lambda m: log(f"  [testenv] {m}")) as stack:
         yield stack
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="saga_localstack.chaos", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="saga_harness.chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sagas", type=int, default=300, help="how many sagas (default 300)")
     parser.add_argument("--seed", type=int, default=None, help="the seed of the plan and the faults (default: random)")
     parser.add_argument("--short", action="store_true", help="the short form (40 sagas) that `make test` runs")

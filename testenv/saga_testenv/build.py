@@ -1,6 +1,6 @@
 """Build (once) and cache the local stack's server binaries.
 
-Layout, all under ``${XDG_CACHE_HOME:-~/.cache}/saga-operator/localstack/v<CACHE_LAYOUT_VERSION>/``::
+Layout, all under ``${XDG_CACHE_HOME:-~/.cache}/saga-operator/testenv/v<CACHE_LAYOUT_VERSION>/``::
 
     kubernetes-<version>/bin/kube-apiserver
     kubernetes-<version>/bin/kube-controller-manager
@@ -39,13 +39,13 @@ class BuildError(RuntimeError):
 
 
 def _default_log(message: str) -> None:
-    print(f"[localstack] {message}", flush=True)
+    print(f"[testenv] {message}", flush=True)
 
 
 def cache_root() -> Path:
-    """``${XDG_CACHE_HOME:-~/.cache}/saga-operator/localstack``: every layout version lives below it."""
+    """``${XDG_CACHE_HOME:-~/.cache}/saga-operator/testenv``: every layout version lives below it."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "saga-operator" / "localstack"
+    return Path(base) / "saga-operator" / "testenv"
 
 
 def cache_dir() -> Path:
@@ -224,7 +224,7 @@ def _build_etcd(dest: Path, log: Log) -> None:
     logfile = _fresh_log("etcd")
     log(f"etcd {versions.ETCD_VERSION}: building from the Go module proxy (log: {logfile})")
     started = time.monotonic()
-    _run_logged(["go", "mod", "init", "saga-localstack/etcd"], src, logfile, env, "go mod init", log)
+    _run_logged(["go", "mod", "init", "saga-testenv/etcd"], src, logfile, env, "go mod init", log)
     # etcd's server module has replace directives, so `go install mod@v` refuses it: build it as a
     # tool dependency of a wrapper module instead.
     _run_logged(["go", "get", "-tool", versions.go_module_etcd()], src, logfile, env, "go get etcd", log)
@@ -255,7 +255,7 @@ def _build_kubernetes(names: Sequence[str], bindir: Path, log: Log) -> None:
         f"takes minutes on 2 cores (log: {logfile})"
     )
     started = time.monotonic()
-    _run_logged(["go", "mod", "init", "saga-localstack/kubernetes"], src, logfile, env, "go mod init", log)
+    _run_logged(["go", "mod", "init", "saga-testenv/kubernetes"], src, logfile, env, "go mod init", log)
     # k8s.io/kubernetes requires its staging modules at v0.0.0 via `=> ./staging/...` replace lines.
     # Read them from the module's own go.mod and replace each with the published version.
     info = subprocess.run(
@@ -336,7 +336,7 @@ _MAVEN_DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
-  <groupId>saga-localstack</groupId>
+  <groupId>saga-testenv</groupId>
   <artifactId>kafka-broker-classpath</artifactId>
   <version>1</version>
   <packaging>pom</packaging>

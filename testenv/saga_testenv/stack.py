@@ -43,9 +43,9 @@ from .kubectl import kubectl_path, run_kubectl
 Log = Callable[[str], None]
 
 UNPRIVILEGED_USER = "saga-unprivileged"
-ENV_UNPRIVILEGED_USER = "SAGA_LOCALSTACK_UNPRIVILEGED_USER"
-ENV_UNPRIVILEGED_TOKEN = "SAGA_LOCALSTACK_UNPRIVILEGED_TOKEN"
-CONTEXT = "saga-localstack"
+ENV_UNPRIVILEGED_USER = "SAGA_TESTENV_UNPRIVILEGED_USER"
+ENV_UNPRIVILEGED_TOKEN = "SAGA_TESTENV_UNPRIVILEGED_TOKEN"
+CONTEXT = "saga-testenv"
 
 #: Everything a stack writes into its directory; only these are removed before a fresh start.
 _OWNED_ENTRIES = (
@@ -73,7 +73,7 @@ class StackAlreadyRunning(StackError):
 
 
 def _default_log(message: str) -> None:
-    print(f"[localstack] {message}", flush=True)
+    print(f"[testenv] {message}", flush=True)
 
 
 class StackEndpoints:
@@ -81,7 +81,7 @@ class StackEndpoints:
 
     ``kubernetes_version`` is the pinned version for a stack started here and None for a foreign cluster;
     ``unprivileged_token`` is None when no unprivileged user is known (a foreign cluster, unless
-    ``SAGA_LOCALSTACK_UNPRIVILEGED_TOKEN`` names one).
+    ``SAGA_TESTENV_UNPRIVILEGED_TOKEN`` names one).
     """
 
     managed: bool = False
@@ -226,7 +226,7 @@ class Stack(StackEndpoints):
     are stopped at exit and on SIGTERM/SIGHUP (stopped first, then KeyboardInterrupt is raised so the rest
     of the program unwinds as on Ctrl-C, unless the program had its own handler).
     ``detached=True`` (``make up``): they outlive it; ``Stack.stop_directory`` or
-    ``python -m saga_localstack down`` stops them from their pid files.
+    ``python -m saga_testenv down`` stops them from their pid files.
     """
 
     managed = True
@@ -567,7 +567,7 @@ class Stack(StackEndpoints):
         bindir.mkdir(exist_ok=True)
         (bindir / "kubectl").symlink_to(kubectl_path())
         lines.append(f'export PATH={_shell_quote(str(bindir))}:"$PATH"')
-        _write_private(self.directory / "env", "# written by saga_localstack; source it\n" + "\n".join(lines) + "\n")
+        _write_private(self.directory / "env", "# written by saga_testenv; source it\n" + "\n".join(lines) + "\n")
 
     # ----------------------------------------------------------------------------------------- stop
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-ADMIN_USER = "saga-localstack-admin"
+ADMIN_USER = "saga-testenv-admin"
 _VALIDITY = datetime.timedelta(days=7)
 
 
@@ -111,7 +111,7 @@ def generate(directory: Path) -> StackCerts:
     now = datetime.datetime.now(datetime.UTC)
 
     ca_key = _key()
-    ca_name = _name("saga-localstack-ca")
+    ca_name = _name("saga-testenv-ca")
     ca_cert = (
         x509.CertificateBuilder()
         .subject_name(ca_name)

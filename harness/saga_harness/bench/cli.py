@@ -1,4 +1,4 @@
-"""`python -m saga_localstack.bench` (`make bench`): run the benchmark, print the figures, write the JSON.
+"""`python -m saga_harness.bench` (`make bench`): run the benchmark, print the figures, write the JSON.
 
 Where it runs: against KUBECONFIG + KAFKA_BOOTSTRAP_SERVERS when both are set; else against the local
 stack in $SAGA_STACK_DIR (default .stack) if it is up; else it starts a fresh local stack for the run
@@ -19,13 +19,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .. import versions
-from ..stack import Stack, StackEndpoints
-from ..world import REPO, install_crd
+from saga_harness.world import REPO, install_crd
+from saga_testenv import versions
+from saga_testenv.stack import Stack, StackEndpoints
+
 from . import phases, procinfo
 from .kube import Kube
 
-DEFAULT_OUT = REPO / "bench" / "results"
+DEFAULT_OUT = REPO / "harness" / "bench-results"
 MB_IN_MIB = 1e6 / 2**20  # the issue's 250 MB, in the MiB /proc reports
 
 
@@ -34,7 +35,7 @@ def _log(message: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="saga_localstack.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="saga_harness.bench", description=__doc__.splitlines()[0])
     parser.add_argument("-k", "--sagas", type=int, default=1000, help="sagas of 3 steps to run (default 1000)")
     parser.add_argument("-c", "--concurrency", type=int, default=100, help="sagas in flight (default 100)")
     parser.add_argument(

@@ -1,6 +1,6 @@
 """Faults of the stack's own servers: the Kafka broker crashed and restarted, the API server frozen.
 
-Used by the chaos run (`saga_localstack.chaos`) and by `tests/chaos`. Everything goes through the
+Used by the chaos run (`saga_harness.chaos`) and by `tests/chaos`. Everything goes through the
 stack's process records (`procs`): a server is signalled by pid, and only while the pid file's start
 time still matches, never by name.
 
@@ -24,10 +24,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from . import procs
-from .kafka import run_sync, wait_for_broker
+from saga_testenv import procs
+from saga_testenv.kafka import run_sync, wait_for_broker
+from saga_testenv.stack import Stack
+
 from .services import Service
-from .stack import Stack
 
 
 class FaultError(RuntimeError):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from . import procs
+from saga_testenv import procs
 
 
 class ServiceError(RuntimeError):
@@ -118,7 +118,7 @@ def participant_service(name: str, data_dir: Path, run_dir: Path, environment: M
     argv = [
         sys.executable,
         "-m",
-        "saga_participants.cli",
+        "saga_buyvideo.cli",
         "run",
         name,
         "--data-dir",

@@ -1,0 +1,10 @@
+"""saga_harness: a whole saga system on the local control plane, and what runs on top of it.
+
+* ``world`` / ``services`` / ``faults``: install the CRD, start the operator and the buy-video participants
+  as supervised processes against a ``saga_testenv`` stack, and break them on purpose.
+* ``demo``: ``make demo``.
+* ``chaos``: ``make chaos``, many sagas while everything breaks, then an audit of the books.
+* ``bench``: ``make bench``, the operator against its floor.
+
+Development only: never in the product's wheel or image.
+"""

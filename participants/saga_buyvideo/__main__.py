@@ -1,0 +1,3 @@
+from saga_buyvideo.cli import main
+
+raise SystemExit(main())

@@ -1,3 +1,0 @@
-from saga_participants.cli import main
-
-raise SystemExit(main())
