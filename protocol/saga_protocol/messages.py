@@ -9,6 +9,7 @@ messages; a decoder never needs them to make sense of a body.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -93,6 +94,37 @@ class Reply(_Wire):
     error: ErrorInfo | None = None
     duplicate: bool = Field(default=False, description="True when replayed from the stored outcome.")
     sent_at: datetime = Field(alias="sentAt")
+
+
+def answer(
+    command: Command,
+    participant: str,
+    outcome: Outcome,
+    *,
+    result: dict[str, Any] | None = None,
+    error: ErrorInfo | None = None,
+    duplicate: bool = False,
+) -> Reply:
+    """The reply to `command`: the one place a Reply is built from the command it answers.
+
+    It echoes the command's saga, step, kind, attempt and idempotency key (a replay echoes *this*
+    delivery's attempt, not the first one's) and gets a fresh message id. A result is sent only with
+    `succeeded`.
+    """
+    return Reply(
+        message_id=str(uuid.uuid4()),
+        saga_uid=command.saga_uid,
+        step=command.step,
+        kind=command.kind,
+        attempt=command.attempt,
+        idempotency_key=command.idempotency_key,
+        participant=participant,
+        outcome=outcome,
+        result=result if outcome is Outcome.SUCCEEDED else None,
+        error=error,
+        duplicate=duplicate,
+        sent_at=datetime.now(UTC),
+    )
 
 
 class DecodeError(ValueError):
