@@ -88,7 +88,7 @@ async def test_run_serves_probes_and_metrics_handles_commands_and_stops_on_sigte
     }
     log = (tmp_path / "users.log").open("wb")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "saga_participants", "run", "users", env=env, stdout=log, stderr=log
+        sys.executable, "-m", "saga_buyvideo", "run", "users", env=env, stdout=log, stderr=log
     )
     base = f"http://127.0.0.1:{port}"
     try:
