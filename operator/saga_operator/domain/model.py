@@ -191,7 +191,7 @@ class StepState(StrEnum):
     DISPATCHED = "Dispatched"  # the action is in flight: applied or not, nobody knows yet
     RETRYING = "Retrying"  # waiting for the backoff before sending the action again
     SUCCEEDED = "Succeeded"
-    FAILED = "Failed"  # the participant refused for a business reason: nothing was applied
+    REFUSED = "Refused"  # the participant refused for a business reason: nothing was applied
     COMPENSATING = "Compensating"  # the compensation is in flight
     COMPENSATION_RETRYING = "CompensationRetrying"
     COMPENSATED = "Compensated"

@@ -45,7 +45,7 @@ from saga_operator.domain.model import (
 from saga_protocol import CommandKind, Outcome, Reply
 
 # A step in one of these states has nothing left to undo.
-SETTLED = frozenset({StepState.PENDING, StepState.SKIPPED, StepState.FAILED, StepState.COMPENSATED})
+SETTLED = frozenset({StepState.PENDING, StepState.SKIPPED, StepState.REFUSED, StepState.COMPENSATED})
 # Effects that may exist at the participant and are not undone yet.
 TO_UNDO = frozenset({StepState.SUCCEEDED, StepState.DISPATCHED, StepState.RETRYING, StepState.ABANDONED})
 IN_FLIGHT = frozenset(
@@ -196,7 +196,7 @@ def _apply_action_reply(work: _Work, spec: StepSpec, record: StepStatus, reply: 
     if record.state not in (StepState.DISPATCHED, StepState.RETRYING):
         # Already decided (a replay of the same outcome), or being undone: the compensation wins,
         # whatever this late answer says.
-        _ignore(work, "Duplicate" if record.state in (StepState.SUCCEEDED, StepState.FAILED) else "Late")
+        _ignore(work, "Duplicate" if record.state in (StepState.SUCCEEDED, StepState.REFUSED) else "Late")
         return
     match reply.outcome:
         case Outcome.SUCCEEDED:
@@ -207,7 +207,7 @@ def _apply_action_reply(work: _Work, spec: StepSpec, record: StepStatus, reply: 
             record.finished_at = now
             record.deadline = None
         case Outcome.FAILED:
-            record.state = StepState.FAILED
+            record.state = StepState.REFUSED
             record.error = _error(reply, "Failed")
             record.finished_at = now
             record.deadline = None
