@@ -234,7 +234,7 @@ def test_abort_mid_saga_compensates_the_step_in_flight_first_and_skips_the_pendi
     assert sends(effects) == [("c", COMPENSATION, 1)]  # in flight: applied or not, nobody knows
     assert events(effects) == [("Normal", "AbortRequested"), ("Normal", "CompensationStarted")]
     assert saga.states == {"a": SUCCEEDED, "b": SUCCEEDED, "c": COMPENSATING, "d": SKIPPED}
-    assert saga.status.phase == Phase.COMPENSATING and saga.status.abort_requested
+    assert saga.status.phase == Phase.COMPENSATING and saga.status.undoing
     assert condition(saga.status, "Completed") == "False"
     assert condition(saga.status, "Succeeded") == "False"
 

@@ -335,7 +335,7 @@ class SagaWorld(RuleBasedStateMachine):
             # The log runs ahead of the world: the attempt is recorded before it is sent.
             assert 1 <= command.attempt <= record.attempt
             assert command.step not in self.history.compensations_sent, "an action sent after its compensation"
-            if after.abort_requested:
+            if after.undoing:
                 assert command.step == self.pivot, "a new action sent while the saga is being undone"
             return
         assert spec.compensation is not None and command.action == spec.compensation
@@ -477,7 +477,7 @@ class SagaWorld(RuleBasedStateMachine):
         if status.phase == Phase.SUCCEEDED:
             assert conditions["Succeeded"] == "True"
         else:
-            assert conditions["Succeeded"] == ("False" if terminal or status.abort_requested else "Unknown")
+            assert conditions["Succeeded"] == ("False" if terminal or status.undoing else "Unknown")
 
     @invariant()
     def a_succeeded_saga_holds_every_effect(self) -> None:

@@ -250,7 +250,11 @@ class SagaStatus(_Model):
     progress: str | None = Field(default=None, description="Steps succeeded / steps, for kubectl get.")
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    abort_requested: bool = Field(default=False, description="The saga is being undone (abort or failure).")
+    undoing: bool = Field(
+        default=False,
+        description="The saga is being undone: an abort, a deletion, or a step that failed (refused, or its "
+        "retries used up). Once true it stays true.",
+    )
     retries_granted: int = Field(
         default=0, ge=0, description="How often a person asked, by annotation, to retry a Failed saga."
     )

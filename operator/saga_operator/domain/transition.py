@@ -269,7 +269,7 @@ def _apply_deadlines(work: _Work, now: datetime) -> None:
                 )
                 _action_attempt_failed(work, spec, record, timeout, now)
             case StepState.RETRYING:
-                if work.status.abort_requested and spec.compensation is not None:
+                if work.status.undoing and spec.compensation is not None:
                     continue  # being undone: _advance_backward sends its compensation instead
                 work.send_action(spec, record, now)
             case StepState.COMPENSATING:
@@ -331,18 +331,18 @@ def _fail(work: _Work, reason: str, message: str, now: datetime) -> None:
 
 def _begin_undo(work: _Work, message: str) -> None:
     status = work.status
-    if not status.abort_requested:
-        status.abort_requested = True
+    if not status.undoing:
+        status.undoing = True
         status.message = message
 
 
 def _abort(work: _Work, reason: str, now: datetime) -> None:
     status = work.status
-    if status.abort_requested or status.phase in TERMINAL_PHASES:
+    if status.undoing or status.phase in TERMINAL_PHASES:
         return
     if status.phase == Phase.PENDING:
         _start(work, now)
-    status.abort_requested = True
+    status.undoing = True
     status.message = f"{reason}: undoing the completed steps"
     work.event(False, reason, "abort requested: compensating the completed steps in reverse order")
 
@@ -353,7 +353,7 @@ def _retry(work: _Work, token: str, now: datetime) -> None:
         return
     status.retry_token = token
     status.retries_granted += 1
-    status.phase = Phase.COMPENSATING if status.abort_requested else Phase.RUNNING
+    status.phase = Phase.COMPENSATING if status.undoing else Phase.RUNNING
     status.finished_at = None
     status.message = f"retry {status.retries_granted} requested"
     work.event(False, "RetryRequested", f"a person asked to retry (token {token!r})")
@@ -367,7 +367,7 @@ def _retry(work: _Work, token: str, now: datetime) -> None:
 
 def _advance(work: _Work, now: datetime) -> None:
     """Start whatever can start now, forward or backward, and settle the phase."""
-    if work.status.abort_requested:
+    if work.status.undoing:
         _advance_backward(work, now)
     else:
         _advance_forward(work, now)
@@ -457,7 +457,7 @@ def _derive(work: _Work, now: datetime) -> None:
         ConditionStatus.TRUE
         if status.phase == Phase.SUCCEEDED
         else ConditionStatus.FALSE
-        if terminal or status.abort_requested
+        if terminal or status.undoing
         else ConditionStatus.UNKNOWN
     )
     _set_condition(status, "Succeeded", succeeded, status.phase.value, status.message or "", now)

@@ -329,9 +329,9 @@ class Coordinator:
             await self._apply(entry, Start(_now()))
         elif first_sight:
             await self._apply(entry, Resumed(_now()))
-        if entry.spec.abort and not entry.status.abort_requested:
+        if entry.spec.abort and not entry.status.undoing:
             await self._apply(entry, AbortRequested(_now()))
-        if entry.deleting and not entry.status.abort_requested:
+        if entry.deleting and not entry.status.undoing:
             await self._apply(entry, AbortRequested(_now(), reason="Deleted"))
         if entry.retry_token and entry.retry_token != entry.status.retry_token:
             await self._apply(entry, RetryRequested(entry.retry_token, _now()))
