@@ -11,6 +11,9 @@ up, or an abort): a step is compensated once every step that depends on it is se
 steps in a line is exactly reverse order. Compensations are retried until they succeed; after
 `spec.compensationAttemptLimit` attempts the saga is marked Failed for a person, who can grant
 another round with the retry annotation.
+
+This module decides *which* `StepEvent` happens to a step; `lifecycle.move` checks that it is a legal
+move and writes the step's new state (nothing here assigns a state).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from saga_operator.domain.events import (
     Start,
     Tick,
 )
+from saga_operator.domain.lifecycle import IN_FLIGHT, SETTLED, TO_UNDO, StepEvent, move
 from saga_operator.domain.model import (
     TERMINAL_PHASES,
     Condition,
@@ -43,20 +47,6 @@ from saga_operator.domain.model import (
     StepStatus,
 )
 from saga_protocol import CommandKind, Outcome, Reply
-
-# A step in one of these states has nothing left to undo.
-SETTLED = frozenset({StepState.PENDING, StepState.SKIPPED, StepState.REFUSED, StepState.COMPENSATED})
-# Effects that may exist at the participant and are not undone yet.
-TO_UNDO = frozenset({StepState.SUCCEEDED, StepState.DISPATCHED, StepState.RETRYING, StepState.ABANDONED})
-IN_FLIGHT = frozenset(
-    {
-        StepState.DISPATCHED,
-        StepState.RETRYING,
-        StepState.COMPENSATING,
-        StepState.COMPENSATION_RETRYING,
-        StepState.ABANDONED,
-    }
-)
 
 
 class _Work:
@@ -77,16 +67,18 @@ class _Work:
     def event(self, warning: bool, reason: str, message: str) -> None:
         self.effects.append(EmitEvent("Warning" if warning else "Normal", reason, message))
 
-    def send_action(self, spec: StepSpec, record: StepStatus, now: datetime) -> None:
-        record.state = StepState.DISPATCHED
+    def send_action(self, spec: StepSpec, record: StepStatus, event: StepEvent, now: datetime) -> None:
+        """A new attempt of the action: `event` is why (its first, a retry due, a person's retry)."""
+        move(record, event)
         record.attempt += 1
         record.dispatched_at = now
         record.deadline = now + timedelta(seconds=spec.timeout_seconds)
         self.command(spec, record, CommandKind.ACTION)
 
-    def send_compensation(self, spec: StepSpec, record: StepStatus, now: datetime) -> None:
+    def send_compensation(self, spec: StepSpec, record: StepStatus, event: StepEvent, now: datetime) -> None:
+        """A new attempt of the compensation: `event` is why (its first, a retry due, a person's retry)."""
         assert spec.compensation is not None and record.attempt > 0, "only a dispatched step is compensated"
-        record.state = StepState.COMPENSATING
+        move(record, event)
         record.compensation_attempt += 1
         record.dispatched_at = now
         record.deadline = now + timedelta(seconds=spec.timeout_seconds)
@@ -201,13 +193,13 @@ def _apply_action_reply(work: _Work, spec: StepSpec, record: StepStatus, reply: 
     match reply.outcome:
         case Outcome.SUCCEEDED:
             # Any attempt's success is the step's success: every attempt carries the same key.
-            record.state = StepState.SUCCEEDED
+            move(record, StepEvent.SUCCEED)
             record.result = reply.result
             record.error = None
             record.finished_at = now
             record.deadline = None
         case Outcome.FAILED:
-            record.state = StepState.REFUSED
+            move(record, StepEvent.REFUSE)
             record.error = _error(reply, "Failed")
             record.finished_at = now
             record.deadline = None
@@ -237,7 +229,7 @@ def _apply_compensation_reply(work: _Work, spec: StepSpec, record: StepStatus, r
         _ignore(work, "Late")
         return
     if reply.outcome == Outcome.SUCCEEDED:
-        record.state = StepState.COMPENSATED
+        move(record, StepEvent.COMPENSATED)
         record.compensated_at = now
         record.deadline = None
         return
@@ -271,7 +263,7 @@ def _apply_deadlines(work: _Work, now: datetime) -> None:
             case StepState.RETRYING:
                 if work.status.undoing and spec.compensation is not None:
                     continue  # being undone: _advance_backward sends its compensation instead
-                work.send_action(spec, record, now)
+                work.send_action(spec, record, StepEvent.RETRY_DUE, now)
             case StepState.COMPENSATING:
                 timeout = ErrorRecord(
                     reason="Timeout",
@@ -280,7 +272,7 @@ def _apply_deadlines(work: _Work, now: datetime) -> None:
                 )
                 _compensation_attempt_failed(work, spec, record, timeout, now)
             case StepState.COMPENSATION_RETRYING:
-                work.send_compensation(spec, record, now)
+                work.send_compensation(spec, record, StepEvent.COMPENSATION_RETRY_DUE, now)
             case _:
                 record.deadline = None
 
@@ -288,10 +280,10 @@ def _apply_deadlines(work: _Work, now: datetime) -> None:
 def _action_attempt_failed(work: _Work, spec: StepSpec, record: StepStatus, error: ErrorRecord, now: datetime) -> None:
     record.error = error
     if record.attempt < work.action_attempts_allowed(spec):
-        record.state = StepState.RETRYING
+        move(record, StepEvent.ATTEMPT_FAILED)
         record.deadline = now + timedelta(seconds=spec.retry.backoff(record.attempt))
         return
-    record.state = StepState.ABANDONED
+    move(record, StepEvent.GIVE_UP)
     record.deadline = None
     record.finished_at = now
     message = f"step {spec.name} gave up after {record.attempt} attempts: {_describe(error)}"
@@ -308,9 +300,11 @@ def _compensation_attempt_failed(
 ) -> None:
     record.error = error
     if record.compensation_attempt < work.compensation_attempts_allowed():
-        record.state = StepState.COMPENSATION_RETRYING
+        move(record, StepEvent.COMPENSATION_ATTEMPT_FAILED)
         record.deadline = now + timedelta(seconds=spec.retry.backoff(record.compensation_attempt))
         return
+    # No move: a compensation is never given up. The step stays Compensating, with no deadline, until a
+    # person grants another round (RetryGranted).
     record.deadline = None
     _fail(
         work,
@@ -360,9 +354,9 @@ def _retry(work: _Work, token: str, now: datetime) -> None:
     for record in status.steps:
         spec = work.specs[record.name]
         if record.state in (StepState.COMPENSATING, StepState.COMPENSATION_RETRYING):
-            work.send_compensation(spec, record, now)
+            work.send_compensation(spec, record, StepEvent.RETRY_GRANTED, now)
         elif record.state == StepState.ABANDONED and spec.compensation is None:
-            work.send_action(spec, record, now)
+            work.send_action(spec, record, StepEvent.RETRY_GRANTED, now)
 
 
 def _advance(work: _Work, now: datetime) -> None:
@@ -389,7 +383,7 @@ def _advance_forward(work: _Work, now: datetime) -> None:
             continue
         needs = others if record.name == work.pivot else set(dependencies[record.name])
         if needs <= succeeded:
-            work.send_action(work.specs[record.name], record, now)
+            work.send_action(work.specs[record.name], record, StepEvent.DISPATCH, now)
 
 
 def _advance_backward(work: _Work, now: datetime) -> None:
@@ -399,7 +393,7 @@ def _advance_backward(work: _Work, now: datetime) -> None:
         work.event(False, "CompensationStarted", status.message or "compensating the completed steps")
     for record in status.steps:
         if record.state == StepState.PENDING:
-            record.state = StepState.SKIPPED
+            move(record, StepEvent.SKIP)
     if all(r.state == StepState.SUCCEEDED for r in status.steps):
         # Only reachable when the pivot's answer arrives after an abort: it is too late to undo.
         status.phase = Phase.SUCCEEDED
@@ -415,7 +409,7 @@ def _advance_backward(work: _Work, now: datetime) -> None:
         if spec.compensation is None or record.state not in TO_UNDO:
             continue
         if all(states[d] in SETTLED for d in dependents[record.name]):
-            work.send_compensation(spec, record, now)
+            work.send_compensation(spec, record, StepEvent.COMPENSATION_DISPATCH, now)
             states[record.name] = record.state
     if all(r.state in SETTLED for r in status.steps):
         status.phase = Phase.COMPENSATED
