@@ -230,14 +230,21 @@ class ConditionStatus(StrEnum):
 
 
 class Condition(_Model):
-    """A Kubernetes API condition."""
+    """A Kubernetes API condition, derived from the phase."""
 
-    type: str = Field(description="Ready: the saga has ended as asked; Compensating: it is being undone.")
-    status: ConditionStatus
-    reason: str
-    message: str = ""
-    last_transition_time: datetime
-    observed_generation: int | None = None
+    # The types and how each is derived: saga_operator.domain.conditions (ConditionType).
+    type: str = Field(
+        description="Completed: True once the saga has ended (phase Succeeded, Compensated or Failed), False "
+        "while it runs. Succeeded: True when every step has succeeded; False while the saga is being undone "
+        "or once it ended otherwise; Unknown while it still may succeed."
+    )
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(description="The phase the condition was derived from, e.g. Compensating.")
+    message: str = Field(default="", description="Why the saga is where it is: the status's message.")
+    last_transition_time: datetime = Field(description="When the condition's status last changed.")
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation (metadata.generation) the condition was computed from."
+    )
 
 
 class SagaStatus(_Model):
@@ -261,7 +268,10 @@ class SagaStatus(_Model):
     retry_token: str | None = Field(default=None, description="The last retry annotation value acted on.")
     message: str | None = Field(default=None, description="Why the saga is where it is.")
     steps: list[StepStatus] = Field(default_factory=list, description="One record per step, in spec order.")
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Completed and Succeeded, derived from the phase, e.g. for kubectl wait --for=condition=Completed.",
+    )
 
     def step(self, name: str) -> StepStatus | None:
         for step in self.steps:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from saga_operator.domain.conditions import derive_conditions, observe_generation
 from saga_operator.domain.events import (
     AbortRequested,
     Effect,
@@ -36,8 +37,6 @@ from saga_operator.domain.events import (
 from saga_operator.domain.lifecycle import IN_FLIGHT, SETTLED, TO_UNDO, StepEvent, move
 from saga_operator.domain.model import (
     TERMINAL_PHASES,
-    Condition,
-    ConditionStatus,
     ErrorRecord,
     Phase,
     SagaSpec,
@@ -100,9 +99,15 @@ class _Work:
         return self.spec.compensation_attempt_limit * (1 + self.status.retries_granted)
 
 
-def transition(spec: SagaSpec, status: SagaStatus, event: Event) -> tuple[SagaStatus, list[Effect]]:
+def transition(
+    spec: SagaSpec, status: SagaStatus, event: Event, generation: int | None = None
+) -> tuple[SagaStatus, list[Effect]]:
     """Apply one event. Returns the new status (`seq` bumped when it changed) and the effects to
-    perform, in order, after that status is durably written."""
+    perform, in order, after that status is durably written.
+
+    `generation` is the `metadata.generation` of `spec`. A changed status records it as its
+    observedGeneration and on every condition; an unchanged one is not written, so it records nothing
+    (None: keep the generation already recorded)."""
     work = _Work(spec, status.model_copy(deep=True))
     now = event.now
     match event:
@@ -124,6 +129,7 @@ def transition(spec: SagaSpec, status: SagaStatus, event: Event) -> tuple[SagaSt
     _derive(work, now)
     new = work.status
     if new != status:
+        observe_generation(new, generation)
         new.seq = status.seq + 1
     return new, work.effects
 
@@ -438,45 +444,7 @@ def _derive(work: _Work, now: datetime) -> None:
     status.progress = f"{done}/{total}"
     active = [r.name for r in status.steps if r.state in IN_FLIGHT]
     status.current_step = ",".join(active) or None
-    terminal = status.phase in TERMINAL_PHASES
-    _set_condition(
-        status,
-        "Completed",
-        ConditionStatus.TRUE if terminal else ConditionStatus.FALSE,
-        status.phase.value,
-        status.message or "",
-        now,
-    )
-    succeeded = (
-        ConditionStatus.TRUE
-        if status.phase == Phase.SUCCEEDED
-        else ConditionStatus.FALSE
-        if terminal or status.undoing
-        else ConditionStatus.UNKNOWN
-    )
-    _set_condition(status, "Succeeded", succeeded, status.phase.value, status.message or "", now)
-
-
-def _set_condition(
-    status: SagaStatus, type_: str, value: ConditionStatus, reason: str, message: str, now: datetime
-) -> None:
-    for index, condition in enumerate(status.conditions):
-        if condition.type != type_:
-            continue
-        if (condition.status, condition.reason, condition.message) == (value, reason, message):
-            return
-        changed = condition.status != value
-        status.conditions[index] = Condition(
-            type=type_,
-            status=value,
-            reason=reason,
-            message=message,
-            last_transition_time=now if changed else condition.last_transition_time,
-        )
-        return
-    status.conditions.append(
-        Condition(type=type_, status=value, reason=reason, message=message, last_transition_time=now)
-    )
+    derive_conditions(status, now)
 
 
 def _error(reply: Reply, default_reason: str) -> ErrorRecord:

@@ -360,11 +360,10 @@ class Coordinator:
     async def _apply(self, entry: SagaEntry, event: Event, received: float | None = None) -> list[Effect]:
         assert entry.spec is not None
         for _ in range(10):
-            new, effects = transition(entry.spec, entry.status, event)
+            new, effects = transition(entry.spec, entry.status, event, entry.generation)
             if new.seq == entry.status.seq:
                 await self._perform(entry, effects, received)
                 return effects
-            new.observed_generation = entry.generation
             try:
                 await self._write(entry, new)
             except Conflict:
