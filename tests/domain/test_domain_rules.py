@@ -93,9 +93,9 @@ def test_business_failure_at_step_k_compensates_k_minus_1_to_1_in_reverse_order(
 
     effects = saga.reply(failed, Outcome.FAILED, reason="InsufficientFunds")
     sent += sends(effects)
-    assert ("Warning", "StepFailed") in events(effects)
+    assert ("Warning", "StepRefused") in events(effects)
     assert saga.record(failed).error is not None and saga.record(failed).error.reason == "InsufficientFunds"
-    assert saga.status.message is not None and f"step {failed} failed" in saga.status.message
+    assert saga.status.message is not None and f"step {failed} refused" in saga.status.message
     assert condition(saga.status, "Succeeded") == "False"
 
     to_undo = list(reversed(names[: k - 1]))

@@ -82,7 +82,7 @@ def test_business_failure_compensates_the_completed_step(world: SagaWorld, saga_
     assert books["debits"] == [] and books["credits"] == []
     assert world.ledger()["users"]["bob"] == before
     warnings = [e for e in world.events(name) if e["type"] == "Warning"]
-    assert any(e["reason"] == "StepFailed" and "InsufficientFunds" in e["message"] for e in warnings)
+    assert any(e["reason"] == "StepRefused" and "InsufficientFunds" in e["message"] for e in warnings)
 
 
 def test_failure_at_the_agent_compensates_in_reverse_order(world: SagaWorld, saga_name: Names) -> None:

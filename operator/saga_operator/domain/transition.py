@@ -209,8 +209,8 @@ def _apply_action_reply(work: _Work, spec: StepSpec, record: StepStatus, reply: 
             record.error = _error(reply, "Failed")
             record.finished_at = now
             record.deadline = None
-            work.event(True, "StepFailed", f"step {spec.name} failed: {_describe(record.error)}")
-            _begin_undo(work, f"step {spec.name} failed: {_describe(record.error)}")
+            work.event(True, "StepRefused", f"step {spec.name} refused: {_describe(record.error)}")
+            _begin_undo(work, f"step {spec.name} refused: {_describe(record.error)}")
         case Outcome.ERROR:
             if reply.attempt != record.attempt or record.state != StepState.DISPATCHED:
                 _ignore(work, "Late")  # an older attempt's transient error says nothing about the latest
