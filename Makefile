@@ -53,18 +53,19 @@ demo: $(STAMP) ## the buy-video sagas end to end on the local stack: kubectl get
 	$(PY) -m saga_harness.demo
 
 .PHONY: generate
-generate: $(STAMP) ## regenerate the CRD, the finalizer policy and the protocol JSON Schema from the pydantic models
+generate: $(STAMP) ## regenerate the CRD, the finalizer policy, the protocol JSON Schema and the step lifecycle diagram (docs/architecture.md) from their sources
 	$(PY) -m saga_operator.crd > crds/saga.dev_sagas.yaml
 	$(PY) -m saga_operator.crd --finalizer-policy > crds/saga.dev_finalizer-policy.yaml
 	cp crds/saga.dev_sagas.yaml manifests/base/crds/
 	cp crds/saga.dev_finalizer-policy.yaml manifests/admission/
 	$(PY) -m saga_protocol.schema > docs/protocol.schema.json
+	$(PY) -m saga_operator.domain.lifecycle --mermaid --into docs/architecture.md
 
 .PHONY: lint
 lint: $(STAMP) ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy operator protocol participants localstack
+	$(VENV)/bin/mypy operator protocol participants testenv harness
 
 # ---- container image and kind (docs/kind.md) --------------------------------------------------
 # Needs Docker (a running engine), kind and kubectl; none of them runs on the CI machines, where the

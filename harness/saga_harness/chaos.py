@@ -1246,7 +1246,7 @@ def audit(
             if len(table_rows) > 1:
                 violations.append(Violation(label, f"{len(table_rows)} rows at {service}: applied more than once"))
         # The log agrees with itself: a terminal phase only once every step is settled that way.
-        settled = {"Succeeded"} if phase == "Succeeded" else {"Compensated", "Failed", "Skipped"}
+        settled = {"Succeeded"} if phase == "Succeeded" else {"Compensated", "Refused", "Skipped"}
         unsettled = {name: s.get("state") for name, s in steps.items() if s.get("state") not in settled}
         if unsettled or len(steps) != len(STEPS):
             violations.append(Violation(label, f"phase {phase} but steps {unsettled or 'missing'}"))
@@ -1289,7 +1289,7 @@ def audit(
             has_rows = bool(held.get(service))
             if state == "Skipped" and (has_rows or (service, key, "action") in inbox):
                 violations.append(Violation(label, f"step {step} was never sent, yet {service} has a record of it"))
-            if state == "Failed" and has_rows:
+            if state == "Refused" and has_rows:
                 violations.append(Violation(label, f"step {step} failed (nothing applied), yet {service} has a row"))
 
     # The participants' own bookkeeping: an effect row exactly when the inbox says the action applied,
@@ -1356,7 +1356,7 @@ def _cause(phase: str, message: str, steps: Mapping[str, Mapping[str, Any]]) -> 
         return "Compensated: aborted"
     if " gave up after " in message:
         return "Compensated: retries used up"
-    failed = [s for s in steps.values() if s.get("state") == "Failed" and s.get("error")]
+    failed = [s for s in steps.values() if s.get("state") == "Refused" and s.get("error")]
     if failed:
         return f"Compensated: {failed[0]['error']['reason']}"
     return "Compensated"

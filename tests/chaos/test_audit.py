@@ -82,7 +82,7 @@ def violations(p: SagaPlan, b: dict[str, Any], before: Books, after: Books) -> l
 def test_consistent_books_pass() -> None:
     assert violations(plan(), body("Succeeded", ["Succeeded"] * 3), *books(live=True)) == []
     assert violations(plan(), body("Compensated", ["Compensated"] * 3), *books(live=False)) == []
-    assert violations(plan(), body("Compensated", ["Failed", "Skipped", "Skipped"]), *books(live=None)) == []
+    assert violations(plan(), body("Compensated", ["Refused", "Skipped", "Skipped"]), *books(live=None)) == []
 
 
 def test_a_saga_not_finished() -> None:

@@ -29,7 +29,7 @@ from saga_operator.domain.transition import next_deadline
 from saga_protocol import Outcome
 
 SUCCEEDED = StepState.SUCCEEDED
-FAILED = StepState.FAILED
+REFUSED = StepState.REFUSED
 SKIPPED = StepState.SKIPPED
 COMPENSATED = StepState.COMPENSATED
 COMPENSATING = StepState.COMPENSATING
@@ -93,9 +93,9 @@ def test_business_failure_at_step_k_compensates_k_minus_1_to_1_in_reverse_order(
 
     effects = saga.reply(failed, Outcome.FAILED, reason="InsufficientFunds")
     sent += sends(effects)
-    assert ("Warning", "StepFailed") in events(effects)
+    assert ("Warning", "StepRefused") in events(effects)
     assert saga.record(failed).error is not None and saga.record(failed).error.reason == "InsufficientFunds"
-    assert saga.status.message is not None and f"step {failed} failed" in saga.status.message
+    assert saga.status.message is not None and f"step {failed} refused" in saga.status.message
     assert condition(saga.status, "Succeeded") == "False"
 
     to_undo = list(reversed(names[: k - 1]))
@@ -114,7 +114,7 @@ def test_business_failure_at_step_k_compensates_k_minus_1_to_1_in_reverse_order(
     assert saga.status.phase == Phase.COMPENSATED
     assert saga.states == {
         **{n: COMPENSATED for n in names[: k - 1]},
-        failed: FAILED,
+        failed: REFUSED,
         **{n: SKIPPED for n in names[k:]},
     }
     assert ("Normal", "Compensated") in events(saga.effects)
@@ -234,7 +234,7 @@ def test_abort_mid_saga_compensates_the_step_in_flight_first_and_skips_the_pendi
     assert sends(effects) == [("c", COMPENSATION, 1)]  # in flight: applied or not, nobody knows
     assert events(effects) == [("Normal", "AbortRequested"), ("Normal", "CompensationStarted")]
     assert saga.states == {"a": SUCCEEDED, "b": SUCCEEDED, "c": COMPENSATING, "d": SKIPPED}
-    assert saga.status.phase == Phase.COMPENSATING and saga.status.abort_requested
+    assert saga.status.phase == Phase.COMPENSATING and saga.status.undoing
     assert condition(saga.status, "Completed") == "False"
     assert condition(saga.status, "Succeeded") == "False"
 
@@ -456,7 +456,7 @@ def test_a_pivot_business_failure_compensates_the_other_steps() -> None:
     assert sends(saga.compensated("b")) == [("a", COMPENSATION, 1)]
     saga.compensated("a")
     assert saga.status.phase == Phase.COMPENSATED
-    assert saga.states == {"a": COMPENSATED, "b": COMPENSATED, "p": FAILED}
+    assert saga.states == {"a": COMPENSATED, "b": COMPENSATED, "p": REFUSED}
 
 
 def test_abort_while_the_pivot_is_in_flight_waits_for_it_and_is_too_late_when_it_succeeds() -> None:
@@ -574,7 +574,7 @@ def test_parallel_branches_are_compensated_in_reverse_dependency_order() -> None
     assert sends(saga.compensated("c")) == [("a", COMPENSATION, 1)]
     saga.compensated("a")
     assert saga.status.phase == Phase.COMPENSATED
-    assert saga.states == {"a": COMPENSATED, "b": COMPENSATED, "c": COMPENSATED, "d": FAILED}
+    assert saga.states == {"a": COMPENSATED, "b": COMPENSATED, "c": COMPENSATED, "d": REFUSED}
 
 
 def test_a_branch_failing_compensates_the_other_branch_in_flight_at_once() -> None:
@@ -582,7 +582,7 @@ def test_a_branch_failing_compensates_the_other_branch_in_flight_at_once() -> No
     saga.start()
     saga.succeed("a")
     assert sends(saga.reply("b", Outcome.FAILED)) == [("c", COMPENSATION, 1)]
-    assert saga.states == {"a": SUCCEEDED, "b": FAILED, "c": COMPENSATING, "d": SKIPPED}
+    assert saga.states == {"a": SUCCEEDED, "b": REFUSED, "c": COMPENSATING, "d": SKIPPED}
     assert sends(saga.compensated("c")) == [("a", COMPENSATION, 1)]
 
 

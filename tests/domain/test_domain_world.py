@@ -60,10 +60,10 @@ S = StepState
 # Which step states may follow which, within one transition (a step only moves forward).
 ALLOWED_NEXT: dict[StepState, set[StepState]] = {
     S.PENDING: {S.PENDING, S.DISPATCHED, S.SKIPPED},
-    S.DISPATCHED: {S.DISPATCHED, S.RETRYING, S.SUCCEEDED, S.FAILED, S.ABANDONED, S.COMPENSATING},
-    S.RETRYING: {S.RETRYING, S.DISPATCHED, S.SUCCEEDED, S.FAILED, S.COMPENSATING},
+    S.DISPATCHED: {S.DISPATCHED, S.RETRYING, S.SUCCEEDED, S.REFUSED, S.ABANDONED, S.COMPENSATING},
+    S.RETRYING: {S.RETRYING, S.DISPATCHED, S.SUCCEEDED, S.REFUSED, S.COMPENSATING},
     S.SUCCEEDED: {S.SUCCEEDED, S.COMPENSATING},
-    S.FAILED: {S.FAILED},
+    S.REFUSED: {S.REFUSED},
     S.ABANDONED: {S.ABANDONED, S.COMPENSATING, S.DISPATCHED},  # DISPATCHED: the pivot, on retry
     S.COMPENSATING: {S.COMPENSATING, S.COMPENSATION_RETRYING, S.COMPENSATED},
     S.COMPENSATION_RETRYING: {S.COMPENSATION_RETRYING, S.COMPENSATING, S.COMPENSATED},
@@ -335,7 +335,7 @@ class SagaWorld(RuleBasedStateMachine):
             # The log runs ahead of the world: the attempt is recorded before it is sent.
             assert 1 <= command.attempt <= record.attempt
             assert command.step not in self.history.compensations_sent, "an action sent after its compensation"
-            if after.abort_requested:
+            if after.undoing:
                 assert command.step == self.pivot, "a new action sent while the saga is being undone"
             return
         assert spec.compensation is not None and command.action == spec.compensation
@@ -477,7 +477,7 @@ class SagaWorld(RuleBasedStateMachine):
         if status.phase == Phase.SUCCEEDED:
             assert conditions["Succeeded"] == "True"
         else:
-            assert conditions["Succeeded"] == ("False" if terminal or status.abort_requested else "Unknown")
+            assert conditions["Succeeded"] == ("False" if terminal or status.undoing else "Unknown")
 
     @invariant()
     def a_succeeded_saga_holds_every_effect(self) -> None:
@@ -540,7 +540,7 @@ class SagaWorld(RuleBasedStateMachine):
             participant = participants[record.name]
             if record.state == S.SKIPPED:
                 assert participant.commands == 0 and record.name not in self.history.actions_sent
-            elif record.state == S.FAILED:
+            elif record.state == S.REFUSED:
                 assert participant.held == Held.FAILED, record.name
             elif record.state == S.COMPENSATED:
                 assert participant.held in (Held.UNDONE, Held.TOMBSTONE, Held.FAILED), record.name

@@ -73,7 +73,7 @@ def test_business_failure_compensates_the_completed_step(world: SagaWorld, saga_
     by_step = steps(body)
     assert body["status"]["phase"] == "Compensated"
     assert by_step["record-purchase"]["state"] == "Compensated"
-    assert by_step["debit-buyer"]["state"] == "Failed"
+    assert by_step["debit-buyer"]["state"] == "Refused"
     assert by_step["debit-buyer"]["error"]["reason"] == "InsufficientFunds"
     assert by_step["debit-buyer"]["compensationAttempt"] == 0  # nothing was applied, nothing to undo
     assert by_step["credit-agent"]["state"] == "Skipped" and by_step["credit-agent"]["attempt"] == 0
@@ -82,7 +82,7 @@ def test_business_failure_compensates_the_completed_step(world: SagaWorld, saga_
     assert books["debits"] == [] and books["credits"] == []
     assert world.ledger()["users"]["bob"] == before
     warnings = [e for e in world.events(name) if e["type"] == "Warning"]
-    assert any(e["reason"] == "StepFailed" and "InsufficientFunds" in e["message"] for e in warnings)
+    assert any(e["reason"] == "StepRefused" and "InsufficientFunds" in e["message"] for e in warnings)
 
 
 def test_failure_at_the_agent_compensates_in_reverse_order(world: SagaWorld, saga_name: Names) -> None:
@@ -92,7 +92,7 @@ def test_failure_at_the_agent_compensates_in_reverse_order(world: SagaWorld, sag
     body = world.wait_terminal([name])[name]
     by_step = steps(body)
     assert body["status"]["phase"] == "Compensated"
-    assert by_step["credit-agent"]["state"] == "Failed"
+    assert by_step["credit-agent"]["state"] == "Refused"
     assert by_step["debit-buyer"]["state"] == "Compensated"
     assert by_step["record-purchase"]["state"] == "Compensated"
     # Reverse order: the refund was recorded before the purchase was removed.

@@ -9,6 +9,7 @@ import jsonschema
 import pytest
 
 from saga_operator import crd
+from saga_operator.domain import lifecycle
 from saga_protocol import schema
 from saga_protocol.messages import Command, CommandKind, Outcome, Reply, now
 
@@ -31,6 +32,26 @@ def test_generated_file_matches_its_models(path: str, render: object, command: s
     assert callable(render)
     committed = (REPO / path).read_text()
     assert committed == render(), f"{path} drifted from the models: run `make generate` ({command})"
+
+
+def test_step_lifecycle_diagram_in_the_architecture_doc_matches_the_table() -> None:
+    committed = lifecycle.generated_block((REPO / "docs/architecture.md").read_text())
+    assert committed == lifecycle.mermaid(), (
+        "docs/architecture.md: the step lifecycle diagram drifted from saga_operator.domain.lifecycle.MOVES: "
+        "run `make generate` (python -m saga_operator.domain.lifecycle --mermaid --into docs/architecture.md)"
+    )
+
+
+def test_the_diagram_is_written_between_the_markers_and_nowhere_else(tmp_path: Path) -> None:
+    document = tmp_path / "doc.md"
+    document.write_text(f"before\n{lifecycle.BEGIN_MARKER}\nstale\n{lifecycle.END_MARKER}\nafter\n")
+    lifecycle.main(["--mermaid", "--into", str(document)])
+    written = document.read_text()
+    assert written == f"before\n{lifecycle.BEGIN_MARKER}\n{lifecycle.mermaid()}{lifecycle.END_MARKER}\nafter\n"
+    lifecycle.main(["--mermaid", "--into", str(document)])
+    assert document.read_text() == written
+    with pytest.raises(ValueError, match="step-lifecycle"):
+        lifecycle.with_diagram("no markers here")
 
 
 def test_protocol_schema_accepts_what_the_models_write_and_refuses_the_rest() -> None:

@@ -191,7 +191,7 @@ class StepState(StrEnum):
     DISPATCHED = "Dispatched"  # the action is in flight: applied or not, nobody knows yet
     RETRYING = "Retrying"  # waiting for the backoff before sending the action again
     SUCCEEDED = "Succeeded"
-    FAILED = "Failed"  # the participant refused for a business reason: nothing was applied
+    REFUSED = "Refused"  # the participant refused for a business reason: nothing was applied
     COMPENSATING = "Compensating"  # the compensation is in flight
     COMPENSATION_RETRYING = "CompensationRetrying"
     COMPENSATED = "Compensated"
@@ -230,14 +230,21 @@ class ConditionStatus(StrEnum):
 
 
 class Condition(_Model):
-    """A Kubernetes API condition."""
+    """A Kubernetes API condition, derived from the phase."""
 
-    type: str = Field(description="Ready: the saga has ended as asked; Compensating: it is being undone.")
-    status: ConditionStatus
-    reason: str
-    message: str = ""
-    last_transition_time: datetime
-    observed_generation: int | None = None
+    # The types and how each is derived: saga_operator.domain.conditions (ConditionType).
+    type: str = Field(
+        description="Completed: True once the saga has ended (phase Succeeded, Compensated or Failed), False "
+        "while it runs. Succeeded: True when every step has succeeded; False while the saga is being undone "
+        "or once it ended otherwise; Unknown while it still may succeed."
+    )
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(description="The phase the condition was derived from, e.g. Compensating.")
+    message: str = Field(default="", description="Why the saga is where it is: the status's message.")
+    last_transition_time: datetime = Field(description="When the condition's status last changed.")
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation (metadata.generation) the condition was computed from."
+    )
 
 
 class SagaStatus(_Model):
@@ -250,14 +257,21 @@ class SagaStatus(_Model):
     progress: str | None = Field(default=None, description="Steps succeeded / steps, for kubectl get.")
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    abort_requested: bool = Field(default=False, description="The saga is being undone (abort or failure).")
+    undoing: bool = Field(
+        default=False,
+        description="The saga is being undone: an abort, a deletion, or a step that failed (refused, or its "
+        "retries used up). Once true it stays true.",
+    )
     retries_granted: int = Field(
         default=0, ge=0, description="How often a person asked, by annotation, to retry a Failed saga."
     )
     retry_token: str | None = Field(default=None, description="The last retry annotation value acted on.")
     message: str | None = Field(default=None, description="Why the saga is where it is.")
     steps: list[StepStatus] = Field(default_factory=list, description="One record per step, in spec order.")
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Completed and Succeeded, derived from the phase, e.g. for kubectl wait --for=condition=Completed.",
+    )
 
     def step(self, name: str) -> StepStatus | None:
         for step in self.steps:

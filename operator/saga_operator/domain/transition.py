@@ -11,12 +11,16 @@ up, or an abort): a step is compensated once every step that depends on it is se
 steps in a line is exactly reverse order. Compensations are retried until they succeed; after
 `spec.compensationAttemptLimit` attempts the saga is marked Failed for a person, who can grant
 another round with the retry annotation.
+
+This module decides *which* `StepEvent` happens to a step; `lifecycle.move` checks that it is a legal
+move and writes the step's new state (nothing here assigns a state).
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from saga_operator.domain.conditions import derive_conditions, observe_generation
 from saga_operator.domain.events import (
     AbortRequested,
     Effect,
@@ -30,10 +34,9 @@ from saga_operator.domain.events import (
     Start,
     Tick,
 )
+from saga_operator.domain.lifecycle import IN_FLIGHT, SETTLED, TO_UNDO, StepEvent, move
 from saga_operator.domain.model import (
     TERMINAL_PHASES,
-    Condition,
-    ConditionStatus,
     ErrorRecord,
     Phase,
     SagaSpec,
@@ -43,20 +46,6 @@ from saga_operator.domain.model import (
     StepStatus,
 )
 from saga_protocol import CommandKind, Outcome, Reply
-
-# A step in one of these states has nothing left to undo.
-SETTLED = frozenset({StepState.PENDING, StepState.SKIPPED, StepState.FAILED, StepState.COMPENSATED})
-# Effects that may exist at the participant and are not undone yet.
-TO_UNDO = frozenset({StepState.SUCCEEDED, StepState.DISPATCHED, StepState.RETRYING, StepState.ABANDONED})
-IN_FLIGHT = frozenset(
-    {
-        StepState.DISPATCHED,
-        StepState.RETRYING,
-        StepState.COMPENSATING,
-        StepState.COMPENSATION_RETRYING,
-        StepState.ABANDONED,
-    }
-)
 
 
 class _Work:
@@ -77,16 +66,18 @@ class _Work:
     def event(self, warning: bool, reason: str, message: str) -> None:
         self.effects.append(EmitEvent("Warning" if warning else "Normal", reason, message))
 
-    def send_action(self, spec: StepSpec, record: StepStatus, now: datetime) -> None:
-        record.state = StepState.DISPATCHED
+    def send_action(self, spec: StepSpec, record: StepStatus, event: StepEvent, now: datetime) -> None:
+        """A new attempt of the action: `event` is why (its first, a retry due, a person's retry)."""
+        move(record, event)
         record.attempt += 1
         record.dispatched_at = now
         record.deadline = now + timedelta(seconds=spec.timeout_seconds)
         self.command(spec, record, CommandKind.ACTION)
 
-    def send_compensation(self, spec: StepSpec, record: StepStatus, now: datetime) -> None:
+    def send_compensation(self, spec: StepSpec, record: StepStatus, event: StepEvent, now: datetime) -> None:
+        """A new attempt of the compensation: `event` is why (its first, a retry due, a person's retry)."""
         assert spec.compensation is not None and record.attempt > 0, "only a dispatched step is compensated"
-        record.state = StepState.COMPENSATING
+        move(record, event)
         record.compensation_attempt += 1
         record.dispatched_at = now
         record.deadline = now + timedelta(seconds=spec.timeout_seconds)
@@ -108,9 +99,15 @@ class _Work:
         return self.spec.compensation_attempt_limit * (1 + self.status.retries_granted)
 
 
-def transition(spec: SagaSpec, status: SagaStatus, event: Event) -> tuple[SagaStatus, list[Effect]]:
+def transition(
+    spec: SagaSpec, status: SagaStatus, event: Event, generation: int | None = None
+) -> tuple[SagaStatus, list[Effect]]:
     """Apply one event. Returns the new status (`seq` bumped when it changed) and the effects to
-    perform, in order, after that status is durably written."""
+    perform, in order, after that status is durably written.
+
+    `generation` is the `metadata.generation` of `spec`. A changed status records it as its
+    observedGeneration and on every condition; an unchanged one is not written, so it records nothing
+    (None: keep the generation already recorded)."""
     work = _Work(spec, status.model_copy(deep=True))
     now = event.now
     match event:
@@ -132,6 +129,7 @@ def transition(spec: SagaSpec, status: SagaStatus, event: Event) -> tuple[SagaSt
     _derive(work, now)
     new = work.status
     if new != status:
+        observe_generation(new, generation)
         new.seq = status.seq + 1
     return new, work.effects
 
@@ -196,23 +194,23 @@ def _apply_action_reply(work: _Work, spec: StepSpec, record: StepStatus, reply: 
     if record.state not in (StepState.DISPATCHED, StepState.RETRYING):
         # Already decided (a replay of the same outcome), or being undone: the compensation wins,
         # whatever this late answer says.
-        _ignore(work, "Duplicate" if record.state in (StepState.SUCCEEDED, StepState.FAILED) else "Late")
+        _ignore(work, "Duplicate" if record.state in (StepState.SUCCEEDED, StepState.REFUSED) else "Late")
         return
     match reply.outcome:
         case Outcome.SUCCEEDED:
             # Any attempt's success is the step's success: every attempt carries the same key.
-            record.state = StepState.SUCCEEDED
+            move(record, StepEvent.SUCCEED)
             record.result = reply.result
             record.error = None
             record.finished_at = now
             record.deadline = None
         case Outcome.FAILED:
-            record.state = StepState.FAILED
+            move(record, StepEvent.REFUSE)
             record.error = _error(reply, "Failed")
             record.finished_at = now
             record.deadline = None
-            work.event(True, "StepFailed", f"step {spec.name} failed: {_describe(record.error)}")
-            _begin_undo(work, f"step {spec.name} failed: {_describe(record.error)}")
+            work.event(True, "StepRefused", f"step {spec.name} refused: {_describe(record.error)}")
+            _begin_undo(work, f"step {spec.name} refused: {_describe(record.error)}")
         case Outcome.ERROR:
             if reply.attempt != record.attempt or record.state != StepState.DISPATCHED:
                 _ignore(work, "Late")  # an older attempt's transient error says nothing about the latest
@@ -237,7 +235,7 @@ def _apply_compensation_reply(work: _Work, spec: StepSpec, record: StepStatus, r
         _ignore(work, "Late")
         return
     if reply.outcome == Outcome.SUCCEEDED:
-        record.state = StepState.COMPENSATED
+        move(record, StepEvent.COMPENSATED)
         record.compensated_at = now
         record.deadline = None
         return
@@ -269,9 +267,9 @@ def _apply_deadlines(work: _Work, now: datetime) -> None:
                 )
                 _action_attempt_failed(work, spec, record, timeout, now)
             case StepState.RETRYING:
-                if work.status.abort_requested and spec.compensation is not None:
+                if work.status.undoing and spec.compensation is not None:
                     continue  # being undone: _advance_backward sends its compensation instead
-                work.send_action(spec, record, now)
+                work.send_action(spec, record, StepEvent.RETRY_DUE, now)
             case StepState.COMPENSATING:
                 timeout = ErrorRecord(
                     reason="Timeout",
@@ -280,7 +278,7 @@ def _apply_deadlines(work: _Work, now: datetime) -> None:
                 )
                 _compensation_attempt_failed(work, spec, record, timeout, now)
             case StepState.COMPENSATION_RETRYING:
-                work.send_compensation(spec, record, now)
+                work.send_compensation(spec, record, StepEvent.COMPENSATION_RETRY_DUE, now)
             case _:
                 record.deadline = None
 
@@ -288,10 +286,10 @@ def _apply_deadlines(work: _Work, now: datetime) -> None:
 def _action_attempt_failed(work: _Work, spec: StepSpec, record: StepStatus, error: ErrorRecord, now: datetime) -> None:
     record.error = error
     if record.attempt < work.action_attempts_allowed(spec):
-        record.state = StepState.RETRYING
+        move(record, StepEvent.ATTEMPT_FAILED)
         record.deadline = now + timedelta(seconds=spec.retry.backoff(record.attempt))
         return
-    record.state = StepState.ABANDONED
+    move(record, StepEvent.GIVE_UP)
     record.deadline = None
     record.finished_at = now
     message = f"step {spec.name} gave up after {record.attempt} attempts: {_describe(error)}"
@@ -308,9 +306,11 @@ def _compensation_attempt_failed(
 ) -> None:
     record.error = error
     if record.compensation_attempt < work.compensation_attempts_allowed():
-        record.state = StepState.COMPENSATION_RETRYING
+        move(record, StepEvent.COMPENSATION_ATTEMPT_FAILED)
         record.deadline = now + timedelta(seconds=spec.retry.backoff(record.compensation_attempt))
         return
+    # No move: a compensation is never given up. The step stays Compensating, with no deadline, until a
+    # person grants another round (RetryGranted).
     record.deadline = None
     _fail(
         work,
@@ -331,18 +331,18 @@ def _fail(work: _Work, reason: str, message: str, now: datetime) -> None:
 
 def _begin_undo(work: _Work, message: str) -> None:
     status = work.status
-    if not status.abort_requested:
-        status.abort_requested = True
+    if not status.undoing:
+        status.undoing = True
         status.message = message
 
 
 def _abort(work: _Work, reason: str, now: datetime) -> None:
     status = work.status
-    if status.abort_requested or status.phase in TERMINAL_PHASES:
+    if status.undoing or status.phase in TERMINAL_PHASES:
         return
     if status.phase == Phase.PENDING:
         _start(work, now)
-    status.abort_requested = True
+    status.undoing = True
     status.message = f"{reason}: undoing the completed steps"
     work.event(False, reason, "abort requested: compensating the completed steps in reverse order")
 
@@ -353,21 +353,21 @@ def _retry(work: _Work, token: str, now: datetime) -> None:
         return
     status.retry_token = token
     status.retries_granted += 1
-    status.phase = Phase.COMPENSATING if status.abort_requested else Phase.RUNNING
+    status.phase = Phase.COMPENSATING if status.undoing else Phase.RUNNING
     status.finished_at = None
     status.message = f"retry {status.retries_granted} requested"
     work.event(False, "RetryRequested", f"a person asked to retry (token {token!r})")
     for record in status.steps:
         spec = work.specs[record.name]
         if record.state in (StepState.COMPENSATING, StepState.COMPENSATION_RETRYING):
-            work.send_compensation(spec, record, now)
+            work.send_compensation(spec, record, StepEvent.RETRY_GRANTED, now)
         elif record.state == StepState.ABANDONED and spec.compensation is None:
-            work.send_action(spec, record, now)
+            work.send_action(spec, record, StepEvent.RETRY_GRANTED, now)
 
 
 def _advance(work: _Work, now: datetime) -> None:
     """Start whatever can start now, forward or backward, and settle the phase."""
-    if work.status.abort_requested:
+    if work.status.undoing:
         _advance_backward(work, now)
     else:
         _advance_forward(work, now)
@@ -389,7 +389,7 @@ def _advance_forward(work: _Work, now: datetime) -> None:
             continue
         needs = others if record.name == work.pivot else set(dependencies[record.name])
         if needs <= succeeded:
-            work.send_action(work.specs[record.name], record, now)
+            work.send_action(work.specs[record.name], record, StepEvent.DISPATCH, now)
 
 
 def _advance_backward(work: _Work, now: datetime) -> None:
@@ -399,7 +399,7 @@ def _advance_backward(work: _Work, now: datetime) -> None:
         work.event(False, "CompensationStarted", status.message or "compensating the completed steps")
     for record in status.steps:
         if record.state == StepState.PENDING:
-            record.state = StepState.SKIPPED
+            move(record, StepEvent.SKIP)
     if all(r.state == StepState.SUCCEEDED for r in status.steps):
         # Only reachable when the pivot's answer arrives after an abort: it is too late to undo.
         status.phase = Phase.SUCCEEDED
@@ -415,7 +415,7 @@ def _advance_backward(work: _Work, now: datetime) -> None:
         if spec.compensation is None or record.state not in TO_UNDO:
             continue
         if all(states[d] in SETTLED for d in dependents[record.name]):
-            work.send_compensation(spec, record, now)
+            work.send_compensation(spec, record, StepEvent.COMPENSATION_DISPATCH, now)
             states[record.name] = record.state
     if all(r.state in SETTLED for r in status.steps):
         status.phase = Phase.COMPENSATED
@@ -444,45 +444,7 @@ def _derive(work: _Work, now: datetime) -> None:
     status.progress = f"{done}/{total}"
     active = [r.name for r in status.steps if r.state in IN_FLIGHT]
     status.current_step = ",".join(active) or None
-    terminal = status.phase in TERMINAL_PHASES
-    _set_condition(
-        status,
-        "Completed",
-        ConditionStatus.TRUE if terminal else ConditionStatus.FALSE,
-        status.phase.value,
-        status.message or "",
-        now,
-    )
-    succeeded = (
-        ConditionStatus.TRUE
-        if status.phase == Phase.SUCCEEDED
-        else ConditionStatus.FALSE
-        if terminal or status.abort_requested
-        else ConditionStatus.UNKNOWN
-    )
-    _set_condition(status, "Succeeded", succeeded, status.phase.value, status.message or "", now)
-
-
-def _set_condition(
-    status: SagaStatus, type_: str, value: ConditionStatus, reason: str, message: str, now: datetime
-) -> None:
-    for index, condition in enumerate(status.conditions):
-        if condition.type != type_:
-            continue
-        if (condition.status, condition.reason, condition.message) == (value, reason, message):
-            return
-        changed = condition.status != value
-        status.conditions[index] = Condition(
-            type=type_,
-            status=value,
-            reason=reason,
-            message=message,
-            last_transition_time=now if changed else condition.last_transition_time,
-        )
-        return
-    status.conditions.append(
-        Condition(type=type_, status=value, reason=reason, message=message, last_transition_time=now)
-    )
+    derive_conditions(status, now)
 
 
 def _error(reply: Reply, default_reason: str) -> ErrorRecord:

@@ -329,9 +329,9 @@ class Coordinator:
             await self._apply(entry, Start(_now()))
         elif first_sight:
             await self._apply(entry, Resumed(_now()))
-        if entry.spec.abort and not entry.status.abort_requested:
+        if entry.spec.abort and not entry.status.undoing:
             await self._apply(entry, AbortRequested(_now()))
-        if entry.deleting and not entry.status.abort_requested:
+        if entry.deleting and not entry.status.undoing:
             await self._apply(entry, AbortRequested(_now(), reason="Deleted"))
         if entry.retry_token and entry.retry_token != entry.status.retry_token:
             await self._apply(entry, RetryRequested(entry.retry_token, _now()))
@@ -360,11 +360,10 @@ class Coordinator:
     async def _apply(self, entry: SagaEntry, event: Event, received: float | None = None) -> list[Effect]:
         assert entry.spec is not None
         for _ in range(10):
-            new, effects = transition(entry.spec, entry.status, event)
+            new, effects = transition(entry.spec, entry.status, event, entry.generation)
             if new.seq == entry.status.seq:
                 await self._perform(entry, effects, received)
                 return effects
-            new.observed_generation = entry.generation
             try:
                 await self._write(entry, new)
             except Conflict:
