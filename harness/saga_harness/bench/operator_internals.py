@@ -11,13 +11,12 @@ from __future__ import annotations
 from saga_operator.adapters.kafka import new_producer, send_command
 from saga_operator.adapters.kube import status_patch
 from saga_operator.domain.events import ReplyReceived, Start
-from saga_operator.domain.model import FINALIZER, GROUP, KIND, PLURAL, VERSION, SagaSpec, SagaStatus
+from saga_operator.domain.model import FINALIZER, GROUP, PLURAL, VERSION, SagaSpec, SagaStatus
 from saga_operator.domain.transition import transition
 
 __all__ = [
     "FINALIZER",
     "GROUP",
-    "KIND",
     "PLURAL",
     "VERSION",
     "ReplyReceived",

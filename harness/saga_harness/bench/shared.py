@@ -21,6 +21,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from saga_harness import manifests
 from saga_harness.services import Service, operator_service
 from saga_protocol import CommandKind, Outcome, Reply, command_topic, idempotency_key
 from saga_testenv import procs
@@ -28,7 +29,7 @@ from saga_testenv.kafka import TopicSpec, ensure_topics
 from saga_testenv.stack import StackEndpoints
 
 from .kube import Kube, KubeError
-from .operator_internals import GROUP, KIND, VERSION, ReplyReceived, SagaSpec, SagaStatus, Start, transition
+from .operator_internals import ReplyReceived, SagaSpec, SagaStatus, Start, transition
 
 Log = Callable[[str], None]
 TERMINAL = ("Succeeded", "Compensated", "Failed")
@@ -207,22 +208,8 @@ class Profiler:
 
 def saga_manifest(name: str, participants: Iterable[str], timeout_seconds: int = 30) -> dict[str, Any]:
     """A 3-step saga in a line, shaped like the buy-video saga (action + compensation per step)."""
-    steps = [
-        {
-            "name": f"step-{index}",
-            "participant": participant,
-            "action": "do",
-            "compensation": "undo",
-            "timeoutSeconds": timeout_seconds,
-        }
-        for index, participant in enumerate(participants, start=1)
-    ]
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": KIND,
-        "metadata": {"name": name},
-        "spec": {"payload": dict(PAYLOAD), "steps": steps},
-    }
+    steps = [(f"step-{index}", participant, "do", "undo") for index, participant in enumerate(participants, start=1)]
+    return manifests.saga_manifest(name, PAYLOAD, steps, timeout_seconds=timeout_seconds)
 
 
 def happy_path(manifest: dict[str, Any], now: datetime) -> list[SagaStatus]:

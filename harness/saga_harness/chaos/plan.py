@@ -13,14 +13,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
+from ..manifests import BUY_VIDEO_STEPS
 from ..world import PARTICIPANTS
 
 #: (step, service, action, compensation): the buy-video saga, in order.
-STEPS: Final = (
-    ("record-purchase", "videos", "record-purchase", "remove-purchase"),
-    ("debit-buyer", "users", "debit", "refund"),
-    ("credit-agent", "agents", "credit", "reverse-credit"),
-)
+STEPS: Final = BUY_VIDEO_STEPS
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ from saga_participants import open_database
 from saga_protocol import command_topic
 from saga_testenv.stack import StackEndpoints
 
+from ..manifests import buy_video_saga
 from ..services import Service
 from ..world import PARTICIPANTS, SagaWorld
-from .plan import STEPS, Accounts
+from .plan import Accounts
 
 
 class ChaosWorld:
@@ -117,27 +118,15 @@ class ChaosWorld:
         abort: bool = False,
     ) -> dict[str, Any]:
         """The buy-video saga, addressed to this world's participants."""
-        policy = dict(retry or {"limit": 3, "backoffSeconds": 1, "maxBackoffSeconds": 4})
-        return {
-            "apiVersion": "saga.dev/v1alpha1",
-            "kind": "Saga",
-            "metadata": {"name": name, "namespace": self.namespace},
-            "spec": {
-                "payload": dict(payload),
-                "abort": abort,
-                "steps": [
-                    {
-                        "name": step,
-                        "participant": self.names[service],
-                        "action": action,
-                        "compensation": compensation,
-                        "timeoutSeconds": timeout_seconds,
-                        "retry": policy,
-                    }
-                    for step, service, action, compensation in STEPS
-                ],
-            },
-        }
+        return buy_video_saga(
+            name,
+            payload,
+            namespace=self.namespace,
+            participants=self.names,
+            timeout_seconds=timeout_seconds,
+            retry=retry or {"limit": 3, "backoffSeconds": 1, "maxBackoffSeconds": 4},
+            abort=abort,
+        )
 
     def apply(self, manifests: Sequence[Mapping[str, Any]]) -> None:
         doc = {"apiVersion": "v1", "kind": "List", "items": [dict(m) for m in manifests]}
