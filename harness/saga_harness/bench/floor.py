@@ -18,7 +18,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from saga_protocol import Command, CommandKind, command_topic, decode_reply, idempotency_key
+from saga_harness.messages import action_command
+from saga_protocol import command_topic, decode_reply
 
 from . import procinfo, stats
 from .kube import KubeError, load_configuration
@@ -158,19 +159,8 @@ async def floor_kafka(bench: Bench, round_trips: int) -> dict[str, Any]:
 
         async def one(measure: bool) -> None:
             uid = str(uuid.uuid4())
-            command = Command(
-                message_id=str(uuid.uuid4()),
-                saga_uid=uid,
-                saga_namespace="floor",
-                saga_name="floor",
-                step="step-1",
-                kind=CommandKind.ACTION,
-                action="do",
-                attempt=1,
-                idempotency_key=idempotency_key(uid, "step-1"),
-                payload=dict(PAYLOAD),
-                reply_topic=reply_topic,
-                sent_at=datetime.now(UTC),
+            command = action_command(
+                uid, "step-1", "do", PAYLOAD, reply_topic, saga_namespace="floor", saga_name="floor"
             )
             future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
             waiting[uid] = future

@@ -22,8 +22,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from saga_harness import manifests
+from saga_harness.messages import succeeded_reply
 from saga_harness.services import Service, operator_service
-from saga_protocol import CommandKind, Outcome, Reply, command_topic, idempotency_key
+from saga_protocol import command_topic
 from saga_testenv import procs
 from saga_testenv.kafka import TopicSpec, ensure_topics
 from saga_testenv.stack import StackEndpoints
@@ -219,18 +220,7 @@ def happy_path(manifest: dict[str, Any], now: datetime) -> list[SagaStatus]:
     status, _ = transition(spec, SagaStatus(), Start(now))
     out = [status]
     for step in spec.steps:
-        reply = Reply(
-            message_id=str(uuid.uuid4()),
-            saga_uid="0",
-            step=step.name,
-            kind=CommandKind.ACTION,
-            attempt=1,
-            idempotency_key=idempotency_key("0", step.name),
-            participant=step.participant,
-            outcome=Outcome.SUCCEEDED,
-            result={},
-            sent_at=now,
-        )
+        reply = succeeded_reply("0", step.name, step.participant, sent_at=now)
         status, _ = transition(spec, status, ReplyReceived(reply, now))
         out.append(status)
     for written in out:

@@ -8,7 +8,6 @@ import contextlib
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
@@ -16,17 +15,17 @@ from aiokafka import AIOKafkaProducer
 from saga_protocol import (
     COMMAND_TYPE,
     REPLY_TYPE,
-    Command,
     CommandKind,
-    Outcome,
-    Reply,
     encode_command,
     encode_reply,
-    idempotency_key,
 )
+
+from ..messages import action_command, succeeded_reply
 
 #: The header that marks a message the injector made up; dead-letter topics keep the original headers.
 MARKER: Final = "chaos_injected"
+#: The result of every made-up reply.
+MADE_UP: Final = {"chaos": True}
 
 
 @dataclass
@@ -38,38 +37,6 @@ class Injected:
     expected: tuple[str, ...]
     saga: str | None = None
     acked: bool = False
-
-
-def _reply(saga_uid: str, step: str, kind: CommandKind, attempt: int, participant: str) -> Reply:
-    return Reply(
-        message_id=str(uuid.uuid4()),
-        saga_uid=saga_uid,
-        step=step,
-        kind=kind,
-        attempt=attempt,
-        idempotency_key=idempotency_key(saga_uid, step),
-        participant=participant,
-        outcome=Outcome.SUCCEEDED,
-        result={"chaos": True},
-        sent_at=datetime.now(UTC),
-    )
-
-
-def _command(saga_uid: str, participant: str, reply_topic: str, payload: dict[str, Any]) -> Command:
-    return Command(
-        message_id=str(uuid.uuid4()),
-        saga_uid=saga_uid,
-        saga_namespace="chaos",
-        saga_name="made-up",
-        step="debit-buyer",
-        kind=CommandKind.ACTION,
-        action="debit",
-        attempt=1,
-        idempotency_key=idempotency_key(saga_uid, "debit-buyer"),
-        payload=payload,
-        reply_topic=reply_topic,
-        sent_at=datetime.now(UTC),
-    )
 
 
 def _nested(depth: int) -> dict[str, Any]:
@@ -113,7 +80,7 @@ def make_malformed_reply(kind: str, saga_uid: str | None, participant: str) -> M
     """(value, headers, expected dead-letter reasons) of one malformed reply. `saga_uid` names a saga
     the operator knows (started) for the kinds that need one."""
     uid = saga_uid if saga_uid and kind in NEEDS_SAGA else str(uuid.uuid4())
-    real = _reply(uid, "debit-buyer", CommandKind.ACTION, 1, participant)
+    real = succeeded_reply(uid, "debit-buyer", participant, result=MADE_UP)
     _, body, headers = encode_reply(real)
     plain: list[tuple[str, bytes | None]] = list(headers)
     if kind == "not-json":
@@ -138,20 +105,25 @@ def make_malformed_reply(kind: str, saga_uid: str | None, participant: str) -> M
     if kind == "unknown-saga":
         return body, plain, ("UnknownSaga",)
     if kind == "unknown-step":
-        step = _reply(uid, "no-such-step", CommandKind.ACTION, 1, participant)
+        step = succeeded_reply(uid, "no-such-step", participant, result=MADE_UP)
         return encode_reply(step)[1], plain, ("UnknownStep",)
     if kind == "future-attempt":
-        future = _reply(uid, "debit-buyer", CommandKind.ACTION, 1_000_000, participant)
+        future = succeeded_reply(uid, "debit-buyer", participant, attempt=1_000_000, result=MADE_UP)
         return encode_reply(future)[1], plain, ("FutureAttempt",)
     if kind == "future-compensation":
-        future = _reply(uid, "debit-buyer", CommandKind.COMPENSATION, 1_000_000, participant)
+        future = succeeded_reply(
+            uid, "debit-buyer", participant, kind=CommandKind.COMPENSATION, attempt=1_000_000, result=MADE_UP
+        )
         return encode_reply(future)[1], plain, ("FutureAttempt", "CompensationNotSent")
     raise ValueError(f"unknown malformed reply kind {kind!r}")
 
 
 def make_malformed_command(kind: str, participant: str, reply_topic: str) -> Made:
     """(value, headers, expected dead-letter reasons) of one malformed command for `participant`."""
-    command = _command(str(uuid.uuid4()), participant, reply_topic, {"buyer": "nobody", "price": 1})
+    payload = {"buyer": "nobody", "price": 1}
+    command = action_command(
+        str(uuid.uuid4()), "debit-buyer", "debit", payload, reply_topic, saga_namespace="chaos", saga_name="made-up"
+    )
     _, body, headers = encode_command(command)
     plain: list[tuple[str, bytes | None]] = list(headers)
     if kind == "wrong-type":
