@@ -48,21 +48,7 @@ def _nested(depth: int) -> dict[str, Any]:
 
 Made = tuple[bytes | None, list[tuple[str, bytes | None]], tuple[str, ...]]
 
-#: Malformed replies: kind -> expected dead-letter reasons. Those marked (saga) need a live saga.
-REPLY_KINDS: Final = (
-    "not-json",
-    "not-an-object",
-    "wrong-schema",
-    "wrong-type",
-    "null-type-header",
-    "oversized",
-    "empty",
-    "nested-too-deep",
-    "unknown-saga",
-    "unknown-step",
-    "future-attempt",
-    "future-compensation",
-)
+#: Malformed commands, each kind also a malformed reply: broken bytes, a wrong body, a wrong header.
 COMMAND_KINDS: Final = (
     "not-json",
     "not-an-object",
@@ -72,6 +58,15 @@ COMMAND_KINDS: Final = (
     "oversized",
     "empty",
     "nested-too-deep",
+)
+#: Malformed replies: the same kinds, and replies well-formed but wrong for the saga they name. Those in
+#: NEEDS_SAGA need a live saga. The expected dead-letter reasons are in `make_malformed_reply`.
+REPLY_KINDS: Final = (
+    *COMMAND_KINDS,
+    "unknown-saga",
+    "unknown-step",
+    "future-attempt",
+    "future-compensation",
 )
 NEEDS_SAGA: Final = frozenset({"unknown-step", "future-attempt", "future-compensation"})
 
