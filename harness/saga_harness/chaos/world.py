@@ -7,8 +7,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from saga_buyvideo import SCHEMAS, database_path
 from saga_participants import open_database
 from saga_protocol import command_topic
@@ -129,8 +127,8 @@ class ChaosWorld:
         )
 
     def apply(self, manifests: Sequence[Mapping[str, Any]]) -> None:
-        doc = {"apiVersion": "v1", "kind": "List", "items": [dict(m) for m in manifests]}
-        self.world.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+        """One `kubectl apply` of many Sagas (a List)."""
+        self.world.apply_all(manifests)
 
     def abort(self, name: str) -> None:
         self.world.kubectl(
