@@ -202,18 +202,3 @@ class SagaWorld:
 
         result: dict[str, Any] = read_ledger(self.data_dir)
         return result
-
-    def apiserver_writes(self) -> dict[str, float]:
-        """Write requests on Sagas the API server has counted since it started, by verb/subresource."""
-        text = self.kubectl("get", "--raw", "/metrics")
-        writes: dict[str, float] = {}
-        for line in text.splitlines():
-            if not line.startswith("apiserver_request_total{") or 'resource="sagas"' not in line:
-                continue
-            labels = dict(part.split("=", 1) for part in line[line.index("{") + 1 : line.index("}")].split(","))
-            verb = labels.get("verb", "").strip('"')
-            if verb not in ("PATCH", "PUT", "POST", "DELETE"):
-                continue
-            key = f"{verb} {labels.get('subresource', '').strip(chr(34)) or 'main'}"
-            writes[key] = writes.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
-        return writes
