@@ -1,7 +1,7 @@
 """Kafka topics read back without a consumer group: their partitions, their records, a group's lag, a header.
 
-For runs that check what went over the wire after the fact (the chaos run's audit of the dead-letter
-topics, its drain before the audit).
+For runs that check what went over the wire after the fact: the chaos run's audit of the dead-letter
+topics and its drain before the audit, the benchmark's timings from the messages' own timestamps.
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ async def partitions_of(bootstrap: str, topics: Sequence[str]) -> list[TopicPart
     return sorted(out)
 
 
-async def read_topic(bootstrap: str, topic: str, patience: float = 60.0) -> list[Any]:
-    """Every record of `topic` from the beginning up to its end offsets now (no consumer group)."""
-    tps = await partitions_of(bootstrap, [topic])
+async def read_records(bootstrap: str, topics: Sequence[str], *, patience: float | None = 60.0) -> list[Any]:
+    """Every record of `topics` from the beginning up to their end offsets now (no consumer group).
+    `patience`: seconds before giving up with TopicError (None: no limit)."""
+    tps = await partitions_of(bootstrap, topics)
     if not tps:
         return []
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -46,16 +47,23 @@ async def read_topic(bootstrap: str, topic: str, patience: float = 60.0) -> list
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         records: list[Any] = []
-        deadline = time.monotonic() + patience
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            if time.monotonic() > deadline:
-                raise TopicError(f"reading {topic} back took longer than {patience:.0f}s")
-            batch = await consumer.getmany(timeout_ms=1000)
+        deadline = None if patience is None else time.monotonic() + patience
+        pending = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
+        while pending:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TopicError(f"reading {', '.join(topics)} back took longer than {patience:.0f}s")
+            batch = await consumer.getmany(*pending, timeout_ms=1000, max_records=5000)
             for messages in batch.values():
                 records.extend(messages)
+            pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]
         return records
     finally:
         await consumer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str, patience: float = 60.0) -> list[Any]:
+    """Every record of `topic` from the beginning up to its end offsets now (no consumer group)."""
+    return await read_records(bootstrap, [topic], patience=patience)
 
 
 async def group_lag(bootstrap: str, group: str, topics: Sequence[str]) -> int:

@@ -16,9 +16,10 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from saga_harness.messages import action_command
+from saga_harness.topics import partitions_of
 from saga_protocol import command_topic, decode_reply
 
 from . import procinfo, stats
@@ -148,8 +149,7 @@ async def floor_kafka(bench: Bench, round_trips: int) -> dict[str, Any]:
                         future.set_result(now)
 
     try:
-        await consumer._client.force_metadata_update()
-        partitions = [TopicPartition(reply_topic, p) for p in sorted(consumer.partitions_for_topic(reply_topic) or [])]
+        partitions = await partitions_of(bootstrap, [reply_topic])
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
         for tp in partitions:

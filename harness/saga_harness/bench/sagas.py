@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from typing import Any
 
 import aiohttp
 
 from saga_harness.services import Service
+from saga_harness.topics import read_records
 
 from . import procinfo, stats
 from .kube import Kube, KubeError
 from .operator_internals import PLURAL
-from .shared import STEPS, TERMINAL, Bench, ms_per, read_topics, role_cpu, saga_manifest, ts
+from .shared import STEPS, TERMINAL, Bench, ms_per, role_cpu, saga_manifest, ts
 
 
 class Watcher:
@@ -288,7 +290,9 @@ async def _message_timings(
 ) -> dict[str, Any]:
     """Per step, from the messages: reply sent -> next command sent (the coordinator's overhead)."""
     by_uid = {body["metadata"]["uid"]: body for body in bodies.values()}
-    messages = await read_topics(bench.endpoints.kafka_bootstrap, [*bench.command_topics(), bench.reply_topic("main")])
+    topics = [*bench.command_topics(), bench.reply_topic("main")]
+    records = await read_records(bench.endpoints.kafka_bootstrap, topics, patience=None)
+    messages = [json.loads(record.value) for record in records]
     commands: dict[tuple[str, str], float] = {}
     replies: dict[tuple[str, str], float] = {}
     duplicates = 0

@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from saga_harness.services import Service
+from saga_harness.topics import partitions_of
 
 from . import procinfo
 from .operator_internals import FINALIZER, status_patch
@@ -25,6 +26,7 @@ class CommandTracker:
     """Reads the command topics from their current end and notes, per saga uid, the first command."""
 
     def __init__(self, bootstrap: str, topics: list[str]) -> None:
+        self.bootstrap = bootstrap
         self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
         self.topics = topics
         self.first: dict[str, float] = {}
@@ -34,10 +36,7 @@ class CommandTracker:
 
     async def start(self) -> None:
         await self.consumer.start()
-        await self.consumer._client.force_metadata_update()
-        partitions = [
-            TopicPartition(t, p) for t in self.topics for p in sorted(self.consumer.partitions_for_topic(t) or [])
-        ]
+        partitions = await partitions_of(self.bootstrap, self.topics)
         self.consumer.assign(partitions)
         await self.consumer.seek_to_end(*partitions)
         for tp in partitions:

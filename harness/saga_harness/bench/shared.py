@@ -1,11 +1,10 @@
 """What every phase of the benchmark shares: the run (`Bench`: endpoints, names unique to the run, its
-processes), the profiler, the sagas it creates and their happy-path statuses, reading topics back."""
+processes), the profiler, the sagas it creates and their happy-path statuses, small helpers."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shlex
 import signal
@@ -18,8 +17,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from saga_harness import manifests
 from saga_harness.messages import succeeded_reply
@@ -241,35 +238,6 @@ async def gather_limited(concurrency: int, jobs: Iterable[Callable[[], Awaitable
             await queue.pop()()
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-
-
-# ---- reading the topics back --------------------------------------------------------------------
-
-
-async def read_topics(bootstrap: str, topics: list[str]) -> list[dict[str, Any]]:
-    """Every message body (JSON) on `topics` from the beginning to their current end."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        out: list[dict[str, Any]] = []
-        pending = {tp for tp in partitions if ends[tp] > 0}
-        while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=1000, max_records=5000)
-            for records in batch.values():
-                out.extend(json.loads(r.value) for r in records)
-            for tp in list(pending):
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
-        return out
-    finally:
-        await consumer.stop()
 
 
 def role_cpu(rows: list[dict[str, Any]], role: str) -> float | None:
