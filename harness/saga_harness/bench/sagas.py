@@ -27,11 +27,12 @@ import aiohttp
 
 from saga_harness.services import Service
 from saga_harness.topics import read_records
+from saga_harness.world import TERMINAL
 
 from . import procinfo, stats
 from .kube import Kube, KubeError
 from .operator_internals import PLURAL
-from .shared import STEPS, TERMINAL, Bench, ms_per, role_cpu, saga_manifest, ts
+from .shared import STEPS, Bench, ms_per, role_cpu, saga_manifest, ts
 
 
 class Watcher:

@@ -30,7 +30,6 @@ from .kube import Kube, KubeError
 from .operator_internals import ReplyReceived, SagaSpec, SagaStatus, Start, transition
 
 Log = Callable[[str], None]
-TERMINAL = ("Succeeded", "Compensated", "Failed")
 STEPS = 3
 PAYLOAD = {"buyer": "user-1", "video": "video-1", "agent": "agent-1", "priceCents": 499}
 
