@@ -9,7 +9,6 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -20,9 +19,8 @@ from typing import Any
 
 from saga_harness import manifests
 from saga_harness.messages import succeeded_reply
-from saga_harness.services import Service, operator_service
+from saga_harness.services import Service, module_service, operator_service
 from saga_protocol import command_topic
-from saga_testenv import procs
 from saga_testenv.kafka import TopicSpec, ensure_topics
 from saga_testenv.stack import StackEndpoints
 
@@ -83,21 +81,15 @@ class Bench:
         await ensure_topics(
             self.endpoints.kafka_bootstrap, [TopicSpec(t, partitions=self.partitions) for t in self.all_topics()]
         )
-        (port,) = procs.free_ports(1)
-        argv = [
-            sys.executable,
-            "-m",
-            "saga_harness.bench.echo",
+        args = [
             "--bootstrap",
             self.endpoints.kafka_bootstrap,
             "--topics",
             ",".join(topics),
             "--group",
             f"saga-bench-echo-{self.run_id}",
-            "--http-port",
-            str(port),
         ]
-        self.echo = Service("echo", argv, self.endpoints.env(), self.run_dir, port)
+        self.echo = module_service("echo", "saga_harness.bench.echo", args, self.run_dir, self.endpoints.env())
         await self._start(self.echo, "echo participant")
 
     def operator(self, phase: str) -> Service:
