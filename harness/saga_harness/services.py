@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,17 +113,16 @@ def operator_service(run_dir: Path, environment: Mapping[str, str], **settings: 
     return Service("operator", [sys.executable, "-m", "saga_operator"], env, run_dir, port)
 
 
-def participant_service(name: str, data_dir: Path, run_dir: Path, environment: Mapping[str, str]) -> Service:
+def module_service(
+    name: str, module: str, args: Sequence[str], run_dir: Path, environment: Mapping[str, str]
+) -> Service:
+    """`python -m <module> <args> --http-port <a free port>`: a process of ours with an HTTP /readyz."""
     (port,) = procs.free_ports(1)
-    argv = [
-        sys.executable,
-        "-m",
-        "saga_buyvideo.cli",
-        "run",
-        name,
-        "--data-dir",
-        str(data_dir),
-        "--http-port",
-        str(port),
-    ]
-    return Service(f"participant-{name}", argv, dict(environment), run_dir, port)
+    argv = [sys.executable, "-m", module, *args, "--http-port", str(port)]
+    return Service(name, argv, dict(environment), run_dir, port)
+
+
+def participant_service(name: str, data_dir: Path, run_dir: Path, environment: Mapping[str, str]) -> Service:
+    """A buy-video service (videos, users, agents) with its database in `data_dir`."""
+    args = ["run", name, "--data-dir", str(data_dir)]
+    return module_service(f"participant-{name}", "saga_buyvideo.cli", args, run_dir, environment)

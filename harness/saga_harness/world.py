@@ -21,6 +21,7 @@ import yaml
 
 from saga_testenv.stack import StackEndpoints
 
+from .manifests import buy_video_saga
 from .services import Service, operator_service, participant_service
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,44 +83,6 @@ def install_crd(
                 f"Sagas could not be created {timeout:.0f}s after installing the CRD: {result.stderr.strip()}"
             )
         time.sleep(0.3)
-
-
-def buy_video_saga(
-    name: str,
-    payload: Mapping[str, Any],
-    *,
-    namespace: str = "default",
-    timeout_seconds: int = 10,
-    retry: Mapping[str, int] | None = None,
-    abort: bool = False,
-) -> dict[str, Any]:
-    """The seed's saga: record the purchase, debit the buyer, credit the seller's agent."""
-    step_retry = dict(retry or {"limit": 3, "backoffSeconds": 1, "maxBackoffSeconds": 5})
-
-    def step(step_name: str, participant: str, action: str, compensation: str) -> dict[str, Any]:
-        return {
-            "name": step_name,
-            "participant": participant,
-            "action": action,
-            "compensation": compensation,
-            "timeoutSeconds": timeout_seconds,
-            "retry": step_retry,
-        }
-
-    return {
-        "apiVersion": "saga.dev/v1alpha1",
-        "kind": "Saga",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "payload": dict(payload),
-            "abort": abort,
-            "steps": [
-                step("record-purchase", "videos", "record-purchase", "remove-purchase"),
-                step("debit-buyer", "users", "debit", "refund"),
-                step("credit-agent", "agents", "credit", "reverse-credit"),
-            ],
-        },
-    }
 
 
 class SagaWorld:
@@ -239,18 +202,3 @@ class SagaWorld:
 
         result: dict[str, Any] = read_ledger(self.data_dir)
         return result
-
-    def apiserver_writes(self) -> dict[str, float]:
-        """Write requests on Sagas the API server has counted since it started, by verb/subresource."""
-        text = self.kubectl("get", "--raw", "/metrics")
-        writes: dict[str, float] = {}
-        for line in text.splitlines():
-            if not line.startswith("apiserver_request_total{") or 'resource="sagas"' not in line:
-                continue
-            labels = dict(part.split("=", 1) for part in line[line.index("{") + 1 : line.index("}")].split(","))
-            verb = labels.get("verb", "").strip('"')
-            if verb not in ("PATCH", "PUT", "POST", "DELETE"):
-                continue
-            key = f"{verb} {labels.get('subresource', '').strip(chr(34)) or 'main'}"
-            writes[key] = writes.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
-        return writes

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from saga_harness.chaos import ChaosWorld
+from saga_harness.chaos.world import ChaosWorld
 from saga_harness.faults import StackFaults, resume_service
 from saga_testenv import StackEndpoints
 from saga_testenv.stack import Stack

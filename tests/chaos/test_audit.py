@@ -9,7 +9,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from saga_harness.chaos import STEPS, Books, Injected, SagaPlan, Violation, audit, audit_dead_letters
+from saga_harness.chaos.audit import Violation, audit, audit_dead_letters
+from saga_harness.chaos.books import Books
+from saga_harness.chaos.malformed import Injected
+from saga_harness.chaos.plan import STEPS, SagaPlan
 from saga_protocol import idempotency_key
 
 UID = "11111111-2222-3333-4444-555555555555"

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from saga_harness.chaos import ChaosWorld, http_status, wait_until
+from saga_harness.chaos.probes import http_status, wait_until
+from saga_harness.chaos.world import ChaosWorld
 from saga_harness.faults import StackFaults, service_paused
 
 pytestmark = pytest.mark.stack

@@ -11,8 +11,11 @@ local stack in ``.stack`` if it is up, or a fresh local stack started for the ru
 3. N Sagas present when the operator starts (finished, running and pending): its memory, and the time
    until every unfinished one is resumed.
 
-Modules: `echo` (the fast participant, a process of its own), `kube` (a lean aiohttp client for the
-driver), `procinfo` (CPU, memory and machine facts from /proc), `stats`, `phases` (the three
-measurements), `cli` (orchestration, the printed table, the JSON under harness/bench-results/).
+Modules: one per measurement, `floor`, `sagas` and `scale`, on what they share in `shared` (the run's
+names and processes, the sagas and their happy-path statuses, reading topics back); `echo` (the fast
+participant, a process of its own), `kube` (a lean aiohttp client for the driver), `procinfo` (CPU,
+memory and machine facts from /proc), `stats`, `operator_internals` (the operator's unexported names the
+benchmark uses, in one place), `cli` (orchestration, the printed table, the JSON under
+harness/bench-results/).
 See docs/performance.md for what each figure means.
 """

@@ -23,8 +23,12 @@ from saga_harness.world import REPO, install_crd
 from saga_testenv import versions
 from saga_testenv.stack import Stack, StackEndpoints
 
-from . import phases, procinfo
+from . import procinfo
+from .floor import floor_kafka, floor_status_patches
 from .kube import Kube
+from .sagas import run_sagas
+from .scale import run_scale
+from .shared import STEPS, Bench
 
 DEFAULT_OUT = REPO / "harness" / "bench-results"
 MB_IN_MIB = 1e6 / 2**20  # the issue's 250 MB, in the MiB /proc reports
@@ -224,7 +228,7 @@ async def run(
     `owned` says the stack is ours alone (then nothing is cleaned up: it is about to be stopped)."""
     kube = await Kube.connect(endpoints.kubeconfig, connections=args.concurrency + 20)
     run_dir = Path(tempfile.mkdtemp(prefix="saga-bench-run-"))
-    bench = phases.Bench(endpoints, kube, run_dir, args.concurrency, args.partitions, _log, profile=args.profile)
+    bench = Bench(endpoints, kube, run_dir, args.concurrency, args.partitions, _log, profile=args.profile)
     bench.roles[os.getpid()] = "bench driver"
     for record in local.records if local is not None else []:
         bench.roles[record.pid] = record.name
@@ -246,7 +250,7 @@ async def run(
         "parameters": {
             "sagas": args.sagas,
             "concurrency": args.concurrency,
-            "steps_per_saga": phases.STEPS,
+            "steps_per_saga": STEPS,
             "scale_sagas": args.scale_sagas,
             "partitions": args.partitions,
         },
@@ -257,10 +261,10 @@ async def run(
         await bench.start_echo()
         if not args.skip_floor:
             result["floor"] = {
-                "status_patch": await phases.floor_status_patches(bench, args.floor_sagas or args.sagas),
-                "kafka_round_trip": await phases.floor_kafka(bench, args.floor_round_trips or 3 * args.sagas),
+                "status_patch": await floor_status_patches(bench, args.floor_sagas or args.sagas),
+                "kafka_round_trip": await floor_kafka(bench, args.floor_round_trips or 3 * args.sagas),
             }
-        sagas, main_operator = await phases.run_sagas(bench, args.sagas)
+        sagas, main_operator = await run_sagas(bench, args.sagas)
         result["sagas"] = sagas
         if "floor" in result:
             result["ratio"] = round(
@@ -271,7 +275,7 @@ async def run(
         await bench.stop(main_operator)
         main_operator = None
         if args.scale_sagas > 0:
-            scale, scale_operator = await phases.run_scale(bench, args.scale_sagas)
+            scale, scale_operator = await run_scale(bench, args.scale_sagas)
             result["scale"] = scale
             if not owned:
                 await bench.clean_namespace("scale", scale_operator)

@@ -17,7 +17,7 @@ import aiohttp
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
-from saga_operator.domain.model import GROUP, PLURAL, VERSION
+from .operator_internals import GROUP, PLURAL, VERSION
 
 MERGE_PATCH = "application/merge-patch+json"
 

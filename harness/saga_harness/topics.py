@@ -1,0 +1,94 @@
+"""Kafka topics read back without a consumer group: their partitions, their records, a group's lag, a header.
+
+For runs that check what went over the wire after the fact: the chaos run's audit of the dead-letter
+topics and its drain before the audit, the benchmark's timings from the messages' own timestamps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+
+class TopicError(RuntimeError):
+    """A topic cannot be described, or reading it back takes too long."""
+
+
+async def partitions_of(bootstrap: str, topics: Sequence[str]) -> list[TopicPartition]:
+    """Every partition of `topics` (which must exist), from a Metadata request."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await admin.close()
+    out = []
+    for topic in described:
+        if topic.get("error_code", 0) != 0:
+            raise TopicError(f"topic {topic.get('topic')} cannot be described (error {topic.get('error_code')})")
+        out += [TopicPartition(topic["topic"], p["partition"]) for p in topic.get("partitions") or []]
+    return sorted(out)
+
+
+async def read_records(bootstrap: str, topics: Sequence[str], *, patience: float | None = 60.0) -> list[Any]:
+    """Every record of `topics` from the beginning up to their end offsets now (no consumer group).
+    `patience`: seconds before giving up with TopicError (None: no limit)."""
+    tps = await partitions_of(bootstrap, topics)
+    if not tps:
+        return []
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        records: list[Any] = []
+        deadline = None if patience is None else time.monotonic() + patience
+        pending = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
+        while pending:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TopicError(f"reading {', '.join(topics)} back took longer than {patience:.0f}s")
+            batch = await consumer.getmany(*pending, timeout_ms=1000, max_records=5000)
+            for messages in batch.values():
+                records.extend(messages)
+            pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str, patience: float = 60.0) -> list[Any]:
+    """Every record of `topic` from the beginning up to its end offsets now (no consumer group)."""
+    return await read_records(bootstrap, [topic], patience=patience)
+
+
+async def group_lag(bootstrap: str, group: str, topics: Sequence[str]) -> int:
+    """Records on `topics` that `group` has not committed yet (a group that never committed: all)."""
+    tps = await partitions_of(bootstrap, topics)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await consumer.start()
+    await admin.start()
+    try:
+        ends = await consumer.end_offsets(tps)
+        committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+        lag = 0
+        for tp in tps:
+            done = committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0
+            lag += max(0, ends[tp] - done)
+        return lag
+    finally:
+        await admin.close()
+        await consumer.stop()
+
+
+def header(record: Any, name: str) -> bytes | None:
+    """The value of a record's header `name` (None: no such header, or a null value)."""
+    for key, value in record.headers or ():
+        if key == name:
+            return value if value is None else bytes(value)
+    return None
