@@ -114,6 +114,8 @@ def operator_service(run_dir: Path, environment: Mapping[str, str], **settings: 
 
 
 def participant_service(name: str, data_dir: Path, run_dir: Path, environment: Mapping[str, str]) -> Service:
+    """A buy-video participant process. Fault injection is on: the end-to-end tests, the demo and the
+    chaos run make participants slow or flaky through a saga's `simulate` payload (off in a real deployment)."""
     (port,) = procs.free_ports(1)
     argv = [
         sys.executable,
@@ -125,5 +127,6 @@ def participant_service(name: str, data_dir: Path, run_dir: Path, environment: M
         str(data_dir),
         "--http-port",
         str(port),
+        "--allow-fault-injection",
     ]
     return Service(f"participant-{name}", argv, dict(environment), run_dir, port)

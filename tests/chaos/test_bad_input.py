@@ -33,7 +33,7 @@ from saga_harness.chaos import (
     read_topic,
     wait_until,
 )
-from saga_participants.sdk import DLQ_REASON
+from saga_plumbing import DLQ_REASON
 from saga_protocol import dead_letter_topic, decode_reply
 from saga_testenv.kafka import run_sync
 
