@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -71,6 +72,7 @@ class KafkaHarness:
         self.bootstrap_servers = bootstrap_servers
         self.reply_topic = unique("saga.replies.test")
         self.replies: list[Reply] = []
+        self.arrived: dict[str, float] = {}  # reply message id -> time.monotonic() when it was read
         self._producer: AIOKafkaProducer | None = None
         self._reader: asyncio.Task[None] | None = None
         self._participants: list[tuple[Participant, asyncio.Task[None]]] = []
@@ -111,7 +113,9 @@ class KafkaHarness:
         try:
             async for record in consumer:
                 try:
-                    self.replies.append(decode_reply(record.value, list(record.headers)))
+                    reply = decode_reply(record.value, list(record.headers))
+                    self.arrived[reply.message_id] = time.monotonic()
+                    self.replies.append(reply)
                 except DecodeError as exc:  # a participant produced garbage: make the test see it
                     self.replies.append(exc)  # type: ignore[arg-type]
         finally:
