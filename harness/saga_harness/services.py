@@ -123,6 +123,8 @@ def module_service(
 
 
 def participant_service(name: str, data_dir: Path, run_dir: Path, environment: Mapping[str, str]) -> Service:
-    """A buy-video service (videos, users, agents) with its database in `data_dir`."""
-    args = ["run", name, "--data-dir", str(data_dir)]
+    """A buy-video participant process with its database in `data_dir`. Fault injection is on: the
+    end-to-end tests, the demo and the chaos run make participants slow or flaky through a saga's
+    `simulate` payload (off in a real deployment)."""
+    args = ["run", name, "--data-dir", str(data_dir), "--allow-fault-injection"]
     return module_service(f"participant-{name}", "saga_buyvideo.cli", args, run_dir, environment)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from saga_buyvideo import agents, users, videos
-from saga_participants.sdk import Participant
+from saga_participants import Participant
 
 Factory = Callable[..., Participant]
 

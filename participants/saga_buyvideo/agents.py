@@ -15,8 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from saga_buyvideo.payload import cents, text
-from saga_participants.inbox import BusinessError
-from saga_participants.sdk import Participant
+from saga_participants import BusinessError, Participant
 from saga_protocol import Command
 
 NAME: Final = "agents"

@@ -1,11 +1,13 @@
 """`saga-participant`: run a buy-video service, seed its demo data, print the ledgers.
 
     saga-participant run videos|users|agents [--data-dir DIR] [--bootstrap-servers HOST:PORT] [--http-port N]
+                     [--http-host H] [--name NAME] [--max-in-flight N] [--allow-fault-injection]
     saga-participant seed [--data-dir DIR] [--reset]
     saga-participant ledger [--data-dir DIR] [--json]
 
-Every option has an environment variable (flags win): SAGA_DATA_DIR, KAFKA_BOOTSTRAP_SERVERS,
-SAGA_HTTP_PORT, SAGA_HTTP_HOST, SAGA_PARTICIPANT_NAME, SAGA_LOG_LEVEL.
+Every option has an environment variable (flags win): `ServiceSettings` below, the SDK's
+`ParticipantSettings` (SAGA_*) and `KafkaSettings` (KAFKA_*, security included). docs/participants.md has
+the table.
 """
 
 from __future__ import annotations
@@ -15,70 +17,95 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Final
+from pathlib import Path
+from typing import Any, Final
+
+from pydantic import Field, ValidationError
 
 from saga_buyvideo import SERVICES, build
 from saga_buyvideo.demo import dump_ledger, format_ledger, read_ledger, seed
+from saga_participants import KafkaSettings, ParticipantSettings
 
 #: Default HTTP ports, distinct so that the three services can run side by side on one machine.
 DEFAULT_HTTP_PORTS: Final = {"videos": 8081, "users": 8082, "agents": 8083}
 
 
-def _env_int(name: str) -> int | None:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise SystemExit(f"saga-participant: {name}={raw!r} is not an integer") from None
+class ServiceSettings(ParticipantSettings):
+    """The SDK's settings plus the buy-video services' own. Environment: SAGA_<FIELD>."""
+
+    data_dir: Path = Field(default=Path("data"), description="Where <service>.db lives.")
+    participant_name: str | None = Field(
+        default=None,
+        description="Participant name, hence topic saga.commands.<name> and group saga-participant-<name> "
+        "(default: the service's).",
+    )
+    log_level: str = Field(default="INFO", description="Python logging level.")
 
 
 def _parser() -> argparse.ArgumentParser:
+    # Defaults are None throughout: an option not given comes from the environment (ServiceSettings).
     parser = argparse.ArgumentParser(prog="saga-participant", description="The buy-video saga's participant services.")
-    parser.add_argument(
-        "--log-level", default=os.environ.get("SAGA_LOG_LEVEL", "INFO"), help="logging level (env SAGA_LOG_LEVEL)"
-    )
+    parser.add_argument("--log-level", help="logging level (env SAGA_LOG_LEVEL, default INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
-    data_dir = os.environ.get("SAGA_DATA_DIR", "data")
+    data_dir = "where <service>.db lives (env SAGA_DATA_DIR, default ./data)"
 
     run = commands.add_parser("run", help="run one service until SIGTERM")
     run.add_argument("service", choices=sorted(SERVICES))
-    run.add_argument("--data-dir", default=data_dir, help="where <service>.db lives (env SAGA_DATA_DIR)")
-    run.add_argument(
-        "--bootstrap-servers",
-        default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
-        help="Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS)",
-    )
+    run.add_argument("--data-dir", type=Path, help=data_dir)
+    run.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS)")
     run.add_argument(
         "--http-port",
         type=int,
-        default=_env_int("SAGA_HTTP_PORT"),
         help="port of /healthz /readyz /metrics; 0 picks a free one (env SAGA_HTTP_PORT; "
         "default videos 8081, users 8082, agents 8083)",
     )
-    run.add_argument("--http-host", default=os.environ.get("SAGA_HTTP_HOST", "127.0.0.1"), help="(env SAGA_HTTP_HOST)")
+    run.add_argument("--http-host", help="(env SAGA_HTTP_HOST, default 127.0.0.1)")
     run.add_argument(
         "--name",
-        default=os.environ.get("SAGA_PARTICIPANT_NAME"),
+        dest="participant_name",
         help="participant name, hence topic saga.commands.<name> and group saga-participant-<name> "
         "(default: the service; env SAGA_PARTICIPANT_NAME)",
     )
+    run.add_argument("--max-in-flight", type=int, help="commands handled at once (env SAGA_MAX_IN_FLIGHT, default 16)")
+    run.add_argument(
+        "--allow-fault-injection",
+        action="store_true",
+        default=None,
+        help="obey a saga payload's `simulate` block: tests, demos and chaos runs only "
+        "(env SAGA_ALLOW_FAULT_INJECTION, default off)",
+    )
 
     seed_cmd = commands.add_parser("seed", help="create the three databases with demo users and agents")
-    seed_cmd.add_argument("--data-dir", default=data_dir, help="(env SAGA_DATA_DIR)")
+    seed_cmd.add_argument("--data-dir", type=Path, help=data_dir)
     seed_cmd.add_argument("--reset", action="store_true", help="empty every table first (inbox included)")
 
     ledger = commands.add_parser("ledger", help="print balances, purchases, credits and the money total")
-    ledger.add_argument("--data-dir", default=data_dir, help="(env SAGA_DATA_DIR)")
+    ledger.add_argument("--data-dir", type=Path, help=data_dir)
     ledger.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
+def settings_from(args: argparse.Namespace) -> ServiceSettings:
+    """The environment's settings with the flags that were given on top."""
+    flags: dict[str, Any] = {
+        name: value
+        for name, value in vars(args).items()
+        if value is not None and name in ServiceSettings.model_fields and name != "kafka"
+    }
+    if getattr(args, "bootstrap_servers", None) is not None:
+        flags["kafka"] = KafkaSettings(bootstrap_servers=args.bootstrap_servers)
+    return ServiceSettings(**flags)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        settings = settings_from(args)
+    except ValidationError as exc:
+        print(f"saga-participant: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -90,28 +117,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         lambda record: not record.getMessage().endswith("not found in cluster metadata")
     )
     if args.command == "run":
-        port = args.http_port if args.http_port is not None else DEFAULT_HTTP_PORTS[args.service]
-        options = {"name": args.name} if args.name else {}
-        participant = build(
-            args.service,
-            args.data_dir,
-            bootstrap_servers=args.bootstrap_servers,
-            http_host=args.http_host,
-            http_port=port,
-            **options,
-        )
-        participant.run_forever()
-        return 0
+        return _run(args.service, settings)
     try:
         if args.command == "seed":
-            ledger = seed(args.data_dir, reset=args.reset)
-            print(f"seeded {os.path.abspath(args.data_dir)}: money total {ledger['moneyTotal']} cents")
+            ledger = seed(settings.data_dir, reset=args.reset)
+            print(f"seeded {os.path.abspath(settings.data_dir)}: money total {ledger['moneyTotal']} cents")
             return 0
-        ledger = read_ledger(args.data_dir)
+        ledger = read_ledger(settings.data_dir)
     except FileNotFoundError as exc:
         print(f"saga-participant: {exc}", file=sys.stderr)
         return 1
     print(dump_ledger(ledger) if args.json else format_ledger(ledger))
+    return 0
+
+
+def _run(service: str, settings: ServiceSettings) -> int:
+    if settings.http_port is None:
+        settings = settings.model_copy(update={"http_port": DEFAULT_HTTP_PORTS[service]})
+    options = {"name": settings.participant_name} if settings.participant_name else {}
+    participant = build(service, settings.data_dir, settings=settings, **options)
+    try:
+        participant.run_forever()
+    except OSError as exc:
+        # A busy probe port (saga_plumbing.PortInUse), a data directory it cannot write: say so and exit
+        # non-zero, so that a supervisor restarts it rather than keeping a process that serves nothing.
+        print(f"saga-participant: {service}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 

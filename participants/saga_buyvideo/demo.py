@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from saga_buyvideo import SCHEMAS, database_path
-from saga_participants.inbox import open_database
+from saga_participants import SqliteStore
 
 #: Demo users and their balances in cents.
 DEMO_USERS: Final = {"alice": 10_000, "bob": 500, "carol": 2_500, "dave": 0}
@@ -30,7 +30,7 @@ def seed(data_dir: str | os.PathLike[str], *, reset: bool = False) -> dict[str, 
     """Create the three databases with demo data. Existing rows are kept unless `reset`, which empties
     every table (inbox included) in place, so that running services keep working on the same files."""
     for service, schema in SCHEMAS.items():
-        conn = open_database(database_path(data_dir, service), schema)
+        conn = SqliteStore(database_path(data_dir, service), schema=schema).connect()
         try:
             conn.execute("BEGIN IMMEDIATE")
             if reset:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from saga_participants.inbox import BusinessError
+from saga_participants import BusinessError
 
 INVALID_PAYLOAD: Final = "InvalidPayload"
 #: A sanity bound, not a business rule: a typo of three extra zeros should not move a fortune.

@@ -29,9 +29,9 @@ from saga_harness.chaos.malformed import (
     make_malformed_reply,
 )
 from saga_harness.chaos.probes import http_status, wait_until
-from saga_harness.chaos.sdk_internals import DLQ_REASON_HEADER
 from saga_harness.chaos.world import ChaosWorld
 from saga_harness.topics import group_lag, read_topic
+from saga_plumbing import DLQ_REASON
 from saga_protocol import dead_letter_topic, decode_reply
 from saga_testenv.kafka import run_sync
 
@@ -146,7 +146,7 @@ def test_a_participant_moves_past_a_null_header_and_a_deeply_nested_command(make
     body = world.wait_terminal(["behind-poison"], timeout=120)["behind-poison"]
     assert body["status"]["phase"] == "Succeeded"
     dead = run_sync(read_topic(bootstrap, dead_letter_topic(topic)))
-    reasons = {headers_of(r)[MARKER]: headers_of(r)[DLQ_REASON_HEADER] for r in dead}
+    reasons = {headers_of(r)[MARKER]: headers_of(r)[DLQ_REASON] for r in dead}
     assert reasons == {i.id.encode(): i.expected[0].encode() for i in injected}
     assert users.metric("saga_participant_malformed_messages_total", reason="WrongType") == 1
     assert users.metric("saga_participant_malformed_messages_total", reason="SchemaViolation") == 1

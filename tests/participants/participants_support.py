@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from saga_participants import Participant
-from saga_protocol import Command, CommandKind, DecodeError, Reply, decode_reply, encode_command, idempotency_key
+from saga_participants import Participant, testing
+from saga_protocol import Command, CommandKind, DecodeError, Reply, decode_reply, encode_command
 
 WAIT = 60.0  # seconds a test waits for something that should happen: a failure, never a measurement
 
@@ -34,28 +34,23 @@ def make_command(
     reply_topic: str = "saga.replies",
     key: str | None = None,
 ) -> Command:
-    uid = saga_uid or str(uuid.uuid4())
-    return Command(
-        message_id=str(uuid.uuid4()),
-        saga_uid=uid,
-        saga_namespace="default",
-        saga_name=f"buy-{uid[:8]}",
-        step=step,
+    """saga_participants.testing.make_command with this suite's defaults (a debit); `key`: the idempotency key."""
+    return testing.make_command(
         kind=kind,
         action=action,
+        saga_uid=saga_uid,
+        step=step,
         attempt=attempt,
-        idempotency_key=key if key is not None else idempotency_key(uid, step),
-        payload=payload if payload is not None else {},
+        payload=payload,
         reply_topic=reply_topic,
-        sent_at=datetime.now(UTC),
+        idempotency_key=key,
+        saga_name=f"buy-{(saga_uid or uuid.uuid4().hex)[:8]}",
     )
 
 
 def compensation_of(command: Command, action: str, attempt: int = 1) -> Command:
     """The compensation command for the same step (same idempotency key), as the operator sends it."""
-    return command.model_copy(
-        update={"message_id": str(uuid.uuid4()), "kind": CommandKind.COMPENSATION, "action": action, "attempt": attempt}
-    )
+    return testing.compensation_of(command, action, attempt=attempt)
 
 
 def order(buyer: str = "alice", video: str = "v-42", price: int = 1500, agent: str = "bob-agency") -> dict[str, Any]:
@@ -77,6 +72,7 @@ class KafkaHarness:
         self.bootstrap_servers = bootstrap_servers
         self.reply_topic = unique("saga.replies.test")
         self.replies: list[Reply] = []
+        self.arrived: dict[str, float] = {}  # reply message id -> time.monotonic() when it was read
         self._producer: AIOKafkaProducer | None = None
         self._reader: asyncio.Task[None] | None = None
         self._participants: list[tuple[Participant, asyncio.Task[None]]] = []
@@ -117,7 +113,9 @@ class KafkaHarness:
         try:
             async for record in consumer:
                 try:
-                    self.replies.append(decode_reply(record.value, list(record.headers)))
+                    reply = decode_reply(record.value, list(record.headers))
+                    self.arrived[reply.message_id] = time.monotonic()
+                    self.replies.append(reply)
                 except DecodeError as exc:  # a participant produced garbage: make the test see it
                     self.replies.append(exc)  # type: ignore[arg-type]
         finally:

@@ -1,12 +1,14 @@
 """The buy-video services' business rules, and money conservation under every saga outcome.
 
-The services run through the real inbox on real SQLite files; a tiny coordinator in this file plays the
-operator (steps in order, compensations in reverse), with duplicates and overtaking compensations thrown
-in by hypothesis. No Kafka here: test_participants_kafka.py covers the transport.
+The services run through the SDK (saga_participants.testing.run_command: checks, inbox, handler) on real
+SQLite files; a tiny coordinator in this file plays the operator (steps in order, compensations in
+reverse), with duplicates and overtaking compensations thrown in by hypothesis. No Kafka here:
+test_participants_kafka.py covers the transport.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import tempfile
 import uuid
@@ -19,16 +21,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from participants_support import BUY_VIDEO_STEPS, compensation_of, make_command, order
 
-from saga_buyvideo import SCHEMAS, SERVICES, database_path
+from saga_buyvideo import SERVICES, database_path
 from saga_buyvideo.demo import DEMO_AGENTS, DEMO_USERS, read_ledger, seed
-from saga_participants import Inbox, Participant, open_database
-from saga_protocol import Command, CommandKind, Outcome
+from saga_participants import Participant
+from saga_participants.testing import run_command
+from saga_protocol import Command, CommandKind, Outcome, Reply
 
 INITIAL_TOTAL = sum(DEMO_USERS.values()) + sum(balance for _, balance in DEMO_AGENTS.values())
 
 
 class Services:
-    """The three services' inboxes and handlers on seeded databases in one data directory."""
+    """The three services on seeded databases in one data directory, their stores open."""
 
     def __init__(self, data_dir: Path) -> None:
         seed(data_dir)
@@ -36,17 +39,23 @@ class Services:
         self.participants: dict[str, Participant] = {
             name: factory(database_path(data_dir, name)) for name, factory in SERVICES.items()
         }
-        self.connections = {name: open_database(database_path(data_dir, name), SCHEMAS[name]) for name in SERVICES}
-        self.inboxes = {name: Inbox(conn) for name, conn in self.connections.items()}
+        # The tests are synchronous (hypothesis drives them); the SDK is asyncio: a loop of their own.
+        self.loop = asyncio.new_event_loop()
+        for participant in self.participants.values():
+            self.loop.run_until_complete(participant.__aenter__())
 
-    def deliver(self, service: str, command: Command) -> Any:
-        handler = self.participants[service].handler_for(command.kind, command.action)
-        assert handler is not None, f"{service} has no {command.kind} {command.action}"
-        return self.inboxes[service].apply(command, handler)
+    def deliver(self, service: str, command: Command) -> Reply:
+        participant = self.participants[service]
+        assert participant.handler_for(command.kind, command.action) is not None, f"{service}: {command.action}"
+        return self.loop.run_until_complete(run_command(participant, command))
+
+    def connect(self, service: str) -> sqlite3.Connection:
+        return sqlite3.connect(database_path(self.data_dir, service), isolation_level=None)
 
     def close(self) -> None:
-        for conn in self.connections.values():
-            conn.close()
+        for participant in self.participants.values():
+            self.loop.run_until_complete(participant.__aexit__(None, None, None))
+        self.loop.close()
 
 
 @pytest.fixture
@@ -108,7 +117,9 @@ def test_a_live_purchase_locks_the_video_for_that_buyer_until_it_is_removed(serv
 def test_reversing_a_credit_the_agent_already_spent_still_succeeds(services: Services) -> None:
     credit = step_command(str(uuid.uuid4()), 2, order(price=1000))
     services.deliver("agents", credit)
-    services.connections["agents"].execute("UPDATE agents SET balance = 0 WHERE agent_id = 'bob-agency'")  # spent
+    spend = services.connect("agents")
+    spend.execute("UPDATE agents SET balance = 0 WHERE agent_id = 'bob-agency'")  # the agent spent it
+    spend.close()
 
     undo = services.deliver("agents", compensation_of(credit, "reverse-credit"))
 

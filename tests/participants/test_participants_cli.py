@@ -15,8 +15,10 @@ import aiohttp
 import pytest
 from participants_support import WAIT, KafkaHarness, make_command, order, unique, until
 
-from saga_buyvideo.cli import main
+from saga_buyvideo import build
+from saga_buyvideo.cli import ServiceSettings, _parser, main, settings_from
 from saga_buyvideo.demo import DEMO_USERS
+from saga_participants.testing import run_command
 from saga_protocol import Outcome, command_topic
 
 DEMO_TOTAL = 13_000
@@ -58,6 +60,81 @@ def test_run_refuses_an_unknown_service() -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["run", "payments"])
     assert exit_info.value.code == 2
+
+
+def settings_for(*argv: str) -> ServiceSettings:
+    return settings_from(_parser().parse_args(list(argv)))
+
+
+def test_flags_win_over_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SAGA_HTTP_PORT", "8000")
+    monkeypatch.setenv("SAGA_MAX_IN_FLIGHT", "4")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "from-env:9092")
+    monkeypatch.setenv("SAGA_DATA_DIR", str(tmp_path))
+
+    from_env = settings_for("run", "users")
+    assert (from_env.http_port, from_env.max_in_flight, from_env.kafka.bootstrap_servers) == (8000, 4, "from-env:9092")
+    assert from_env.data_dir == tmp_path and not from_env.allow_fault_injection
+
+    flagged = settings_for("run", "users", "--http-port", "9000", "--bootstrap-servers", "flag:9092", "--name", "u2")
+    assert (flagged.http_port, flagged.kafka.bootstrap_servers, flagged.participant_name) == (9000, "flag:9092", "u2")
+    assert flagged.max_in_flight == 4
+
+
+def test_invalid_settings_exit_with_a_message(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SAGA_MAX_IN_FLIGHT", "lots")
+    assert main(["run", "users", "--data-dir", str(tmp_path)]) == 2
+    assert "max_in_flight" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "obeyed"),
+    [
+        ([], {}, False),
+        (["--allow-fault-injection"], {}, True),
+        ([], {"SAGA_ALLOW_FAULT_INJECTION": "true"}, True),
+    ],
+    ids=["default-off", "flag", "environment"],
+)
+async def test_fault_injection_is_off_unless_the_service_is_started_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], env: dict[str, str], obeyed: bool
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["seed", "--data-dir", str(tmp_path)]) == 0
+    settings = settings_for("run", "users", "--data-dir", str(tmp_path), *argv)
+    users = build("users", settings.data_dir, settings=settings)
+    knob = {"simulate": {"users": {"errorAttempts": 1}}}
+    command = make_command(action="debit", step="debit-buyer", payload={**order(), **knob})
+
+    reply = await run_command(users, command)
+
+    assert reply.outcome is (Outcome.ERROR if obeyed else Outcome.SUCCEEDED), reply
+
+
+def test_a_busy_probe_port_ends_run_with_a_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        # No broker is needed: the probe port is bound first, and the run ends there.
+        code = main(
+            [
+                "run",
+                "users",
+                "--data-dir",
+                str(tmp_path),
+                "--http-port",
+                str(port),
+                "--bootstrap-servers",
+                "127.0.0.1:1",
+            ]
+        )
+
+    assert code == 1
+    assert f"127.0.0.1:{port} is already in use" in capsys.readouterr().err
 
 
 def free_port() -> int:

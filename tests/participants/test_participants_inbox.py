@@ -1,18 +1,62 @@
-"""The dedupe / tombstone / stored-outcome rules, against a real SQLite file (no Kafka, no mocks)."""
+"""The dedupe / tombstone / stored-outcome rules, against every store the SDK ships: a real SQLite file and
+a real PostgreSQL server (no Kafka, no mocks). Each test runs once per store."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from participants_support import compensation_of, make_command, order
 
-from saga_buyvideo import users
-from saga_participants import ALREADY_COMPENSATED, BusinessError, Disposition, Inbox, open_database
-from saga_participants.inbox import NOOP_ACTION_FAILED, NOOP_ACTION_NOT_APPLIED
+from saga_participants import BusinessError, Decision, Disposition, InboxStore, PostgresStore, SqliteStore
 from saga_protocol import Command, CommandKind, Outcome
+
+# Portable SQL: both stores take it as it is (the handlers below swap the parameter style).
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (user_id TEXT PRIMARY KEY, balance INTEGER NOT NULL CHECK (balance >= 0));
+CREATE TABLE IF NOT EXISTS debits (idempotency_key TEXT PRIMARY KEY, user_id TEXT NOT NULL,
+                                   amount INTEGER NOT NULL, refunded INTEGER NOT NULL DEFAULT 0);
+"""
+
+
+def sql(tx: Any, query: str, *params: Any) -> Any:
+    """Run `query` on a handler's `tx` (sqlite3 takes `?`, psycopg `%s`); the cursor."""
+    if not isinstance(tx, sqlite3.Connection):
+        query = query.replace("?", "%s")
+    return tx.execute(query, params)
+
+
+def debit(tx: Any, command: Command) -> dict[str, Any]:
+    """The users service's debit, written against both stores."""
+    buyer, price = command.payload["buyer"], command.payload["price"]
+    row = sql(tx, "SELECT balance FROM accounts WHERE user_id = ?", buyer).fetchone()
+    if row is None:
+        raise BusinessError("UnknownUser", f"there is no account for user {buyer!r}")
+    if row[0] < price:
+        raise BusinessError("InsufficientFunds", f"{buyer} has {row[0]} cents, the purchase costs {price}")
+    sql(tx, "UPDATE accounts SET balance = balance - ? WHERE user_id = ?", price, buyer)
+    sql(
+        tx,
+        "INSERT INTO debits (idempotency_key, user_id, amount) VALUES (?, ?, ?)",
+        command.idempotency_key,
+        buyer,
+        price,
+    )
+    return {"buyer": buyer, "debitedCents": price, "balanceCents": row[0] - price}
+
+
+def refund(tx: Any, command: Command, debited: dict[str, Any]) -> dict[str, Any]:
+    row = sql(tx, "SELECT user_id, amount FROM debits WHERE idempotency_key = ?", command.idempotency_key).fetchone()
+    if row is None:
+        raise RuntimeError(f"debit {command.idempotency_key} is recorded as applied but has no debit row")
+    sql(tx, "UPDATE accounts SET balance = balance + ? WHERE user_id = ?", row[1], row[0])
+    sql(tx, "UPDATE debits SET refunded = 1 WHERE idempotency_key = ?", command.idempotency_key)
+    return {"buyer": row[0], "refundedCents": row[1]}
 
 
 class Counted:
@@ -27,176 +71,218 @@ class Counted:
         return self.fn(*args)
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> sqlite3.Connection:
-    conn = open_database(tmp_path / "users.db", users.SCHEMA)
-    conn.executemany("INSERT INTO accounts VALUES (?, ?)", [("alice", 10_000), ("bob", 500)])
-    yield conn
-    conn.close()
+class Backend:
+    """One store under test, open, with alice (10000 cents) and bob (500), and a side door to look at it."""
+
+    def __init__(self, kind: str, new_store: Callable[[], InboxStore], connect: Callable[[], Any]) -> None:
+        self.kind = kind
+        self.new_store = new_store
+        self._connect = connect
+        self.store = new_store()
+
+    def query(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Read (or write) through a connection of its own, in autocommit: what another process sees."""
+        conn = self._connect()
+        try:
+            cursor = sql(conn, query, *params)
+            rows: list[tuple[Any, ...]] = cursor.fetchall() if cursor.description is not None else []
+            return rows
+        finally:
+            conn.close()
+
+    def balance(self, user: str) -> int:
+        value: int = self.query("SELECT balance FROM accounts WHERE user_id = ?", user)[0][0]
+        return value
+
+    def count(self, table: str) -> int:
+        value: int = self.query(f"SELECT count(*) FROM {table}")[0][0]
+        return value
+
+    def inbox_row(self, command: Command, kind: CommandKind | None = None) -> tuple[int, int] | None:
+        """(deliveries, first_attempt) of the stored row, or None when nothing is stored."""
+        rows = self.query(
+            "SELECT deliveries, first_attempt FROM saga_inbox WHERE idempotency_key = ? AND kind = ?",
+            command.idempotency_key,
+            (kind or command.kind).value,
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def apply(self, command: Command, handler: Any) -> Decision:
+        return await self.store.apply(command, handler)
 
 
-def balance(conn: sqlite3.Connection, user: str) -> int:
-    value: int = conn.execute("SELECT balance FROM accounts WHERE user_id = ?", (user,)).fetchone()[0]
-    return value
+@pytest.fixture(params=["sqlite", "postgres"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        path = tmp_path / "users.db"
+        b = Backend(
+            "sqlite",
+            lambda: SqliteStore(path, schema=SCHEMA),
+            lambda: sqlite3.connect(path, isolation_level=None),
+        )
+    else:
+        import psycopg
 
-
-def count(conn: sqlite3.Connection, table: str) -> int:
-    value: int = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-    return value
+        dsn: str = request.getfixturevalue("postgres_dsn")
+        b = Backend(
+            "postgres", lambda: PostgresStore(dsn, schema=SCHEMA), lambda: psycopg.connect(dsn, autocommit=True)
+        )
+    await b.store.open()
+    b.query("INSERT INTO accounts (user_id, balance) VALUES (?, ?), (?, ?)", "alice", 10_000, "bob", 500)
+    try:
+        yield b
+    finally:
+        await b.store.close()
 
 
 def debit_command(buyer: str = "alice", price: int = 1500, **kwargs: Any) -> Command:
     return make_command(action="debit", step="debit-buyer", payload=order(buyer=buyer, price=price), **kwargs)
 
 
-def test_a_redelivered_action_is_applied_once_and_its_outcome_replayed(db: sqlite3.Connection) -> None:
-    inbox, debit = Inbox(db), Counted(users.debit)
+async def test_a_redelivered_action_is_applied_once_and_its_outcome_replayed(backend: Backend) -> None:
+    counted = Counted(debit)
     command = debit_command()
 
-    first = inbox.apply(command, debit)
-    second = inbox.apply(command.model_copy(update={"attempt": 2, "message_id": "again"}), debit)
+    first = await backend.apply(command, counted)
+    second = await backend.apply(command.model_copy(update={"attempt": 2, "message_id": "again"}), counted)
 
     assert first.disposition is Disposition.APPLIED and not first.duplicate
     assert first.outcome is Outcome.SUCCEEDED
     assert second.disposition is Disposition.REPLAYED and second.duplicate
     assert (second.outcome, second.result) == (first.outcome, first.result)
-    assert debit.calls == 1
-    assert balance(db, "alice") == 10_000 - 1500
-    assert count(db, "debits") == 1
-    record = inbox.lookup(command.idempotency_key, CommandKind.ACTION)
-    assert record is not None and record.deliveries == 2 and record.first_attempt == 1
+    assert counted.calls == 1
+    assert backend.balance("alice") == 10_000 - 1500
+    assert backend.count("debits") == 1
+    assert backend.inbox_row(command) == (2, 1)  # two deliveries, the first was attempt 1
 
 
-def test_the_stored_outcome_survives_a_restart(tmp_path: Path, db: sqlite3.Connection) -> None:
+async def test_the_stored_outcome_survives_a_restart(backend: Backend) -> None:
     command = debit_command()
-    Inbox(db).apply(command, users.debit)
-    db.close()
+    await backend.apply(command, debit)
+    await backend.store.close()
 
-    reopened = open_database(tmp_path / "users.db", users.SCHEMA)
-    try:
-        again = Inbox(reopened).apply(command, Counted(users.debit))
-        assert again.disposition is Disposition.REPLAYED
-        assert balance(reopened, "alice") == 10_000 - 1500
-    finally:
-        reopened.close()
+    backend.store = backend.new_store()
+    await backend.store.open()
+    again = await backend.apply(command, Counted(debit))
+
+    assert again.disposition is Disposition.REPLAYED
+    assert backend.balance("alice") == 10_000 - 1500
 
 
-def test_a_compensation_that_overtakes_its_action_leaves_a_tombstone_and_the_late_action_is_refused(
-    db: sqlite3.Connection,
+async def test_a_compensation_that_overtakes_its_action_leaves_a_tombstone_and_the_late_action_is_refused(
+    backend: Backend,
 ) -> None:
-    inbox, debit, refund = Inbox(db), Counted(users.debit), Counted(users.refund)
+    counted_debit, counted_refund = Counted(debit), Counted(refund)
     action = debit_command()
     compensation = compensation_of(action, "refund")
 
-    tomb = inbox.apply(compensation, refund)
-    late = inbox.apply(action, debit)
-    late_again = inbox.apply(action, debit)
+    tomb = await backend.apply(compensation, counted_refund)
+    late = await backend.apply(action, counted_debit)
+    late_again = await backend.apply(action, counted_debit)
 
     assert tomb.disposition is Disposition.TOMBSTONE
-    assert tomb.outcome is Outcome.SUCCEEDED and tomb.result == {"noop": NOOP_ACTION_NOT_APPLIED}
+    assert tomb.outcome is Outcome.SUCCEEDED and tomb.result == {"noop": "ActionNotApplied"}
     assert late.disposition is Disposition.REFUSED and late.outcome is Outcome.FAILED
-    assert late.error is not None and late.error.reason == ALREADY_COMPENSATED
+    assert late.error is not None and late.error.reason == "AlreadyCompensated"
     assert late_again.disposition is Disposition.REPLAYED and late_again.error == late.error
-    assert (debit.calls, refund.calls) == (0, 0)
-    assert balance(db, "alice") == 10_000
-    assert count(db, "debits") == 0
+    assert (counted_debit.calls, counted_refund.calls) == (0, 0)
+    assert backend.balance("alice") == 10_000
+    assert backend.count("debits") == 0
 
 
-def test_insufficient_funds_fails_changes_nothing_and_is_not_run_again(db: sqlite3.Connection) -> None:
-    inbox, debit = Inbox(db), Counted(users.debit)
+async def test_insufficient_funds_fails_changes_nothing_and_is_not_run_again(backend: Backend) -> None:
+    counted = Counted(debit)
     command = debit_command(buyer="bob", price=1500)
 
-    failed = inbox.apply(command, debit)
-    replayed = inbox.apply(command, debit)
+    failed = await backend.apply(command, counted)
+    replayed = await backend.apply(command, counted)
 
     assert failed.disposition is Disposition.BUSINESS_FAILED and failed.outcome is Outcome.FAILED
     assert failed.error is not None and failed.error.reason == "InsufficientFunds"
     assert replayed.disposition is Disposition.REPLAYED and replayed.error == failed.error
-    assert debit.calls == 1
-    assert balance(db, "bob") == 500
-    assert count(db, "debits") == 0
+    assert counted.calls == 1
+    assert backend.balance("bob") == 500
+    assert backend.count("debits") == 0
 
 
-def test_a_business_error_undoes_what_the_handler_wrote_before_raising(db: sqlite3.Connection) -> None:
-    def half_then_refuse(tx: sqlite3.Connection, command: Command) -> None:
-        tx.execute("UPDATE accounts SET balance = 0 WHERE user_id = 'alice'")
+async def test_a_business_error_undoes_what_the_handler_wrote_before_raising(backend: Backend) -> None:
+    def half_then_refuse(tx: Any, command: Command) -> None:
+        sql(tx, "UPDATE accounts SET balance = 0 WHERE user_id = 'alice'")
         raise BusinessError("ChangedMyMind", "wrote, then refused")
 
-    decision = Inbox(db).apply(debit_command(), half_then_refuse)
+    decision = await backend.apply(debit_command(), half_then_refuse)
 
     assert decision.outcome is Outcome.FAILED
-    assert balance(db, "alice") == 10_000
+    assert backend.balance("alice") == 10_000
+    assert backend.count("saga_inbox") == 1  # the refusal is stored
 
 
-def test_a_compensation_after_a_failed_action_is_a_noop(db: sqlite3.Connection) -> None:
-    inbox, refund = Inbox(db), Counted(users.refund)
+async def test_a_compensation_after_a_failed_action_is_a_noop(backend: Backend) -> None:
+    counted = Counted(refund)
     action = debit_command(buyer="bob", price=9999)
-    inbox.apply(action, users.debit)
+    await backend.apply(action, debit)
 
-    undo = inbox.apply(compensation_of(action, "refund"), refund)
+    undo = await backend.apply(compensation_of(action, "refund"), counted)
 
     assert undo.disposition is Disposition.NOOP
-    assert undo.outcome is Outcome.SUCCEEDED and undo.result == {"noop": NOOP_ACTION_FAILED}
-    assert refund.calls == 0
-    assert balance(db, "bob") == 500
+    assert undo.outcome is Outcome.SUCCEEDED and undo.result == {"noop": "ActionFailed"}
+    assert counted.calls == 0
+    assert backend.balance("bob") == 500
 
 
-def test_a_compensation_undoes_its_action_once_and_gets_the_action_result(db: sqlite3.Connection) -> None:
-    inbox, seen = Inbox(db), []
+async def test_a_compensation_undoes_its_action_once_and_gets_the_action_result(backend: Backend) -> None:
+    seen: list[dict[str, Any]] = []
 
-    def refund(tx: sqlite3.Connection, command: Command, debited: dict[str, Any]) -> Any:
+    def watched_refund(tx: Any, command: Command, debited: dict[str, Any]) -> Any:
         seen.append(debited)
-        return users.refund(tx, command, debited)
+        return refund(tx, command, debited)
 
     action = debit_command(price=2000)
-    applied = inbox.apply(action, users.debit)
-    compensation = compensation_of(action, "refund")
-    undone = inbox.apply(compensation, refund)
-    again = inbox.apply(compensation_of(action, "refund", attempt=2), refund)
+    applied = await backend.apply(action, debit)
+    undone = await backend.apply(compensation_of(action, "refund"), watched_refund)
+    again = await backend.apply(compensation_of(action, "refund", attempt=2), watched_refund)
 
     assert undone.disposition is Disposition.APPLIED and undone.outcome is Outcome.SUCCEEDED
     assert again.disposition is Disposition.REPLAYED
     assert seen == [applied.result]
-    assert balance(db, "alice") == 10_000
+    assert backend.balance("alice") == 10_000
 
 
-def test_an_unexpected_exception_rolls_everything_back_and_stores_nothing(db: sqlite3.Connection) -> None:
-    inbox = Inbox(db)
+async def test_an_unexpected_exception_rolls_everything_back_and_stores_nothing(backend: Backend) -> None:
     command = debit_command()
 
-    def flaky(tx: sqlite3.Connection, command: Command) -> Any:
-        users.debit(tx, command)  # the effect happens, then something unrelated breaks
+    def flaky(tx: Any, command: Command) -> Any:
+        debit(tx, command)  # the effect happens, then something unrelated breaks
         raise ConnectionError("the fraud-check service is down")
 
-    broken = inbox.apply(command, flaky)
+    broken = await backend.apply(command, flaky)
     assert broken.disposition is Disposition.TRANSIENT and broken.outcome is Outcome.ERROR
     assert broken.error is not None and broken.error.reason == "ConnectionError"
-    assert balance(db, "alice") == 10_000
-    assert count(db, "debits") == 0
-    assert inbox.lookup(command.idempotency_key, CommandKind.ACTION) is None
+    assert backend.balance("alice") == 10_000
+    assert backend.count("debits") == 0
+    assert backend.inbox_row(command) is None
 
     # Nothing was stored, so the next delivery runs the (now healthy) handler for real.
-    healed = inbox.apply(command, users.debit)
+    healed = await backend.apply(command, debit)
     assert healed.disposition is Disposition.APPLIED
-    assert balance(db, "alice") == 10_000 - 1500
+    assert backend.balance("alice") == 10_000 - 1500
 
 
-def test_a_business_error_from_a_compensation_is_treated_as_transient(db: sqlite3.Connection) -> None:
-    inbox = Inbox(db)
+async def test_a_business_error_from_a_compensation_is_treated_as_transient(backend: Backend) -> None:
     action = debit_command()
-    inbox.apply(action, users.debit)
+    await backend.apply(action, debit)
 
-    def refusing_refund(tx: sqlite3.Connection, command: Command, debited: dict[str, Any]) -> None:
-        users.refund(tx, command, debited)
+    def refusing_refund(tx: Any, command: Command, debited: dict[str, Any]) -> None:
+        refund(tx, command, debited)
         raise BusinessError("NoRefunds", "a compensation must not do this")
 
-    decision = inbox.apply(compensation_of(action, "refund"), refusing_refund)
+    decision = await backend.apply(compensation_of(action, "refund"), refusing_refund)
 
     assert decision.disposition is Disposition.TRANSIENT and decision.outcome is Outcome.ERROR
     assert decision.error is not None and decision.error.reason == "BusinessErrorInCompensation"
     assert "NoRefunds" in decision.error.message
-    assert inbox.lookup(action.idempotency_key, CommandKind.COMPENSATION) is None
-    assert balance(db, "alice") == 10_000 - 1500  # the refund's write was rolled back too
+    assert backend.inbox_row(action, CommandKind.COMPENSATION) is None
+    assert backend.balance("alice") == 10_000 - 1500  # the refund's write was rolled back too
 
 
 @pytest.mark.parametrize(
@@ -209,72 +295,134 @@ def test_a_business_error_from_a_compensation_is_treated_as_transient(db: sqlite
     ],
     ids=["commit()", "COMMIT", "ROLLBACK", "RELEASE the SDK savepoint"],
 )
-def test_a_handler_cannot_end_the_sdk_transaction(db: sqlite3.Connection, escape: Any) -> None:
-    inbox = Inbox(db)
+async def test_a_handler_cannot_end_the_sdk_transaction(backend: Backend, escape: Any) -> None:
     command = debit_command()
 
-    def sneaky(tx: sqlite3.Connection, command: Command) -> None:
-        users.debit(tx, command)
+    def sneaky(tx: Any, command: Command) -> None:
+        debit(tx, command)
         escape(tx)
 
-    decision = inbox.apply(command, sneaky)
+    decision = await backend.apply(command, sneaky)
 
     assert decision.disposition is Disposition.TRANSIENT
-    assert balance(db, "alice") == 10_000
-    assert inbox.lookup(command.idempotency_key, CommandKind.ACTION) is None
+    assert backend.balance("alice") == 10_000
+    assert backend.inbox_row(command) is None
+    # ...and the store is still usable: the next delivery applies normally.
+    assert (await backend.apply(command, debit)).disposition is Disposition.APPLIED
+    assert backend.balance("alice") == 10_000 - 1500
 
 
-def test_a_handler_may_use_its_own_savepoints(db: sqlite3.Connection) -> None:
-    def careful(tx: sqlite3.Connection, command: Command) -> dict[str, Any]:
-        tx.execute("SAVEPOINT mine")
-        tx.execute("UPDATE accounts SET balance = 1 WHERE user_id = 'bob'")
-        tx.execute("ROLLBACK TO mine")
-        tx.execute("RELEASE mine")
-        return users.debit(tx, command)
+async def test_a_handler_may_use_its_own_savepoints(backend: Backend) -> None:
+    def careful(tx: Any, command: Command) -> dict[str, Any]:
+        sql(tx, "SAVEPOINT mine")
+        sql(tx, "UPDATE accounts SET balance = 1 WHERE user_id = 'bob'")
+        sql(tx, "ROLLBACK TO mine")
+        sql(tx, "RELEASE mine")
+        return debit(tx, command)
 
-    decision = Inbox(db).apply(debit_command(), careful)
+    decision = await backend.apply(debit_command(), careful)
 
     assert decision.disposition is Disposition.APPLIED
-    assert (balance(db, "alice"), balance(db, "bob")) == (10_000 - 1500, 500)
+    assert (backend.balance("alice"), backend.balance("bob")) == (10_000 - 1500, 500)
 
 
 @pytest.mark.parametrize("result", [42, ["a", "list"], {"not": {1, 2}}])
-def test_a_result_that_is_not_a_json_object_is_a_programming_error(db: sqlite3.Connection, result: Any) -> None:
-    decision = Inbox(db).apply(debit_command(), lambda tx, command: result)
+async def test_a_result_that_is_not_a_json_object_is_a_programming_error(backend: Backend, result: Any) -> None:
+    decision = await backend.apply(debit_command(), lambda tx, command: result)
 
     assert decision.disposition is Disposition.TRANSIENT
 
 
-def test_an_action_returning_nothing_gives_its_compensation_an_empty_result(db: sqlite3.Connection) -> None:
-    inbox, seen = Inbox(db), []
+async def test_an_action_returning_nothing_gives_its_compensation_an_empty_result(backend: Backend) -> None:
+    seen: list[dict[str, Any]] = []
     action = debit_command()
-    inbox.apply(action, lambda tx, command: None)
-    inbox.apply(compensation_of(action, "refund"), lambda tx, command, result: seen.append(result))
+    await backend.apply(action, lambda tx, command: None)
+    await backend.apply(compensation_of(action, "refund"), lambda tx, command, result: seen.append(result))
 
     assert seen == [{}]
 
 
-def test_dedupe_is_per_key_and_kind(db: sqlite3.Connection) -> None:
-    inbox = Inbox(db)
+async def test_dedupe_is_per_key_and_kind(backend: Backend) -> None:
     first, second = debit_command(price=100), debit_command(price=200)
 
-    inbox.apply(first, users.debit)
-    inbox.apply(second, users.debit)
+    await backend.apply(first, debit)
+    await backend.apply(second, debit)
 
-    assert balance(db, "alice") == 10_000 - 300
-    assert count(db, "saga_inbox") == 2
+    assert backend.balance("alice") == 10_000 - 300
+    assert backend.count("saga_inbox") == 2
 
 
-def test_outcomes_are_committed_when_apply_returns(tmp_path: Path, db: sqlite3.Connection) -> None:
-    command = debit_command()
-    Inbox(db).apply(command, users.debit)
+async def test_outcomes_are_committed_when_apply_returns(backend: Backend) -> None:
+    await backend.apply(debit_command(), debit)
 
-    other = sqlite3.connect(tmp_path / "users.db")
+    # backend.query reads through a connection of its own: another process would see the same.
+    assert backend.count("saga_inbox") == 1
+    assert backend.balance("alice") == 8500
+
+
+def slow(handler: Any, seconds: float) -> Any:
+    def wrapped(*args: Any) -> Any:
+        time.sleep(seconds)
+        return handler(*args)
+
+    return wrapped
+
+
+async def test_two_replicas_on_one_database_apply_a_command_once(backend: Backend) -> None:
+    """A second process on the same database by mistake (or during a rebalance): both get the same
+    command at once; one applies it, the other replays the outcome."""
+    other = backend.new_store()
+    await other.open()
     try:
-        assert other.execute("SELECT count(*) FROM saga_inbox").fetchone()[0] == 1
-        assert other.execute("SELECT balance FROM accounts WHERE user_id = 'alice'").fetchone()[0] == 8500
+        command = debit_command()
+        decisions = await asyncio.gather(
+            backend.apply(command, slow(debit, 0.2)), other.apply(command, slow(debit, 0.2))
+        )
     finally:
-        other.close()
+        await other.close()
+
+    assert sorted(d.disposition for d in decisions) == [Disposition.APPLIED, Disposition.REPLAYED]
+    assert backend.balance("alice") == 10_000 - 1500
+    assert backend.count("debits") == 1
+
+
+async def test_an_action_and_its_compensation_racing_on_two_replicas_never_leave_an_effect(
+    backend: Backend,
+) -> None:
+    """Either the action applied and the compensation undid it, or the compensation left a tombstone and
+    the action was refused: never a debit that nobody will refund."""
+    other = backend.new_store()
+    await other.open()
+    try:
+        action = debit_command()
+
+        async def compensate_meanwhile() -> Decision:
+            await asyncio.sleep(0.05)  # the action's transaction is open (its handler is sleeping)
+            return await other.apply(compensation_of(action, "refund"), refund)
+
+        done, undone = await asyncio.gather(backend.apply(action, slow(debit, 0.3)), compensate_meanwhile())
+    finally:
+        await other.close()
+
+    assert undone.outcome is Outcome.SUCCEEDED
+    if done.disposition is Disposition.APPLIED:
+        assert undone.disposition is Disposition.APPLIED
+    else:
+        assert (done.disposition, undone.disposition) == (Disposition.REFUSED, Disposition.TOMBSTONE)
+    assert backend.balance("alice") == 10_000
+
+
+async def test_postgres_runs_handlers_of_different_sagas_at_once(backend: Backend) -> None:
+    """SQLite has one writer, so its handlers take turns; PostgreSQL gives each its own connection."""
+    if backend.kind != "postgres":
+        pytest.skip("SQLite runs one handler at a time (one writer)")
+    started = time.monotonic()
+    decisions = await asyncio.gather(*(backend.apply(debit_command(price=10), slow(debit, 0.5)) for _ in range(3)))
+    elapsed = time.monotonic() - started
+
+    assert all(d.disposition is Disposition.APPLIED for d in decisions)
+    assert elapsed < 1.2, f"three 0.5 s handlers took {elapsed:.2f}s: they ran one after the other"
+    assert backend.balance("alice") == 10_000 - 30
 
 
 @pytest.mark.parametrize("reason", ["", "lowercase", "Has Space", "X" * 129])
@@ -283,6 +431,12 @@ def test_business_error_reasons_are_camel_case_words(reason: str) -> None:
         BusinessError(reason, "whatever")
 
 
-def test_the_inbox_refuses_a_connection_with_implicit_transactions(tmp_path: Path) -> None:
-    with pytest.raises(ValueError):
-        Inbox(sqlite3.connect(tmp_path / "x.db"))
+def test_a_sqlite_store_files_the_inbox_beside_the_participants_tables(tmp_path: Path) -> None:
+    conn = SqliteStore(tmp_path / "x.db", schema=SCHEMA).connect()
+    try:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"saga_inbox", "accounts", "debits"} <= tables
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.isolation_level is None  # the store issues its own BEGIN IMMEDIATE
+    finally:
+        conn.close()

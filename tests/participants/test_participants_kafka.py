@@ -3,7 +3,8 @@
 Every test uses participants with names of its own (so topics and consumer groups of its own) and a
 reply topic of its own, so tests neither see each other's messages nor the demo's on the same broker.
 Per-saga ordering makes the assertions deterministic: commands of one saga share a key, hence a
-partition, and a participant handles one partition's records in order.
+partition and a lane, and a participant handles one saga's records in order (different sagas' concurrently:
+test_participants_concurrency.py).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from participants_support import (
 from saga_buyvideo import SERVICES, users
 from saga_buyvideo.demo import DEMO_AGENTS, DEMO_USERS, read_ledger, seed
 from saga_participants import Participant, RetryPolicy
-from saga_participants.sdk import DLQ_ORIGINAL_OFFSET, DLQ_ORIGINAL_TOPIC, DLQ_REASON, REPLY_UNDELIVERABLE
+from saga_plumbing import DLQ_ORIGINAL_OFFSET, DLQ_ORIGINAL_TOPIC, DLQ_REASON, DLQ_SOURCE
 from saga_protocol import MAX_MESSAGE_BYTES, Command, Outcome, decode_reply, encode_command
 
 pytestmark = pytest.mark.stack
@@ -178,11 +179,15 @@ async def test_malformed_commands_are_dead_lettered_and_the_next_good_command_is
 
     reply = await kafka.reply_to(good)
     assert reply.outcome is Outcome.SUCCEEDED
-    dead = await kafka.read_topic(p.dead_letter_topic, 5)
+    # In offset order: messages of different keys (sagas) are handled, hence dead-lettered, concurrently.
+    dead = sorted(
+        await kafka.read_topic(p.dead_letter_topic, 5), key=lambda record: int(headers_of(record)[DLQ_ORIGINAL_OFFSET])
+    )
     reasons = [headers_of(record)[DLQ_REASON] for record in dead]
     assert reasons == ["NotJson", "SchemaViolation", "Oversized", "UnknownAction", "KeyMismatch"]
     assert [headers_of(record)[DLQ_ORIGINAL_OFFSET] for record in dead] == ["0", "1", "2", "3", "4"]
     assert {headers_of(record)[DLQ_ORIGINAL_TOPIC] for record in dead} == {p.command_topic}
+    assert {headers_of(record)[DLQ_SOURCE] for record in dead} == {p.name}
     assert dead[0].value == b"{not json" and dead[2].value == oversized
     assert p.metrics.value("saga_participant_malformed_messages_total", reason="Oversized") == 1
     # A decodable command that names no handler is also answered, so the step fails at once.
@@ -204,7 +209,7 @@ async def test_a_reply_that_cannot_be_produced_sends_the_command_to_the_dead_let
 
     assert (await kafka.reply_to(good)).outcome is Outcome.SUCCEEDED
     (dead,) = await kafka.read_topic(p.dead_letter_topic, 1)
-    assert headers_of(dead)[DLQ_REASON] == REPLY_UNDELIVERABLE
+    assert headers_of(dead)[DLQ_REASON] == "ReplyUndeliverable"
     # The outcome was stored before the reply failed: the debit stands, and a re-send would replay it.
     assert ledger_users(tmp_path)["alice"] == 10_000 - 1500 - 100
 

@@ -1,4 +1,5 @@
-"""Participant.process: in-process retries, replies, the simulate knob, command checks (no Kafka)."""
+"""What a participant answers, without Kafka (saga_participants.testing.run_command): in-process retries,
+replies, the opt-in fault injection (the `simulate` knob), command checks, registration."""
 
 from __future__ import annotations
 
@@ -10,14 +11,8 @@ from typing import Any
 import pytest
 from participants_support import compensation_of, make_command, unique
 
-from saga_participants import BusinessError, Participant, RetryPolicy
-from saga_participants.sdk import (
-    IDEMPOTENCY_KEY_MISMATCH,
-    INVALID_REPLY_TOPIC,
-    KEY_MISMATCH,
-    UNKNOWN_ACTION,
-    Stopping,
-)
+from saga_participants import BusinessError, Participant, ParticipantSettings, RetryPolicy
+from saga_participants.testing import FaultInjection, Unanswered, run_command
 from saga_protocol import Command, CommandKind, Outcome, Reply, decode_reply, encode_reply
 
 FAST = RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.02)
@@ -39,8 +34,8 @@ class Flaky:
         return {"runs": self.runs}
 
 
-def participant(tmp_path: Path, flaky: Flaky | None = None) -> Participant:
-    p = Participant(unique("things"), database=tmp_path / "things.db", schema=SCHEMA, retry=FAST)
+def participant(tmp_path: Path, flaky: Flaky | None = None, **options: Any) -> Participant:
+    p = Participant(unique("things"), database=tmp_path / "things.db", schema=SCHEMA, retry=FAST, **options)
     p.action("do")(flaky or Flaky(0))
 
     @p.compensation("undo")
@@ -74,7 +69,7 @@ async def test_an_unexpected_exception_is_retried_in_process_then_replied_error(
     p = participant(tmp_path, flaky)
     command = make_command(action="do", step="one")
     async with p:
-        reply = roundtrip(await p.process(command))
+        reply = roundtrip(await run_command(p, command))
 
     assert flaky.runs == FAST.attempts
     assert reply.outcome is Outcome.ERROR and not reply.duplicate
@@ -89,8 +84,8 @@ async def test_an_error_stores_nothing_so_the_operators_retry_runs_the_handler_a
     p = participant(tmp_path, flaky)
     command = make_command(action="do", step="one")
     async with p:
-        first = await p.process(command)
-        second = await p.process(command.model_copy(update={"attempt": 2, "message_id": "retry"}))
+        first = await run_command(p, command)
+        second = await run_command(p, command.model_copy(update={"attempt": 2, "message_id": "retry"}))
 
     assert first.outcome is Outcome.ERROR
     assert second.outcome is Outcome.SUCCEEDED and not second.duplicate
@@ -102,7 +97,7 @@ async def test_a_transient_failure_that_heals_in_process_succeeds(tmp_path: Path
     flaky = Flaky(failures=1)
     p = participant(tmp_path, flaky)
     async with p:
-        reply = await p.process(make_command(action="do", step="one"))
+        reply = await run_command(p, make_command(action="do", step="one"))
 
     assert reply.outcome is Outcome.SUCCEEDED and reply.result == {"runs": 2}
     assert flaky.runs == 2
@@ -112,8 +107,8 @@ async def test_a_replay_echoes_the_redelivered_attempt_with_a_fresh_message_id(t
     p = participant(tmp_path)
     command = make_command(action="do", step="one")
     async with p:
-        first = await p.process(command)
-        replay = roundtrip(await p.process(command.model_copy(update={"attempt": 3, "message_id": "again"})))
+        first = await run_command(p, command)
+        replay = roundtrip(await run_command(p, command.model_copy(update={"attempt": 3, "message_id": "again"})))
 
     assert (first.duplicate, replay.duplicate) == (False, True)
     assert replay.attempt == 3
@@ -130,7 +125,7 @@ async def test_a_replay_echoes_the_redelivered_attempt_with_a_fresh_message_id(t
 async def test_business_failure_is_replied_failed_without_retries(tmp_path: Path) -> None:
     p = participant(tmp_path)
     async with p:
-        reply = roundtrip(await p.process(make_command(action="refuse", step="one")))
+        reply = roundtrip(await run_command(p, make_command(action="refuse", step="one")))
 
     assert reply.outcome is Outcome.FAILED and reply.result is None
     assert reply.error is not None and (reply.error.reason, reply.error.message) == ("NotToday", "refused on purpose")
@@ -141,8 +136,8 @@ async def test_tombstone_and_refusal_are_counted(tmp_path: Path) -> None:
     p = participant(tmp_path)
     action = make_command(action="do", step="one")
     async with p:
-        undo = await p.process(compensation_of(action, "undo"))
-        late = await p.process(action)
+        undo = await run_command(p, compensation_of(action, "undo"))
+        late = await run_command(p, action)
 
     assert undo.outcome is Outcome.SUCCEEDED and undo.kind is CommandKind.COMPENSATION
     assert late.outcome is Outcome.FAILED and late.error is not None and late.error.reason == "AlreadyCompensated"
@@ -151,14 +146,42 @@ async def test_tombstone_and_refusal_are_counted(tmp_path: Path) -> None:
     assert p.metrics.value("saga_participant_refused_late_actions_total") == 1
 
 
-async def test_simulated_errors_fail_the_first_attempts_only(tmp_path: Path) -> None:
+def faulty(tmp_path: Path, flaky: Flaky | None = None) -> Participant:
+    """A participant started with fault injection switched on, as the harness and the tests start theirs."""
+    return participant(tmp_path, flaky, interceptors=[FaultInjection(max_delay=60.0)])
+
+
+async def test_without_fault_injection_a_payloads_simulate_block_does_nothing(tmp_path: Path) -> None:
+    """The default: a saga author cannot make a shared participant stall or fail for every tenant."""
     flaky = Flaky(failures=0)
     p = participant(tmp_path, flaky)
+    knob = {"simulate": {p.name: {"delaySeconds": 30, "errorAttempts": 5}}}
+    async with p:
+        async with asyncio.timeout(5):  # a delay obeyed would take 30 s
+            reply = await run_command(p, make_command(action="do", step="one", payload=knob))
+
+    assert reply.outcome is Outcome.SUCCEEDED and reply.result == {"runs": 1}
+    assert flaky.runs == 1
+
+
+async def test_fault_injection_is_switched_on_by_the_settings(tmp_path: Path) -> None:
+    p = participant(tmp_path, settings=ParticipantSettings(allow_fault_injection=True, max_fault_delay=0.0))
+    knob = {"simulate": {p.name: {"delaySeconds": 30, "errorAttempts": 1}}}
+    async with p:
+        async with asyncio.timeout(5):  # max_fault_delay=0 caps the delay
+            reply = await run_command(p, make_command(action="do", step="one", payload=knob))
+
+    assert reply.outcome is Outcome.ERROR and reply.error is not None and reply.error.reason == "SimulatedFault"
+
+
+async def test_simulated_errors_fail_the_first_attempts_only(tmp_path: Path) -> None:
+    flaky = Flaky(failures=0)
+    p = faulty(tmp_path, flaky)
     knob = {"simulate": {p.name: {"errorAttempts": 1}}}
     command = make_command(action="do", step="one", payload=knob)
     async with p:
-        first = await p.process(command)
-        second = await p.process(command.model_copy(update={"attempt": 2}))
+        first = await run_command(p, command)
+        second = await run_command(p, command.model_copy(update={"attempt": 2}))
 
     assert first.outcome is Outcome.ERROR and first.error is not None and first.error.reason == "SimulatedFault"
     assert second.outcome is Outcome.SUCCEEDED
@@ -166,16 +189,26 @@ async def test_simulated_errors_fail_the_first_attempts_only(tmp_path: Path) -> 
 
 
 async def test_a_simulated_delay_happens_before_anything_is_applied(tmp_path: Path) -> None:
-    p = participant(tmp_path)
+    p = faulty(tmp_path)
     command = make_command(action="do", step="one", payload={"simulate": {p.name: {"delaySeconds": 30}}})
     async with p:
-        task = asyncio.create_task(p.process(command))
-        await asyncio.sleep(0)
-        p.stop()
-        with pytest.raises(Stopping):
+        task = asyncio.create_task(run_command(p, command))
+        await asyncio.sleep(0.2)
+        task.cancel()  # what stopping the participant does to the command in hand
+        with pytest.raises(asyncio.CancelledError):
             await task
 
     assert effects(tmp_path) == 0
+
+
+async def test_a_simulated_delay_is_capped(tmp_path: Path) -> None:
+    p = participant(tmp_path, interceptors=[FaultInjection(max_delay=0.1)])
+    command = make_command(action="do", step="one", payload={"simulate": {p.name: {"delaySeconds": 30}}})
+    async with p:
+        async with asyncio.timeout(5):
+            reply = await run_command(p, command)
+
+    assert reply.outcome is Outcome.SUCCEEDED
 
 
 @pytest.mark.parametrize(
@@ -190,43 +223,48 @@ async def test_a_simulated_delay_happens_before_anything_is_applied(tmp_path: Pa
     ],
 )
 async def test_a_malformed_simulate_knob_is_ignored(tmp_path: Path, knob: Any) -> None:
-    p = participant(tmp_path)
+    p = faulty(tmp_path)
     if isinstance(knob, dict):
         knob = {p.name if k == "PARTICIPANT" else k: v for k, v in knob.items()}
     async with p:
-        reply = await p.process(make_command(action="do", step="one", payload={"simulate": knob}))
+        reply = await run_command(p, make_command(action="do", step="one", payload={"simulate": knob}))
 
     assert reply.outcome is Outcome.SUCCEEDED
 
 
 async def test_the_knob_for_another_participant_is_not_ours(tmp_path: Path) -> None:
-    p = participant(tmp_path)
+    p = faulty(tmp_path)
     async with p:
-        reply = await p.process(
-            make_command(action="do", step="one", payload={"simulate": {"other": {"errorAttempts": 5}}})
+        reply = await run_command(
+            p, make_command(action="do", step="one", payload={"simulate": {"other": {"errorAttempts": 5}}})
         )
 
     assert reply.outcome is Outcome.SUCCEEDED
 
 
-def test_checks_name_what_cannot_be_processed(tmp_path: Path) -> None:
+async def test_checks_name_what_cannot_be_processed(tmp_path: Path) -> None:
+    """Commands the participant refuses before the inbox are answered at once (an action `failed`, a
+    compensation `error`) and apply nothing; one with an unusable reply topic cannot be answered."""
     p = participant(tmp_path)
     good = make_command(action="do", step="one")
 
-    assert p.check(good, good.saga_uid.encode()) is None
-    assert p.check(make_command(action="fly", step="one"))[0] == UNKNOWN_ACTION  # type: ignore[index]
-    # "do" is an action, not a compensation: handlers are per kind.
-    assert p.check(compensation_of(good, "do"))[0] == UNKNOWN_ACTION  # type: ignore[index]
-    assert p.check(make_command(action="do", step="one", key="someone/else"))[0] == IDEMPOTENCY_KEY_MISMATCH  # type: ignore[index]
-    assert p.check(good, b"another-saga")[0] == KEY_MISMATCH  # type: ignore[index]
-    assert p.check(make_command(action="do", step="one", reply_topic="no spaces"))[0] == INVALID_REPLY_TOPIC  # type: ignore[index]
+    async def refused(command: Command, key: bytes | None = None) -> tuple[Outcome, str]:
+        reply = await run_command(p, command, key=key)
+        assert reply.error is not None, reply
+        return reply.outcome, reply.error.reason
 
-
-async def test_process_refuses_an_unregistered_handler(tmp_path: Path) -> None:
-    p = participant(tmp_path)
     async with p:
-        with pytest.raises(LookupError):
-            await p.process(make_command(action="fly", step="one"))
+        assert (await run_command(p, good, key=good.saga_uid.encode())).outcome is Outcome.SUCCEEDED
+        assert await refused(make_command(action="fly", step="one")) == (Outcome.FAILED, "UnknownAction")
+        # "do" is an action, not a compensation: handlers are per kind; and a compensation cannot fail.
+        assert await refused(compensation_of(good, "do")) == (Outcome.ERROR, "UnknownAction")
+        wrong_key = make_command(action="do", step="one", key="someone/else")
+        assert await refused(wrong_key) == (Outcome.FAILED, "IdempotencyKeyMismatch")
+        assert await refused(make_command(action="do", step="two"), b"another-saga") == (Outcome.FAILED, "KeyMismatch")
+        with pytest.raises(Unanswered) as unanswered:
+            await run_command(p, make_command(action="do", step="three", reply_topic="no spaces"))
+        assert unanswered.value.reason == "InvalidReplyTopic"
+    assert effects(tmp_path) == 1  # only the good one
 
 
 def test_registration_rejects_duplicates_and_bad_names(tmp_path: Path) -> None:

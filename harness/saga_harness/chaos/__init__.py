@@ -30,7 +30,6 @@ The modules, in the order a run goes through them:
 * `books`: the participants' databases, read back; `audit`: the checks; `report`: the figures;
 * `run`: `run_chaos`, all of the above on a stack; `cli`: `main`, the command line (`__main__`);
 * `probes`: HTTP status and polling helpers for the chaos tests;
-* `sdk_internals`: the participant SDK's names that are not exported yet, in one place.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
+from saga_plumbing import DLQ_REASON
 from saga_protocol import dead_letter_topic, idempotency_key
 
 from ..topics import header
@@ -17,7 +18,10 @@ from ..world import PARTICIPANTS
 from .books import Books
 from .malformed import MARKER, Injected
 from .plan import STEPS, SagaPlan
-from .sdk_internals import DLQ_REASON_HEADER, REPLY_UNDELIVERABLE
+
+#: A participant dead-letters a good command whose reply it could not produce in time (the broker was
+#: down): its outcome is stored, and the operator's retry gets it replayed (docs/protocol.md).
+REPLY_UNDELIVERABLE: Final = "ReplyUndeliverable"
 
 
 @dataclass
@@ -71,7 +75,7 @@ def audit(
             if len(table_rows) > 1:
                 violations.append(Violation(label, f"{len(table_rows)} rows at {service}: applied more than once"))
         # The log agrees with itself: a terminal phase only once every step is settled that way.
-        settled = {"Succeeded"} if phase == "Succeeded" else {"Compensated", "Failed", "Skipped"}
+        settled = {"Succeeded"} if phase == "Succeeded" else {"Compensated", "Refused", "Skipped"}
         unsettled = {name: s.get("state") for name, s in steps.items() if s.get("state") not in settled}
         if unsettled or len(steps) != len(STEPS):
             violations.append(Violation(label, f"phase {phase} but steps {unsettled or 'missing'}"))
@@ -114,7 +118,7 @@ def audit(
             has_rows = bool(held.get(service))
             if state == "Skipped" and (has_rows or (service, key, "action") in inbox):
                 violations.append(Violation(label, f"step {step} was never sent, yet {service} has a record of it"))
-            if state == "Failed" and has_rows:
+            if state == "Refused" and has_rows:
                 violations.append(Violation(label, f"step {step} failed (nothing applied), yet {service} has a row"))
 
     # The participants' own bookkeeping: an effect row exactly when the inbox says the action applied,
@@ -181,7 +185,7 @@ def _cause(phase: str, message: str, steps: Mapping[str, Mapping[str, Any]]) -> 
         return "Compensated: aborted"
     if " gave up after " in message:
         return "Compensated: retries used up"
-    failed = [s for s in steps.values() if s.get("state") == "Failed" and s.get("error")]
+    failed = [s for s in steps.values() if s.get("state") == "Refused" and s.get("error")]
     if failed:
         return f"Compensated: {failed[0]['error']['reason']}"
     return "Compensated"
@@ -199,7 +203,7 @@ def audit_dead_letters(
     for topic, records in dead.items():
         for record in records:
             marker = header(record, MARKER)
-            reason_raw = header(record, DLQ_REASON_HEADER) or b""
+            reason_raw = header(record, DLQ_REASON) or b""
             reason = reason_raw.decode(errors="replace")
             if marker is None:
                 if reason == REPLY_UNDELIVERABLE:

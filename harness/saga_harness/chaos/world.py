@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from saga_buyvideo import SCHEMAS, database_path
-from saga_participants import open_database
+from saga_participants import SqliteStore
 from saga_protocol import command_topic
 from saga_testenv.stack import StackEndpoints
 
@@ -170,14 +170,14 @@ class ChaosWorld:
 
 def seed_accounts(data_dir: Path, accounts: Accounts) -> None:
     """Add the run's buyers and agents next to the demo ones (the services need not be running)."""
-    users = open_database(database_path(data_dir, "users"), SCHEMAS["users"])
+    users = SqliteStore(database_path(data_dir, "users"), schema=SCHEMAS["users"]).connect()
     try:
         users.execute("BEGIN IMMEDIATE")
         users.executemany("INSERT OR REPLACE INTO accounts (user_id, balance) VALUES (?, ?)", accounts.users.items())
         users.execute("COMMIT")
     finally:
         users.close()
-    agents = open_database(database_path(data_dir, "agents"), SCHEMAS["agents"])
+    agents = SqliteStore(database_path(data_dir, "agents"), schema=SCHEMAS["agents"]).connect()
     try:
         agents.execute("BEGIN IMMEDIATE")
         agents.executemany(

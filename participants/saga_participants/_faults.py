@@ -1,4 +1,4 @@
-"""The `simulate` demo knob: a saga payload can ask one participant to be slow or flaky.
+"""`FaultInjection`: the opt-in interceptor that obeys a saga payload's `simulate` block.
 
     {"buyer": "alice", ..., "simulate": {"users": {"delaySeconds": 2.5, "delayAttempts": 1}}}
 
@@ -8,18 +8,24 @@ step timeout fires and it retries), and
     {"simulate": {"agents": {"errorAttempts": 2}}}
 
 makes the `agents` action fail with a transient error on attempts 1 and 2 (reply outcome `error`, so the
-operator retries) and succeed on attempt 3. It exists for demos, end-to-end tests and chaos runs: it is
-part of the payload the user wrote, so it is visible in the Saga's spec and never a hidden switch. A
-malformed knob is ignored with a warning: a demo knob must not be able to break a real saga.
+operator retries) and succeed on attempt 3. It exists for demos, end-to-end tests and chaos runs, and is
+OFF unless a participant is started with it (`Participant(..., interceptors=[FaultInjection()])`,
+`SAGA_ALLOW_FAULT_INJECTION=true`, `saga-participant run --allow-fault-injection`): a shared participant
+must not let any saga author stall or fail it for every tenant. A malformed knob is ignored with a warning:
+a demo knob must not be able to break a real saga.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from saga_participants._handlers import Handler
+from saga_participants._inbox import Decision
+from saga_participants._pipeline import Proceed
 from saga_protocol import Command, CommandKind
 
 log = logging.getLogger(__name__)
@@ -32,8 +38,43 @@ class SimulatedFault(RuntimeError):
 
 
 @dataclass(frozen=True)
+class FaultInjection:
+    """Obey the `simulate` block a saga's payload addresses to this participant; delays capped at `max_delay`."""
+
+    max_delay: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_delay < 0:
+            raise ValueError(f"max_delay must not be negative, not {self.max_delay}")
+
+    async def __call__(self, participant: str, command: Command, handler: Handler, proceed: Proceed) -> Decision:
+        simulation = simulation_for(command, participant)
+        if simulation is None:
+            return await proceed(handler)
+        # The delay comes before the inbox is consulted, so a redelivery is slow too, as a slow real
+        # service would be; it holds up this saga's later commands, not other sagas'.
+        delay = min(simulation.delay_for(command), self.max_delay)
+        if delay > 0:
+            log.info(
+                "simulate: delaying %s %s of %s by %.1fs",
+                command.kind.value,
+                command.action,
+                command.idempotency_key,
+                delay,
+            )
+            await asyncio.sleep(delay)
+        if simulation.fails(command):
+
+            def failing(*_: Any) -> None:
+                raise SimulatedFault(f"simulate: transient fault requested for attempt {command.attempt}")
+
+            handler = failing
+        return await proceed(handler)
+
+
+@dataclass(frozen=True)
 class Simulation:
-    #: Seconds to wait before handling the command (capped by the participant's max_simulated_delay).
+    #: Seconds to wait before handling the command (capped by FaultInjection.max_delay).
     delay_seconds: float = 0.0
     #: Only delay commands whose attempt is at most this (None: every attempt).
     delay_attempts: int | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-# Handlers touch one SQLite file: most run in milliseconds; the long tail is lock waits and simulated delays.
+# Handlers touch one database: most run in milliseconds; the long tail is lock waits and slow dependencies.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -73,6 +73,13 @@ class ParticipantMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.in_flight = Gauge(
+            "saga_participant_in_flight",
+            "Commands between fetch and finish: being handled, or waiting behind an earlier command of their saga.",
+            ["participant"],
+            registry=r,
+        )
+        self.in_flight.labels(participant).set(0)
         self.ready = Gauge(
             "saga_participant_ready",
             "1 while the participant consumes its command topic.",
