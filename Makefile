@@ -61,11 +61,11 @@ generate: $(STAMP) ## regenerate the CRD, the finalizer policy and the protocol 
 	$(PY) -m saga_protocol.schema > docs/protocol.schema.json
 
 .PHONY: lint
-lint: $(STAMP) ## ruff (lint and format), the import contracts (pyproject.toml), mypy strict
+lint: $(STAMP) ## ruff (lint and format), the import contracts (pyproject.toml), mypy strict over the code and the tests
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports --no-logo
-	$(VENV)/bin/mypy operator protocol participants testenv harness
+	$(VENV)/bin/mypy operator protocol participants testenv harness tests
 
 # ---- container image and kind (docs/kind.md) --------------------------------------------------
 # Needs Docker (a running engine), kind and kubectl; none of them runs on the CI machines, where the

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ class Services:
 
 
 @pytest.fixture
-def services(tmp_path: Path) -> Services:
+def services(tmp_path: Path) -> Iterator[Services]:
     s = Services(tmp_path)
     yield s
     s.close()

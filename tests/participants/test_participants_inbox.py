@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ class Counted:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> sqlite3.Connection:
+def db(tmp_path: Path) -> Iterator[sqlite3.Connection]:
     conn = open_database(tmp_path / "users.db", users.SCHEMA)
     conn.executemany("INSERT INTO accounts VALUES (?, ?)", [("alice", 10_000), ("bob", 500)])
     yield conn
