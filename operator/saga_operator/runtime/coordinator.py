@@ -384,7 +384,12 @@ class Coordinator:
         while True:
             try:
                 body = await self.kube.write_status(entry.ref, status, entry.resource_version)
-            except (Conflict, Gone):
+            except Conflict:
+                raise
+            except Gone:
+                # Deleted behind our back (its finalizer removed by hand): forget it, as a re-read that finds
+                # it gone does, instead of keeping it until a watch event or a deadline says so.
+                self.sagas.pop(entry.ref.uid, None)
                 raise
             except Exception as exc:
                 self.api_healthy = False
