@@ -62,10 +62,19 @@ generate: $(STAMP) ## regenerate the CRD, the finalizer policy, the protocol JSO
 	$(PY) -m saga_operator.domain.lifecycle --mermaid --into docs/architecture.md
 
 .PHONY: lint
-lint: $(STAMP) ## ruff and mypy
+lint: $(STAMP) ## ruff (lint and format), the import contracts (pyproject.toml), mypy strict over the code and the tests
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy operator protocol participants testenv harness
+	$(VENV)/bin/lint-imports --no-logo
+	$(VENV)/bin/mypy operator protocol participants testenv harness tests
+
+# The tests that need no stack: tests/domain and tests/unit, without the `stack` marker. The testenv plugin is not
+# loaded, so a test there that asks for the stack fails instead of starting one.
+PURE_TESTS := tests/domain tests/unit
+
+.PHONY: check
+check: lint ## the fast loop, no stack built or started: lint, then the pure tests (tests/domain, tests/unit)
+	$(PY) -m pytest -p no:saga_testenv.pytest_plugin -m 'not stack' -q $(PURE_TESTS)
 
 # ---- container image and kind (docs/kind.md) --------------------------------------------------
 # Needs Docker (a running engine), kind and kubectl; none of them runs on the CI machines, where the

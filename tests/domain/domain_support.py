@@ -54,7 +54,7 @@ def step(
         name=name,
         participant=f"{name}-svc",
         action=f"do-{name}",
-        compensation=f"undo-{name}" if compensation is _NO_COMPENSATION else compensation,  # type: ignore[arg-type]
+        compensation=f"undo-{name}" if compensation is _NO_COMPENSATION else compensation,
         depends_on=depends_on,
         timeout_seconds=timeout,
         retry=RetryPolicy(limit=retries, backoff_seconds=backoff, max_backoff_seconds=max_backoff),

@@ -94,7 +94,7 @@ def test_business_failure_at_step_k_compensates_k_minus_1_to_1_in_reverse_order(
     effects = saga.reply(failed, Outcome.FAILED, reason="InsufficientFunds")
     sent += sends(effects)
     assert ("Warning", "StepRefused") in events(effects)
-    assert saga.record(failed).error is not None and saga.record(failed).error.reason == "InsufficientFunds"
+    assert (error := saga.record(failed).error) is not None and error.reason == "InsufficientFunds"
     assert saga.status.message is not None and f"step {failed} refused" in saga.status.message
     assert condition(saga.status, "Succeeded") == "False"
 
@@ -422,7 +422,7 @@ def test_compensation_attempt_limit_marks_the_saga_failed_and_a_retry_token_resu
 
 
 def pivot_saga(**pivot_kwargs: object) -> Saga:
-    saga = Saga(saga_spec(step("a"), step("b"), pivot("p", **pivot_kwargs)))  # type: ignore[arg-type]
+    saga = Saga(saga_spec(step("a"), step("b"), pivot("p", **pivot_kwargs)))
     saga.start()
     saga.succeed("a", "b")
     assert saga.states["p"] == StepState.DISPATCHED

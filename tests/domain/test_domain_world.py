@@ -515,13 +515,14 @@ class SagaWorld(RuleBasedStateMachine):
         """Nothing moves a Succeeded or Compensated saga: replays of every reply, aborts, ticks, restarts."""
         final = self.status
         far = self.clock + timedelta(days=1)
-        for event in [
+        replays: list[Event] = [
             *(ReplyReceived(reply, far) for reply in self.history.delivered),
             AbortRequested(far),
             Tick(far),
             Resumed(far),
             RetryRequested("one-more", far),
-        ]:
+        ]
+        for event in replays:
             after, effects = transition(self.spec, final, event)
             assert after == final, f"{event} changed a finished saga"
             assert all(isinstance(e, ReplyIgnored) and not e.invalid for e in effects), (event, effects)

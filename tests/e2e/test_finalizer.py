@@ -10,7 +10,8 @@ from collections.abc import Callable
 import pytest
 import yaml
 
-from saga_harness.world import SagaWorld, buy_video_saga, serves_mutating_admission_policies
+from saga_harness.manifests import buy_video_saga
+from saga_harness.world import SagaWorld, serves_mutating_admission_policies
 from saga_operator.domain.model import FINALIZER
 
 pytestmark = pytest.mark.stack

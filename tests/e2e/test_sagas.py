@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from saga_harness.world import SagaWorld, buy_video_saga
+from saga_harness.manifests import buy_video_saga
+from saga_harness.world import SagaWorld
 
 pytestmark = pytest.mark.stack
 

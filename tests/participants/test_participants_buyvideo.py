@@ -12,6 +12,7 @@ import asyncio
 import sqlite3
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ class Services:
 
 
 @pytest.fixture
-def services(tmp_path: Path) -> Services:
+def services(tmp_path: Path) -> Iterator[Services]:
     s = Services(tmp_path)
     yield s
     s.close()
@@ -89,7 +90,7 @@ def test_business_failures_change_nothing(
     decision = services.deliver(service, step_command(str(uuid.uuid4()), step, payload))
 
     assert decision.outcome is Outcome.FAILED
-    assert decision.error.reason == reason
+    assert decision.error is not None and decision.error.reason == reason
     assert read_ledger(services.data_dir) == before
 
 
@@ -105,7 +106,7 @@ def test_a_live_purchase_locks_the_video_for_that_buyer_until_it_is_removed(serv
     assert services.deliver("videos", first).outcome is Outcome.SUCCEEDED
 
     second = services.deliver("videos", step_command(str(uuid.uuid4()), 0, order()))
-    assert second.outcome is Outcome.FAILED and second.error.reason == "AlreadyPurchased"
+    assert second.outcome is Outcome.FAILED and second.error is not None and second.error.reason == "AlreadyPurchased"
     other_buyer = services.deliver("videos", step_command(str(uuid.uuid4()), 0, order(buyer="carol")))
     assert other_buyer.outcome is Outcome.SUCCEEDED
 

@@ -258,7 +258,7 @@ async def test_three_services_over_kafka_conserve_money_whatever_the_saga_outcom
     compensated: list[str] = []
 
     async def saga(payload: dict[str, Any]) -> str:
-        uid, done = str(uuid.uuid4()), []
+        uid, done = str(uuid.uuid4()), list[tuple[str, str, Command]]()
         for service, step, action, _ in BUY_VIDEO_STEPS:
             command = kafka.with_reply_topic(make_command(saga_uid=uid, step=step, action=action, payload=payload))
             await kafka.send(command, services[service].command_topic)

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from saga_operator.adapters.kube import Conflict, Gone, KubeClient, SagaRef
+from saga_operator.adapters.kube import Conflict, Gone, SagaRef
 from saga_operator.domain.events import (
     AbortRequested,
     Effect,
@@ -42,6 +42,7 @@ from saga_operator.domain.model import (
 )
 from saga_operator.domain.transition import next_deadline, transition
 from saga_operator.runtime.metrics import Metrics
+from saga_operator.runtime.ports import SagaStore
 from saga_protocol import Command, CommandKind, Reply, command_topic, idempotency_key
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ def _first_error(exc: ValidationError) -> str:
 class Coordinator:
     def __init__(
         self,
-        kube: KubeClient,
+        kube: SagaStore,
         send: SendFn,
         ensure_topics: EnsureTopicsFn,
         metrics: Metrics,
@@ -382,7 +383,12 @@ class Coordinator:
         while True:
             try:
                 body = await self.kube.write_status(entry.ref, status, entry.resource_version)
-            except (Conflict, Gone):
+            except Conflict:
+                raise
+            except Gone:
+                # Deleted behind our back (its finalizer removed by hand): forget it, as a re-read that finds
+                # it gone does, instead of keeping it until a watch event or a deadline says so.
+                self.sagas.pop(entry.ref.uid, None)
                 raise
             except Exception as exc:
                 self.api_healthy = False
