@@ -53,12 +53,13 @@ demo: $(STAMP) ## the buy-video sagas end to end on the local stack: kubectl get
 	$(PY) -m saga_harness.demo
 
 .PHONY: generate
-generate: $(STAMP) ## regenerate the CRD, the finalizer policy and the protocol JSON Schema from the pydantic models
+generate: $(STAMP) ## regenerate the CRD, the finalizer policy, the protocol JSON Schema and the settings table from the pydantic models
 	$(PY) -m saga_operator.crd > crds/saga.dev_sagas.yaml
 	$(PY) -m saga_operator.crd --finalizer-policy > crds/saga.dev_finalizer-policy.yaml
 	cp crds/saga.dev_sagas.yaml manifests/base/crds/
 	cp crds/saga.dev_finalizer-policy.yaml manifests/admission/
 	$(PY) -m saga_protocol.schema > docs/protocol.schema.json
+	$(PY) -m saga_operator.config --update docs/operations.md
 
 .PHONY: lint
 lint: $(STAMP) ## ruff and mypy

@@ -62,7 +62,7 @@ class OperatorApp:
             "Kubernetes API", lambda: KubeClient.connect(self.settings.kubeconfig, self.settings.kube_proxy_from_env)
         )
         await self._retry("Kafka topics", self._ensure_base_topics)
-        self._producer = kafka.new_producer(self.settings.kafka_bootstrap_servers)
+        self._producer = kafka.new_producer(self.settings.kafka.bootstrap_servers)
         await self._retry("Kafka producer", self._producer.start)
         self.coordinator = Coordinator(
             self._kube,
@@ -74,7 +74,7 @@ class OperatorApp:
         )
         await self._resume_all()
         self._consumer = kafka.new_reply_consumer(
-            self.settings.kafka_bootstrap_servers, self.settings.reply_topic, self.settings.consumer_group
+            self.settings.kafka.bootstrap_servers, self.settings.reply_topic, self.settings.consumer_group
         )
         await self._retry("Kafka consumer", self._consumer.start)
         self._kafka_healthy = True
@@ -166,7 +166,7 @@ class OperatorApp:
 
     async def _ensure_topics(self, names: list[str]) -> None:
         await kafka.ensure_topics(
-            self.settings.kafka_bootstrap_servers,
+            self.settings.kafka.bootstrap_servers,
             names,
             self.settings.topic_partitions,
             self.settings.topic_replication_factor,

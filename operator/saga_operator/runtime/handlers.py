@@ -12,7 +12,7 @@ from typing import Any
 
 import kopf
 
-from saga_operator.config import Settings
+from saga_operator import config
 from saga_operator.domain.model import GROUP, PLURAL, VERSION
 from saga_operator.runtime.app import OperatorApp
 
@@ -32,7 +32,8 @@ async def start_operator(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: 
     # throughput unchanged. (Our handler is stateless, so a worker exiting early costs nothing.)
     settings.watching.chunk_size = 500
     settings.queueing.idle_timeout = 0.5
-    app = OperatorApp(Settings.from_env())
+    # The settings come from __main__ (read and checked before Kopf starts); from the environment otherwise.
+    app = OperatorApp(memo.get("settings") or config.load())
     memo["app"] = app
     await app.start()
 
