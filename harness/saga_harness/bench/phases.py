@@ -43,6 +43,7 @@ from saga_operator.adapters.kube import status_patch
 from saga_operator.domain.events import ReplyReceived, Start
 from saga_operator.domain.model import FINALIZER, GROUP, KIND, PLURAL, VERSION, SagaSpec, SagaStatus
 from saga_operator.domain.transition import transition
+from saga_plumbing import KafkaSettings
 from saga_protocol import Command, CommandKind, Outcome, Reply, command_topic, decode_reply, idempotency_key
 from saga_testenv import procs
 from saga_testenv.kafka import TopicSpec, ensure_topics
@@ -421,7 +422,7 @@ async def floor_kafka(bench: Bench, round_trips: int) -> dict[str, Any]:
     bootstrap = bench.endpoints.kafka_bootstrap
     topic = command_topic(bench.floor_participant)
     reply_topic = bench.reply_topic("floor")
-    producer = operator_kafka.new_producer(bootstrap)
+    producer = operator_kafka.new_producer(KafkaSettings(bootstrap_servers=bootstrap))
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await producer.start()
     await consumer.start()
