@@ -1,6 +1,8 @@
 """`python -m saga_operator` / `saga-operator`: run the operator.
 
-Exit status 2 for settings that do not parse, with one CRITICAL line on stderr naming the variable.
+Exit status: 2 for settings that do not parse (the message names the variable), 1 when start-up fails for
+a reason a wait does not fix (a port in use, a broker refusing the credentials, ...), with one CRITICAL
+line on stderr saying why. Outages of the API server or Kafka do not end the process: it waits, not ready.
 """
 
 from __future__ import annotations
@@ -40,12 +42,29 @@ def main(argv: list[str] | None = None) -> None:
 
     import saga_operator.runtime.handlers  # noqa: F401 - registers the Kopf handlers
 
-    kopf.run(
-        standalone=True,  # one active replica (Deployment strategy Recreate); see docs/architecture.md
-        clusterwide=not settings.namespace,
-        namespaces=[settings.namespace] if settings.namespace else (),
-        memo=kopf.Memo(settings=settings),
-    )
+    try:
+        kopf.run(
+            standalone=True,  # one active replica (Deployment strategy Recreate); see docs/architecture.md
+            clusterwide=not settings.namespace,
+            namespaces=[settings.namespace] if settings.namespace else (),
+            memo=kopf.Memo(settings=settings),
+        )
+    except Exception as exc:
+        failure = _start_up_failure(exc)
+        if failure is None:
+            raise
+        log.critical("saga-operator cannot start: %s", failure)
+        sys.exit(1)
+
+
+def _start_up_failure(exc: BaseException) -> str | None:
+    """The start-up handler's PermanentError (runtime.handlers), if that is what ended Kopf."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, kopf.PermanentError):
+            return str(cause)
+        cause = cause.__cause__
+    return None
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
         default=8080,
         ge=0,
         le=65535,
-        description="Its port: `/healthz`, `/readyz`, `/metrics`.",
+        description="Its port: `/healthz`, `/readyz`, `/metrics`. Already in use: the operator exits (status 1).",
     )
     max_backoff_seconds: float = Field(
         default=30,

@@ -5,6 +5,7 @@ KafkaConnectionError as a broker that is down, so these tests fake the connectio
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import socket
 import ssl
@@ -14,6 +15,9 @@ import pytest
 from aiokafka import errors
 
 import saga_plumbing.kafka as plumbing_kafka
+from saga_operator.adapters.kube import KubeClient
+from saga_operator.config import load
+from saga_operator.runtime.app import OperatorApp
 from saga_plumbing import (
     AUTHENTICATION_ERRORS,
     TRANSIENT_KAFKA_ERRORS,
@@ -135,3 +139,50 @@ async def test_no_broker_listening_is_a_connection_error_without_a_fake() -> Non
         with pytest.raises(errors.KafkaConnectionError) as down:
             await check_authentication(KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}"), request_timeout=2)
     assert isinstance(down.value, TRANSIENT_KAFKA_ERRORS)
+
+
+class _FakeKube:
+    closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_the_operator_stops_starting_on_a_refused_login(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outages before it are waited out (not ready, saying why); the refusal ends start-up with the broker
+    and the principal named, and everything started so far (probe server, Kubernetes client) is stopped."""
+    for name in ("SAGA_HTTP_PORT", "SAGA_HTTP_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    kube = _FakeKube()
+
+    async def connect(kubeconfig: str | None, proxy_from_env: bool = False) -> _FakeKube:
+        return kube
+
+    monkeypatch.setattr(KubeClient, "connect", staticmethod(connect))
+    connections = _Connections(
+        ConnectionRefusedError(111, "Connection refused"),  # broker-0 still starting
+        ConnectionRefusedError(111, "Connection refused"),  # broker-1 too: a transient outage, retried
+        _refused(),
+    )
+    monkeypatch.setattr(plumbing_kafka, "create_conn", connections)
+    app = OperatorApp(load(http_host="127.0.0.1", http_port=0, kafka=SECURED, max_backoff_seconds=1))
+    app._backoff = Backoff(initial=0.05, maximum=0.1)
+    seen: list[str | None] = []
+
+    async def watch() -> None:
+        while True:
+            seen.append(app.not_ready())
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        with pytest.raises(KafkaAuthenticationError, match=r"broker-0\.kafka:9093 refused to authenticate User:saga"):
+            await asyncio.wait_for(app.start(), timeout=10)
+    finally:
+        watcher.cancel()
+    assert len(connections.calls) == 3
+    assert "starting: connecting to Kafka at broker-0.kafka:9093,broker-1.kafka:9093 as User:saga-operator" in seen
+    assert None not in seen  # never ready
+    assert not app.started.is_set()
+    assert kube.closed
+    assert app._probes._runner is None  # the probe server is stopped too

@@ -4,7 +4,8 @@ Start-up: probes answer at once (not ready); the Kubernetes client and Kafka are
 transient outages (saga_plumbing.retry_transient); every Saga is listed and resumed from its `.status`
 *before* replies are consumed, so no reply can arrive for a saga the operator does not know yet; then
 the reply pump, the deadline timer and the Event poster run until shutdown. What a wait does not fix (a
-port in use, a topic the broker will not create) raises out of `start`.
+port in use, a broker refusing the credentials, a topic it will not create) raises out of `start`, and
+the process ends (runtime.handlers, __main__).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from saga_plumbing import (
     DeadLetterWriter,
     ProbeServer,
     TopicSpec,
+    check_authentication,
     ensure_topics,
     retry_transient,
 )
@@ -97,6 +99,12 @@ class OperatorApp:
             "connecting to the Kubernetes API",
             lambda: KubeClient.connect(settings.kubeconfig, settings.kube_proxy_from_env),
             TRANSIENT_API_ERRORS,
+        )
+        # A refused login raises KafkaAuthenticationError (broker and principal named), in no transient tuple.
+        await self._step(
+            f"connecting to Kafka at {brokers.bootstrap_servers} as {brokers.principal}",
+            lambda: check_authentication(brokers),
+            TRANSIENT_KAFKA_ERRORS,
         )
         await self._step("creating the Kafka topics", self._ensure_base_topics, TRANSIENT_KAFKA_ERRORS)
         producer = self._producer = kafka.new_producer(brokers)

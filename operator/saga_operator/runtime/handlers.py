@@ -35,7 +35,13 @@ async def start_operator(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: 
     # The settings come from __main__ (read and checked before Kopf starts); from the environment otherwise.
     app = OperatorApp(memo.get("settings") or config.load())
     memo["app"] = app
-    await app.start()
+    try:
+        await app.start()
+    except Exception as exc:
+        # Kopf's default would run the start-up again every 60 s, the process alive and serving nothing. Start
+        # waits out transient outages itself, so what gets here needs a person (a port in use, a refused Kafka
+        # login, a topic the broker will not create): fail for good, and `python -m saga_operator` exits 1.
+        raise kopf.PermanentError(f"{type(exc).__name__}: {exc}") from exc
 
 
 @kopf.on.cleanup()
