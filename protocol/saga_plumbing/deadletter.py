@@ -78,7 +78,8 @@ class DeadLetterWriter:
         self._stop = stop
 
     async def write(self, record: Record, reason: str, detail: str) -> None:
-        value: bytes = record.value if record.value is not None else b""
+        # A null value (a tombstone, an empty message) stays null: the bytes are the original's, unchanged.
+        value = record.value
         headers = dead_letter_headers(record, reason, detail, self.source)
 
         async def send() -> None:
@@ -87,7 +88,7 @@ class DeadLetterWriter:
                 await self.producer.send_and_wait(self.topic, value, key=record.key, headers=headers)
             except MessageSizeTooLargeError:
                 # The original fit where it came from but not with our headers: keep its beginning.
-                if (DLQ_TRUNCATED, b"true") in headers:
+                if value is None or (DLQ_TRUNCATED, b"true") in headers:
                     raise
                 value = value[:TRUNCATED_VALUE_LIMIT]
                 headers.append((DLQ_TRUNCATED, b"true"))
