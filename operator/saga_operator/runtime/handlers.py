@@ -32,15 +32,14 @@ async def start_operator(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: 
     # throughput unchanged. (Our handler is stateless, so a worker exiting early costs nothing.)
     settings.watching.chunk_size = 500
     settings.queueing.idle_timeout = 0.5
-    # The settings come from __main__ (read and checked before Kopf starts); from the environment otherwise.
-    app = OperatorApp(memo.get("settings") or config.load())
-    memo["app"] = app
     try:
+        # The settings come from __main__ (read and checked before Kopf starts); from the environment otherwise.
+        app = memo["app"] = OperatorApp(memo.get("settings") or config.load())
         await app.start()
     except Exception as exc:
         # Kopf's default would run the start-up again every 60 s, the process alive and serving nothing. Start
         # waits out transient outages itself, so what gets here needs a person (a port in use, a refused Kafka
-        # login, a topic the broker will not create): fail for good, and `python -m saga_operator` exits 1.
+        # login, a topic the broker will not create, bad settings): fail for good; __main__ exits 1.
         raise kopf.PermanentError(f"{type(exc).__name__}: {exc}") from exc
 
 
