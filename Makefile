@@ -53,13 +53,14 @@ demo: $(STAMP) ## the buy-video sagas end to end on the local stack: kubectl get
 	$(PY) -m saga_harness.demo
 
 .PHONY: generate
-generate: $(STAMP) ## regenerate the CRD, the finalizer policy, the protocol JSON Schema and the step lifecycle diagram (docs/architecture.md) from their sources
+generate: $(STAMP) ## regenerate the CRD, the finalizer policy, the protocol JSON Schema, the step lifecycle diagram and the settings table from their sources
 	$(PY) -m saga_operator.crd > crds/saga.dev_sagas.yaml
 	$(PY) -m saga_operator.crd --finalizer-policy > crds/saga.dev_finalizer-policy.yaml
 	cp crds/saga.dev_sagas.yaml manifests/base/crds/
 	cp crds/saga.dev_finalizer-policy.yaml manifests/admission/
 	$(PY) -m saga_protocol.schema > docs/protocol.schema.json
 	$(PY) -m saga_operator.domain.lifecycle --mermaid --into docs/architecture.md
+	$(PY) -m saga_operator.config --update docs/operations.md
 
 .PHONY: lint
 lint: $(STAMP) ## ruff (lint and format), the import contracts (pyproject.toml), mypy strict over the code and the tests

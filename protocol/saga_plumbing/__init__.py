@@ -17,11 +17,21 @@ from saga_plumbing.deadletter import (
     DeadLetterWriter,
     dead_letter_headers,
 )
-from saga_plumbing.kafka import KafkaSettings, TopicSpec, ensure_topics
+from saga_plumbing.kafka import (
+    AUTHENTICATION_ERRORS,
+    TRANSIENT_KAFKA_ERRORS,
+    KafkaAuthenticationError,
+    KafkaSettings,
+    TopicCreationError,
+    TopicSpec,
+    check_authentication,
+    ensure_topics,
+)
 from saga_plumbing.probes import PortInUse, ProbeServer
 from saga_plumbing.retry import Backoff, retry_transient
 
 __all__ = [
+    "AUTHENTICATION_ERRORS",
     "DLQ_DETAIL",
     "DLQ_ORIGINAL_OFFSET",
     "DLQ_ORIGINAL_PARTITION",
@@ -30,12 +40,16 @@ __all__ = [
     "DLQ_SOURCE",
     "DLQ_TIME",
     "DLQ_TRUNCATED",
+    "TRANSIENT_KAFKA_ERRORS",
     "Backoff",
     "DeadLetterWriter",
+    "KafkaAuthenticationError",
     "KafkaSettings",
     "PortInUse",
     "ProbeServer",
+    "TopicCreationError",
     "TopicSpec",
+    "check_authentication",
     "dead_letter_headers",
     "ensure_topics",
     "retry_transient",

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import MessageSizeTooLargeError
 
+from saga_plumbing.kafka import TRANSIENT_KAFKA_ERRORS
 from saga_plumbing.retry import Backoff, retry_transient
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,9 @@ def dead_letter_headers(record: Record, reason: str, detail: str, source: str) -
 
 
 class DeadLetterWriter:
-    """Sets records aside on one dead-letter topic. Retries until the broker takes the record: the caller
-    commits the original's offset only after `write` returns, so giving up would lose the message."""
+    """Sets records aside on one dead-letter topic. Retries an outage until the broker takes the record: the
+    caller commits the original's offset only after `write` returns, so giving up would lose the message. A
+    refusal that needs a person (a missing ACL, say) raises, and the original stays uncommitted."""
 
     def __init__(self, producer: Producer, topic: str, source: str, *, stop: asyncio.Event | None = None) -> None:
         self.producer = producer
@@ -82,7 +84,8 @@ class DeadLetterWriter:
         self._stop = stop
 
     async def write(self, record: Record, reason: str, detail: str) -> None:
-        value: bytes = record.value if record.value is not None else b""
+        # A null value (a tombstone, an empty message) stays null: the bytes are the original's, unchanged.
+        value = record.value
         headers = dead_letter_headers(record, reason, detail, self.source)
 
         async def send() -> None:
@@ -91,7 +94,7 @@ class DeadLetterWriter:
                 await self.producer.send_and_wait(self.topic, value, key=record.key, headers=headers)
             except MessageSizeTooLargeError:
                 # The original fit where it came from but not with our headers: keep its beginning.
-                if (DLQ_TRUNCATED, b"true") in headers:
+                if value is None or (DLQ_TRUNCATED, b"true") in headers:
                     raise
                 value = value[:TRUNCATED_VALUE_LIMIT]
                 headers.append((DLQ_TRUNCATED, b"true"))
@@ -100,7 +103,7 @@ class DeadLetterWriter:
         await retry_transient(
             f"dead-lettering {record.topic}:{record.partition}@{record.offset} to {self.topic}",
             send,
-            transient=(KafkaError, TimeoutError),
+            transient=TRANSIENT_KAFKA_ERRORS,
             backoff=Backoff(initial=0.2, maximum=10.0),
             stop=self._stop,
         )

@@ -1,8 +1,11 @@
-"""Kafka client settings (security included) and topic creation, for the operator and the SDK alike.
+"""Kafka client settings (security included), topic creation and the errors worth retrying, for the
+operator and the SDK alike.
 
 `KafkaSettings` is read from the environment (`KAFKA_*`, see docs/operations.md) or built in code, and
 turns into the keyword arguments every aiokafka client takes (`client_options()`), so the operator's
 producer and consumer, a participant's, and the admin client that creates topics connect the same way.
+`check_authentication` tells a refused login from a broker that is down, which aiokafka's clients do
+not; `TRANSIENT_KAFKA_ERRORS` is what `retry_transient` may retry (never a refused login).
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from aiokafka import errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 from pydantic import Field, SecretStr, model_validator
@@ -138,3 +143,101 @@ class TopicCreationError(RuntimeError):
         super().__init__(f"creating topic {topic} failed with Kafka error code {code}: {message or ''}".rstrip(": "))
         self.topic = topic
         self.code = code
+
+
+#: The broker is away, restarting, moving a leader or a group coordinator, or rebalancing: waiting and trying
+#: again helps. Every aiokafka error that marks itself `retriable`, and the outage errors it does not mark.
+#: Refusals that need a person are not here, so `retry_transient` lets them through at once: a wrong password
+#: or mechanism (AUTHENTICATION_ERRORS), a missing ACL (`*AuthorizationFailedError`), a record too large,
+#: an invalid topic layout.
+TRANSIENT_KAFKA_ERRORS: tuple[type[BaseException], ...] = (
+    errors.KafkaConnectionError,
+    errors.NodeNotReadyError,
+    errors.NoBrokersAvailable,
+    errors.MetadataEmptyBrokerList,
+    errors.StaleMetadata,
+    errors.TooManyInFlightRequests,
+    errors.KafkaProtocolError,  # a connection cut mid-response (CorrelationIdError is one)
+    errors.Cancelled,
+    errors.KafkaTimeoutError,
+    errors.RequestTimedOutError,
+    errors.KafkaUnavailableError,
+    errors.BrokerNotAvailableError,
+    errors.LeaderNotAvailableError,
+    errors.NotLeaderForPartitionError,
+    errors.NotEnoughReplicasError,
+    errors.NotEnoughReplicasAfterAppendError,
+    errors.KafkaStorageError,
+    errors.NotControllerError,
+    errors.UnknownTopicOrPartitionError,  # a topic just created, its metadata not everywhere yet
+    errors.CoordinatorNotAvailableError,
+    errors.CoordinatorLoadInProgressError,
+    errors.NotCoordinatorError,
+    errors.RebalanceInProgressError,
+    errors.CommitFailedError,  # the group rebalanced under a commit: the next one carries the new assignment
+    TimeoutError,
+    ConnectionError,
+)
+
+#: A broker refusing who the settings say we are. Never transient. aiokafka's clients raise these only from
+#: their own connections and report a refused bootstrap as KafkaConnectionError, the same as a broker that
+#: is down: `check_authentication` opens a connection itself to tell the two apart.
+AUTHENTICATION_ERRORS: tuple[type[BaseException], ...] = (
+    errors.SaslAuthenticationFailed,
+    errors.AuthenticationFailedError,
+    errors.AuthenticationMethodNotSupported,
+    errors.UnsupportedSaslMechanismError,
+    errors.IllegalSaslStateError,  # SASL spoken to a listener that does not expect it
+)
+
+
+class KafkaAuthenticationError(RuntimeError):
+    """A broker refused these settings: wrong password, mechanism, certificate or security protocol.
+    Not a KafkaError, and in no transient tuple: a person must change the settings."""
+
+    def __init__(self, broker: str, kafka: KafkaSettings, cause: BaseException) -> None:
+        super().__init__(
+            f"Kafka broker {broker} refused to authenticate {_identity(kafka)}: {type(cause).__name__}: {cause}"
+        )
+        self.broker = broker
+        self.principal = kafka.principal
+
+
+def _identity(kafka: KafkaSettings) -> str:
+    if kafka.security_protocol.startswith("SASL_"):
+        return f"{kafka.principal} ({kafka.security_protocol}, {kafka.sasl_mechanism})"
+    if kafka.ssl_cert_file is not None:
+        return f"the client certificate {kafka.ssl_cert_file} ({kafka.security_protocol})"
+    return f"{kafka.principal} ({kafka.security_protocol})"
+
+
+def _refused_tls(exc: BaseException) -> bool:
+    """A TLS handshake that failed for a reason a retry does not change (an unverifiable certificate, ours
+    refused, TLS spoken to a plaintext listener); a handshake cut short by a restarting broker is transient."""
+    return isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError)
+
+
+async def check_authentication(kafka: KafkaSettings, *, request_timeout: float = 10.0) -> None:
+    """Open one connection to a bootstrap broker with these settings, as every client will, and close it.
+
+    Raises KafkaAuthenticationError, naming the broker and the principal, when a broker refuses the
+    credentials or the TLS handshake; KafkaConnectionError (transient) when no broker answered at all.
+    """
+    options = kafka.client_options()
+    options.pop("bootstrap_servers")
+    last: BaseException | None = None
+    for host, port, _ in collect_hosts(kafka.bootstrap_servers, randomize=False):
+        try:
+            conn = await create_conn(host, port, request_timeout_ms=int(request_timeout * 1000), **options)
+        except AUTHENTICATION_ERRORS as exc:
+            raise KafkaAuthenticationError(f"{host}:{port}", kafka, exc) from exc
+        except (TimeoutError, OSError, errors.KafkaError) as exc:
+            if _refused_tls(exc):
+                raise KafkaAuthenticationError(f"{host}:{port}", kafka, exc) from exc
+            last = exc
+            continue
+        conn.close()
+        return
+    raise errors.KafkaConnectionError(
+        f"no Kafka broker of {kafka.bootstrap_servers} answered ({type(last).__name__}: {last})"
+    )

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -212,20 +212,23 @@ def _validation_detail(exc: ValidationError) -> str:
     return f"{where}: {first['msg']} ({exc.error_count()} error(s))"
 
 
-def decode_command(value: bytes | None, headers: WireHeaders | None = None) -> Command:
-    body = _load(value, headers, COMMAND_TYPE)
+_Message = TypeVar("_Message", Command, Reply)
+
+
+def _decode(model: type[_Message], ce_type: str, value: bytes | None, headers: WireHeaders | None) -> _Message:
+    body = _load(value, headers, ce_type)
     try:
-        return Command.model_validate(body)
+        return model.model_validate(body)
     except ValidationError as exc:
         raise DecodeError("SchemaViolation", _validation_detail(exc)) from None
+
+
+def decode_command(value: bytes | None, headers: WireHeaders | None = None) -> Command:
+    return _decode(Command, COMMAND_TYPE, value, headers)
 
 
 def decode_reply(value: bytes | None, headers: WireHeaders | None = None) -> Reply:
-    body = _load(value, headers, REPLY_TYPE)
-    try:
-        return Reply.model_validate(body)
-    except ValidationError as exc:
-        raise DecodeError("SchemaViolation", _validation_detail(exc)) from None
+    return _decode(Reply, REPLY_TYPE, value, headers)
 
 
 def now() -> datetime:

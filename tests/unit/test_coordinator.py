@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from fakes import FakeSender, FakeStore
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from saga_operator.adapters.kube import Gone, SagaRef
 from saga_operator.domain.model import FINALIZER, TERMINAL_PHASES, Phase, SagaSpec, StepSpec
@@ -135,7 +136,7 @@ async def test_every_command_is_preceded_by_the_status_write_that_records_it(she
 
 
 async def test_a_status_write_that_errors_is_retried_and_nothing_is_sent_before_it_lands(shell: Shell) -> None:
-    shell.store.status_write_errors.append(RuntimeError("500 Internal Server Error"))
+    shell.store.status_write_errors.append(ApiException(status=500, reason="Internal Server Error"))
     await started(shell)
 
     assert shell.store.journal.kinds() == ["finalizers", "error", "status", "send"]

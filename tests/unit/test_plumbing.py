@@ -164,3 +164,14 @@ def test_port_in_use_is_seen_even_when_another_program_holds_it() -> None:
         server = ProbeServer("127.0.0.1", port, liveness=lambda: None, readiness=lambda: None)
         with pytest.raises(PortInUse):
             asyncio.run(server.start())
+
+
+async def test_a_dead_letter_keeps_a_null_value_null() -> None:
+    """The original's bytes unchanged (docs/protocol.md): a message without a value is not given b""."""
+    producer = _TooLargeOnce()
+    await DeadLetterWriter(producer, "saga.replies.dlq", "saga-operator").write(
+        _Record(value=None), "EmptyMessage", "the message has no value"
+    )
+    (_, value, headers) = producer.sent[-1]
+    assert value is None
+    assert headers is not None and dict(headers)[DLQ_REASON] == b"EmptyMessage"

@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer
 
 from saga_harness.messages import action_command
 from saga_harness.topics import partitions_of
+from saga_plumbing import KafkaSettings
 from saga_protocol import command_topic, decode_reply
 
 from . import procinfo, stats
@@ -131,7 +132,7 @@ async def floor_kafka(bench: Bench, round_trips: int) -> dict[str, Any]:
     bootstrap = bench.endpoints.kafka_bootstrap
     topic = command_topic(bench.floor_participant)
     reply_topic = bench.reply_topic("floor")
-    producer = new_producer(bootstrap)
+    producer = new_producer(KafkaSettings(bootstrap_servers=bootstrap))
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await producer.start()
     await consumer.start()

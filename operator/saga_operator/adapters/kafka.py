@@ -1,4 +1,5 @@
-"""The Kafka side: topic admin, the command producer, the reply consumer, the dead-letter topic.
+"""The Kafka side: the command producer and the reply consumer. Topic creation, the dead-letter writer,
+the client settings (security included) and the retry rules are saga_plumbing's.
 
 Settings that the defaults get wrong for a saga coordinator: the producer is idempotent with
 acks=all (a command acknowledged is a command on every in-sync replica, never duplicated by the
@@ -9,42 +10,20 @@ arrived while the operator was down must still be applied).
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable
-from typing import Any
-
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 
+from saga_plumbing import KafkaSettings
 from saga_protocol import Command, encode_command
 
-log = logging.getLogger(__name__)
+
+def client_id(kafka: KafkaSettings) -> str:
+    """The name in the brokers' logs and quotas: KAFKA_CLIENT_ID, else saga-operator."""
+    return kafka.client_id or "saga-operator"
 
 
-async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, replication: int) -> None:
-    """Create the topics that are missing. A topic that exists already is fine, whatever its layout."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        wanted = [NewTopic(n, partitions, replication) for n in dict.fromkeys(names) if n not in existing]
-        if not wanted:
-            return
-        try:
-            response = await admin.create_topics(wanted)
-        except TopicAlreadyExistsError:
-            return
-        for topic, code, *_ in getattr(response, "topic_errors", []):
-            if code not in (0, TopicAlreadyExistsError.errno):
-                raise RuntimeError(f"could not create topic {topic}: error code {code}")
-    finally:
-        await admin.close()
-
-
-def new_producer(bootstrap: str) -> AIOKafkaProducer:
+def new_producer(kafka: KafkaSettings) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **kafka.client_options(client_id(kafka)),
         enable_idempotence=True,
         acks="all",
         linger_ms=1,
@@ -52,10 +31,10 @@ def new_producer(bootstrap: str) -> AIOKafkaProducer:
     )
 
 
-def new_reply_consumer(bootstrap: str, topic: str, group: str) -> AIOKafkaConsumer:
+def new_reply_consumer(kafka: KafkaSettings, topic: str, group: str) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
+        **kafka.client_options(client_id(kafka)),
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -68,16 +47,3 @@ def new_reply_consumer(bootstrap: str, topic: str, group: str) -> AIOKafkaConsum
 async def send_command(producer: AIOKafkaProducer, topic: str, command: Command) -> None:
     key, value, headers = encode_command(command, source=f"/saga-operator/{command.saga_namespace}")
     await producer.send_and_wait(topic, value, key=key, headers=headers)
-
-
-async def dead_letter(producer: AIOKafkaProducer, topic: str, message: Any, reason: str, detail: str) -> None:
-    """Set a message aside with why, and where it came from, in headers; its bytes unchanged."""
-    headers = [
-        *(message.headers or ()),
-        ("dlq_reason", reason.encode()),
-        ("dlq_detail", detail.encode()[:1024]),
-        ("dlq_topic", str(message.topic).encode()),
-        ("dlq_partition", str(message.partition).encode()),
-        ("dlq_offset", str(message.offset).encode()),
-    ]
-    await producer.send_and_wait(topic, message.value, key=message.key, headers=headers)

@@ -31,6 +31,17 @@ LIST_PAGE = 500
 _READ_BUFSIZE = 2**21
 
 
+#: What a request to an API server that is away, restarting or overloaded raises: retried with backoff.
+#: ApiException as a whole: kubernetes_asyncio has one type for every status (a 403 at start-up is often RBAC
+#: that has not reached the API server yet), and a write's 409 and 404 are Conflict and Gone instead.
+TRANSIENT_API_ERRORS: tuple[type[BaseException], ...] = (
+    ApiException,
+    aiohttp.ClientError,
+    TimeoutError,
+    ConnectionError,
+)
+
+
 class Conflict(Exception):
     """The object changed since it was read: re-read it and apply the transition again."""
 

@@ -1,9 +1,11 @@
 """The operator process: start-up order, the reply pump, probes and metrics.
 
-Start-up: probes answer at once (not ready); the Kubernetes client and Kafka are connected with
-retries; every Saga is listed and resumed from its `.status` *before* replies are consumed, so no
-reply can arrive for a saga the operator does not know yet; then the reply pump, the deadline timer
-and the Event poster run until shutdown.
+Start-up: probes answer at once (not ready); the Kubernetes client and Kafka are connected, waiting out
+transient outages (saga_plumbing.retry_transient); every Saga is listed and resumed from its `.status`
+*before* replies are consumed, so no reply can arrive for a saga the operator does not know yet; then
+the reply pump, the deadline timer and the Event poster run until shutdown. What a wait does not fix (a
+port in use, a broker refusing the credentials, a topic it will not create) raises out of `start`, and
+the process ends (runtime.handlers, __main__).
 """
 
 from __future__ import annotations
@@ -14,19 +16,29 @@ import functools
 import logging
 import time
 from collections import defaultdict
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from saga_operator.adapters import kafka
-from saga_operator.adapters.kube import KubeClient, ListingExpired
+from saga_operator.adapters.kube import TRANSIENT_API_ERRORS, KubeClient, ListingExpired
 from saga_operator.config import Settings
 from saga_operator.runtime.coordinator import Coordinator
 from saga_operator.runtime.metrics import Metrics
+from saga_plumbing import (
+    TRANSIENT_KAFKA_ERRORS,
+    Backoff,
+    DeadLetterWriter,
+    ProbeServer,
+    TopicSpec,
+    check_authentication,
+    ensure_topics,
+    retry_transient,
+)
 from saga_protocol import Command, DecodeError, Reply, command_topic, dead_letter_topic, decode_reply
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 RESUME_CONCURRENCY = 64
 # Readiness follows the dependencies: each is asked every PROBE_INTERVAL seconds, and a probe that does
@@ -45,38 +57,71 @@ class OperatorApp:
         self._kube: KubeClient | None = None
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        self._dead_letters: DeadLetterWriter | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._http: web.AppRunner | None = None
+        self._probes = ProbeServer(
+            settings.http_host,
+            settings.http_port,
+            liveness=lambda: None,  # alive while the event loop answers: an outage is readiness, not liveness
+            readiness=self.not_ready,
+            registry=self.metrics.registry,
+        )
+        self._backoff = Backoff(initial=0.5, maximum=settings.max_backoff_seconds)
+        # What start-up is doing (the /readyz body meanwhile); None once started.
+        self._starting: str | None = "starting"
         self._kafka_healthy = False
         # Set by the dependency probes (see _probe_dependencies).
         self._kafka_reachable = False
         self._api_reachable = False
         self._dlq = dead_letter_topic(settings.reply_topic)
+        self.metrics.ready.set_function(lambda: 0.0 if self.not_ready() else 1.0)
+        self.metrics.count_sagas(lambda: self.coordinator.phase_counts() if self.coordinator else {})
 
     # ---- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start everything in order. Raises only what needs a person; everything started is stopped then."""
         began = time.monotonic()
-        await self._serve_http()
-        self._kube = await self._retry(
-            "Kubernetes API", lambda: KubeClient.connect(self.settings.kubeconfig, self.settings.kube_proxy_from_env)
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+        self.resumed_in = time.monotonic() - began
+        self.started.set()
+        assert self.coordinator is not None
+        log.info("saga-operator ready in %.2fs with %d sagas", self.resumed_in, len(self.coordinator.sagas))
+
+    async def _start(self) -> None:
+        settings, brokers = self.settings, self.settings.kafka
+        await self._probes.start()  # PortInUse: the caller ends the process
+        self._kube = await self._step(
+            "connecting to the Kubernetes API",
+            lambda: KubeClient.connect(settings.kubeconfig, settings.kube_proxy_from_env),
+            TRANSIENT_API_ERRORS,
         )
-        await self._retry("Kafka topics", self._ensure_base_topics)
-        self._producer = kafka.new_producer(self.settings.kafka_bootstrap_servers)
-        await self._retry("Kafka producer", self._producer.start)
+        # A refused login raises KafkaAuthenticationError (broker and principal named), in no transient tuple.
+        await self._step(
+            f"connecting to Kafka at {brokers.bootstrap_servers} as {brokers.principal}",
+            lambda: check_authentication(brokers),
+            TRANSIENT_KAFKA_ERRORS,
+        )
+        await self._step("creating the Kafka topics", self._ensure_base_topics, TRANSIENT_KAFKA_ERRORS)
+        producer = self._producer = kafka.new_producer(brokers)
+        await self._step("starting the Kafka producer", producer.start, TRANSIENT_KAFKA_ERRORS)
+        self._dead_letters = DeadLetterWriter(producer, self._dlq, source="saga-operator")
         self.coordinator = Coordinator(
             self._kube,
             self._send,
             self._ensure_topics,
             self.metrics,
-            self.settings.reply_topic,
-            self.settings.max_backoff_seconds,
+            settings.reply_topic,
+            settings.max_backoff_seconds,
         )
+        self._starting = "resuming the sagas"
         await self._resume_all()
-        self._consumer = kafka.new_reply_consumer(
-            self.settings.kafka_bootstrap_servers, self.settings.reply_topic, self.settings.consumer_group
-        )
-        await self._retry("Kafka consumer", self._consumer.start)
+        consumer = self._consumer = kafka.new_reply_consumer(brokers, settings.reply_topic, settings.consumer_group)
+        await self._step("starting the reply consumer", consumer.start, TRANSIENT_KAFKA_ERRORS)
         self._kafka_healthy = True
         self._kafka_reachable = self._api_reachable = True  # both just answered the start-up
         self._tasks = [
@@ -85,9 +130,21 @@ class OperatorApp:
             asyncio.create_task(self.coordinator.run_deadlines(), name="deadlines"),
             asyncio.create_task(self.coordinator.post_events(), name="events"),
         ]
-        self.resumed_in = time.monotonic() - began
-        self.started.set()
-        log.info("saga-operator ready in %.2fs with %d sagas", self.resumed_in, len(self.coordinator.sagas))
+        for task in self._tasks:
+            task.add_done_callback(_log_end)
+        self._starting = None
+
+    async def _step(
+        self, what: str, attempt: Callable[[], Awaitable[T]], transient: tuple[type[BaseException], ...]
+    ) -> T:
+        """One step of the start-up: /readyz says which meanwhile."""
+        self._starting = what
+        return await self._retry(what, attempt, transient)
+
+    async def _retry(
+        self, what: str, attempt: Callable[[], Awaitable[T]], transient: tuple[type[BaseException], ...]
+    ) -> T:
+        return await retry_transient(what, attempt, transient=transient, backoff=self._backoff)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -105,21 +162,20 @@ class OperatorApp:
                 await self._producer.stop()
         if self._kube is not None:
             await self._kube.close()
-        if self._http is not None:
-            await self._http.cleanup()
+        await self._probes.stop()
 
-    def ready(self) -> bool:
-        healthy = (
-            self.started.is_set()
-            and self._kafka_healthy
-            and self._kafka_reachable
-            and self._api_reachable
-            and self.coordinator is not None
-            and self.coordinator.api_healthy
-            and all(not t.done() for t in self._tasks)
-        )
-        self.metrics.ready.set(1 if healthy else 0)
-        return healthy
+    def not_ready(self) -> str | None:
+        """Why the operator cannot do its work now (the body of a 503 on /readyz), or None: ready."""
+        if self._starting is not None or self.coordinator is None:
+            return f"starting: {self._starting}"
+        stopped = [task.get_name() for task in self._tasks if task.done()]
+        if stopped:
+            return f"stopped: {', '.join(stopped)} (see the log)"
+        if not (self._kafka_healthy and self._kafka_reachable):
+            return f"Kafka at {self.settings.kafka.bootstrap_servers} does not answer"
+        if not (self._api_reachable and self.coordinator.api_healthy):
+            return "the Kubernetes API server does not answer"
+        return None
 
     async def _probe_dependencies(self) -> None:
         """Ask the API server and the broker, every few seconds, whether they answer.
@@ -145,18 +201,6 @@ class OperatorApp:
             return False
         return True
 
-    async def _retry(self, what: str, action: Any) -> Any:
-        """Dependencies that are not there yet (Kafka still starting, the API server away) are waited
-        for with backoff; the readiness probe says not-ready meanwhile."""
-        delay = 0.5
-        while True:
-            try:
-                return await action()
-            except Exception as exc:
-                log.warning("%s not available (%s: %s); retrying in %.1fs", what, type(exc).__name__, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.max_backoff_seconds)
-
     # ---- Kafka --------------------------------------------------------------------------------
 
     async def _ensure_base_topics(self) -> None:
@@ -165,12 +209,9 @@ class OperatorApp:
         await self._ensure_topics(names)
 
     async def _ensure_topics(self, names: list[str]) -> None:
-        await kafka.ensure_topics(
-            self.settings.kafka_bootstrap_servers,
-            names,
-            self.settings.topic_partitions,
-            self.settings.topic_replication_factor,
-        )
+        settings = self.settings
+        topics = [TopicSpec(n, settings.topic_partitions, settings.topic_replication_factor) for n in names]
+        await ensure_topics(settings.kafka, topics, client_id=kafka.client_id(settings.kafka))
 
     async def _send(self, topic: str, command: Command) -> None:
         assert self._producer is not None
@@ -181,15 +222,18 @@ class OperatorApp:
         offsets only after every status write of the batch: at-least-once, end to end."""
         assert self._consumer is not None and self.coordinator is not None
         consumer = self._consumer
-        while True:
+
+        async def read() -> dict[Any, list[Any]]:
             try:
-                batch = await consumer.getmany(timeout_ms=500, max_records=500)
-                self._kafka_healthy = True
-            except Exception as exc:
+                batch: dict[Any, list[Any]] = await consumer.getmany(timeout_ms=500, max_records=500)
+            except TRANSIENT_KAFKA_ERRORS:
                 self._kafka_healthy = False
-                log.warning("reading replies failed (%s); retrying", exc)
-                await asyncio.sleep(1)
-                continue
+                raise
+            self._kafka_healthy = True
+            return batch
+
+        while True:
+            batch = await self._retry("reading replies", read, TRANSIENT_KAFKA_ERRORS)
             if not batch:
                 continue
             received = time.time()
@@ -203,7 +247,7 @@ class OperatorApp:
                         continue
                     by_saga[reply.saga_uid].append((message, reply))
             await asyncio.gather(*(self._apply_in_order(items, received) for items in by_saga.values()))
-            await self._retry("Kafka offset commit", consumer.commit)
+            await self._retry("committing the replies' offsets", consumer.commit, TRANSIENT_KAFKA_ERRORS)
 
     async def _apply_in_order(self, items: list[tuple[Any, Reply]], received: float) -> None:
         assert self.coordinator is not None
@@ -222,7 +266,7 @@ class OperatorApp:
                     await self._set_aside(message, effect.reason, f"step {reply.step} attempt {reply.attempt}")
 
     async def _set_aside(self, message: Any, reason: str, detail: str) -> None:
-        assert self._producer is not None
+        assert self._dead_letters is not None
         self.metrics.malformed.labels(reason).inc()
         log.warning(
             "reply at %s[%d]@%d set aside to %s: %s (%s)",
@@ -233,8 +277,7 @@ class OperatorApp:
             reason,
             detail,
         )
-        producer = self._producer
-        await self._retry("dead-letter topic", lambda: kafka.dead_letter(producer, self._dlq, message, reason, detail))
+        await self._dead_letters.write(message, reason, detail)
 
     # ---- Kubernetes ---------------------------------------------------------------------------
 
@@ -258,38 +301,17 @@ class OperatorApp:
 
         token: str | None = None
         while True:
-            items, token = await self._retry("listing Sagas", functools.partial(page, token))
+            items, token = await self._retry("listing Sagas", functools.partial(page, token), TRANSIENT_API_ERRORS)
             await asyncio.gather(*(resume(body) for body in items))
             del items  # let this page's bodies go before the next one arrives
             if token is None:
                 break
         log.info("resumed %d sagas from their status", len(coordinator.sagas))
 
-    # ---- HTTP: probes and metrics -------------------------------------------------------------
 
-    async def _serve_http(self) -> None:
-        app = web.Application()
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics)
-        self._http = web.AppRunner(app, access_log=None)
-        await self._http.setup()
-        site = web.TCPSite(self._http, self.settings.http_host, self.settings.http_port)
-        await site.start()
-
-    async def _healthz(self, _: web.Request) -> web.Response:
-        # Alive as long as the event loop answers: a dependency outage is readiness, not liveness.
-        return web.Response(text="ok\n")
-
-    async def _readyz(self, _: web.Request) -> web.Response:
-        if self.ready():
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready\n")
-
-    async def _metrics(self, _: web.Request) -> web.Response:
-        self.ready()
-        if self.coordinator is not None:
-            for phase, count in self.coordinator.phase_counts().items():
-                self.metrics.sagas.labels(phase).set(count)
-        body = generate_latest(self.metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+def _log_end(task: asyncio.Task[Any]) -> None:
+    """These tasks run until shutdown: one that ends early is logged here, and /readyz names it."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    log.error("%s stopped: %s", task.get_name(), f"{type(exc).__name__}: {exc}" if exc else "returned", exc_info=exc)

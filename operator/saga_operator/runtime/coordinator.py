@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from saga_operator.adapters.kube import Conflict, Gone, SagaRef
+from saga_operator.adapters.kube import TRANSIENT_API_ERRORS, Conflict, Gone, SagaRef
 from saga_operator.domain.events import (
     AbortRequested,
     Effect,
@@ -43,6 +43,7 @@ from saga_operator.domain.model import (
 from saga_operator.domain.transition import next_deadline, transition
 from saga_operator.runtime.metrics import Metrics
 from saga_operator.runtime.ports import SagaStore
+from saga_plumbing import Backoff, retry_transient
 from saga_protocol import Command, CommandKind, Reply, command_topic, idempotency_key
 
 log = logging.getLogger(__name__)
@@ -379,29 +380,31 @@ class Coordinator:
         raise RuntimeError(f"saga {entry.ref.name}: status kept changing under the operator")
 
     async def _write(self, entry: SagaEntry, status: SagaStatus) -> None:
-        delay = 0.2
-        while True:
+        """One status write; an API server away is waited out. Conflict and Gone are the caller's."""
+
+        async def attempt() -> dict[str, Any]:
             try:
-                body = await self.kube.write_status(entry.ref, status, entry.resource_version)
-            except Conflict:
-                raise
+                return await self.kube.write_status(entry.ref, status, entry.resource_version)
             except Gone:
                 # Deleted behind our back (its finalizer removed by hand): forget it, as a re-read that finds
                 # it gone does, instead of keeping it until a watch event or a deadline says so.
                 self.sagas.pop(entry.ref.uid, None)
                 raise
-            except Exception as exc:
+            except TRANSIENT_API_ERRORS:
                 self.api_healthy = False
                 self.metrics.status_writes.labels("error").inc()
-                log.warning("status write for %s failed (%s); retrying in %.1fs", entry.ref.name, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_backoff)
-                continue
-            self.api_healthy = True
-            self.metrics.status_writes.labels("ok").inc()
-            entry.status = status
-            entry.resource_version = body["metadata"]["resourceVersion"]
-            return
+                raise
+
+        body = await retry_transient(
+            f"status write for {entry.ref.namespace}/{entry.ref.name}",
+            attempt,
+            transient=TRANSIENT_API_ERRORS,
+            backoff=Backoff(initial=0.2, maximum=self.max_backoff),
+        )
+        self.api_healthy = True
+        self.metrics.status_writes.labels("ok").inc()
+        entry.status = status
+        entry.resource_version = body["metadata"]["resourceVersion"]
 
     async def _reread(self, entry: SagaEntry) -> None:
         try:

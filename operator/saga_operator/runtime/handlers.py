@@ -12,7 +12,7 @@ from typing import Any
 
 import kopf
 
-from saga_operator.config import Settings
+from saga_operator import config
 from saga_operator.domain.model import GROUP, PLURAL, VERSION
 from saga_operator.runtime.app import OperatorApp
 
@@ -32,9 +32,15 @@ async def start_operator(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: 
     # throughput unchanged. (Our handler is stateless, so a worker exiting early costs nothing.)
     settings.watching.chunk_size = 500
     settings.queueing.idle_timeout = 0.5
-    app = OperatorApp(Settings.from_env())
-    memo["app"] = app
-    await app.start()
+    try:
+        # The settings come from __main__ (read and checked before Kopf starts); from the environment otherwise.
+        app = memo["app"] = OperatorApp(memo.get("settings") or config.load())
+        await app.start()
+    except Exception as exc:
+        # Kopf's default would run the start-up again every 60 s, the process alive and serving nothing. Start
+        # waits out transient outages itself, so what gets here needs a person (a port in use, a refused Kafka
+        # login, a topic the broker will not create, bad settings): fail for good; __main__ exits 1.
+        raise kopf.PermanentError(f"{type(exc).__name__}: {exc}") from exc
 
 
 @kopf.on.cleanup()

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+PhaseCounts = Callable[[], Mapping[str, int]]
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.sagas = Gauge("saga_operator_sagas", "Sagas known to the operator, by phase.", ["phase"], registry=r)
         self.commands = Counter(
             "saga_operator_commands_sent_total", "Commands produced to Kafka.", ["kind"], registry=r
         )
@@ -59,4 +64,20 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r,
         )
+        # Both read at each scrape: `ready` through set_function, `saga_operator_sagas` through count_sagas.
         self.ready = Gauge("saga_operator_ready", "1 when the operator can do its work.", registry=r)
+
+    def count_sagas(self, counts: PhaseCounts) -> None:
+        """saga_operator_sagas{phase}: `counts()` at each scrape."""
+        self.registry.register(_SagasByPhase(counts))
+
+
+class _SagasByPhase(Collector):
+    def __init__(self, counts: PhaseCounts) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("saga_operator_sagas", "Sagas known to the operator, by phase.", labels=["phase"])
+        for phase, count in self._counts().items():
+            family.add_metric([phase], count)
+        yield family
