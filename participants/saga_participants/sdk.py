@@ -406,6 +406,7 @@ class Participant:
         # the operator matches replies to the attempt it is waiting for.
         return Reply(
             message_id=str(uuid.uuid4()),
+            command_id=command.message_id,
             saga_uid=command.saga_uid,
             step=command.step,
             kind=command.kind,
