@@ -5,7 +5,14 @@ against the JSON Schema generated from the models (`docs/protocol.schema.json`).
 docs/golden/ (`python -m saga_protocol.golden`).
 """
 
-from saga_protocol.checks import expected_command_id, reply_answers, reply_problem
+from saga_protocol.checks import (
+    ANSWERED_REFUSALS,
+    command_problem,
+    expected_command_id,
+    refusal_outcome,
+    reply_answers,
+    reply_problem,
+)
 from saga_protocol.ids import COMMAND_ID_NAMESPACE, command_id, idempotency_key
 from saga_protocol.kinds import CommandKind, Outcome
 from saga_protocol.limits import (
@@ -52,6 +59,7 @@ from saga_protocol.topics import (
 )
 
 __all__ = [
+    "ANSWERED_REFUSALS",
     "COMMAND_ID_NAMESPACE",
     "COMMAND_TYPE",
     "CONTENT_TYPE",
@@ -78,6 +86,7 @@ __all__ = [
     "Reply",
     "answer",
     "command_id",
+    "command_problem",
     "command_topic",
     "dead_letter_topic",
     "decode_command",
@@ -93,6 +102,7 @@ __all__ = [
     "participant_source",
     "partition_for",
     "payload_problem",
+    "refusal_outcome",
     "reply_answers",
     "reply_problem",
     "reply_topic",

@@ -1,4 +1,4 @@
-"""Pure checks the operator makes before it applies a reply (docs/protocol.md, "Applying a reply").
+"""Pure checks: the operator's before it applies a reply, a participant's before it applies a command.
 
 A reply is applied only if it came on the reply topic of the step's participant, names that participant,
 carries the step's idempotency key, is keyed by its saga uid, and its `commandId` is the command id of
@@ -8,8 +8,12 @@ CompensationNotSent) and whether the answer still matters (Duplicate, SagaFinish
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from typing import Final
+
 from saga_protocol.ids import command_id, idempotency_key
-from saga_protocol.messages import Reply
+from saga_protocol.kinds import CommandKind, Outcome
+from saga_protocol.messages import Command, Reply
 from saga_protocol.topics import reply_topic
 
 
@@ -43,4 +47,43 @@ def reply_problem(reply: Reply, *, topic: str, participant: str, key: bytes | No
             f"commandId {reply.command_id!r} is not the id of {reply.kind.value} attempt {reply.attempt} "
             f"({expected_id})",
         )
+    return None
+
+
+#: The refusals a participant answers (besides dead-lettering the command): everything but
+#: UntrustedReplyTopic, whose command is not answered on any topic.
+ANSWERED_REFUSALS: Final = frozenset({"KeyMismatch", "IdempotencyKeyMismatch", "NamespaceNotAllowed", "UnknownAction"})
+
+
+def refusal_outcome(kind: CommandKind) -> Outcome:
+    """How a participant answers a command it refuses before running it: an action `failed` (it will never
+    apply), a compensation `error` (compensations cannot fail: the operator retries, then parks the saga)."""
+    return Outcome.FAILED if kind is CommandKind.ACTION else Outcome.ERROR
+
+
+def command_problem(
+    command: Command,
+    *,
+    key: bytes | None,
+    trusted_reply_topic: str,
+    allowed_namespaces: Collection[str] | None = None,
+    handlers: Collection[str] | None = None,
+) -> tuple[str, str] | None:
+    """(reason, detail) when a participant must refuse a decoded `command` (docs/protocol.md, "Checks"),
+    in the protocol's order; None when it may apply it. `handlers`: the names of this kind it has (None:
+    not checked here); `allowed_namespaces`: None when every namespace may command it."""
+    if command.reply_topic != trusted_reply_topic:
+        return (
+            "UntrustedReplyTopic",
+            f"replyTopic {command.reply_topic!r}, this participant replies on {trusted_reply_topic}",
+        )
+    if key != command.saga_uid.encode():
+        return "KeyMismatch", f"record key {key!r} is not the saga uid {command.saga_uid!r}"
+    expected_key = idempotency_key(command.saga_uid, command.step)
+    if command.idempotency_key != expected_key:
+        return "IdempotencyKeyMismatch", f"idempotencyKey {command.idempotency_key!r}, expected {expected_key!r}"
+    if allowed_namespaces is not None and command.saga_namespace not in allowed_namespaces:
+        return "NamespaceNotAllowed", f"namespace {command.saga_namespace!r} may not command this participant"
+    if handlers is not None and command.action not in handlers:
+        return "UnknownAction", f"no {command.kind.value} named {command.action!r} (there are {sorted(handlers)})"
     return None
