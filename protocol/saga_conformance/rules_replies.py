@@ -213,6 +213,8 @@ async def concurrency(kit: Kit) -> Verdict:
     if not fast_replies or not slow_replies:
         return failed(rule, f"replies: slow saga {len(slow_replies)}, other saga {len(fast_replies)}")
     waited = fast_replies[0].at - sent.at
+    if slow_replies[0].at - sent.at < kit.cfg.slow_seconds * 0.5 and slow_replies[0].at < fast_replies[0].at:
+        return not_tested(rule, "the slow payload did not slow the action down (is the participant's switch on?)")
     problems = kit.shape(fast_replies[0], fast) + kit.shape(slow_replies[0], slow)
     if slow_replies[0].at < fast_replies[0].at or waited >= kit.cfg.slow_seconds * 0.8:
         problems.append(f"the other saga waited {waited:.1f}s, behind a handler slowed by {kit.cfg.slow_seconds:.0f}s")
