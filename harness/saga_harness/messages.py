@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from saga_protocol import Command, CommandKind, Outcome, Reply, idempotency_key
+from saga_protocol import Command, CommandKind, Outcome, Reply, command_id, idempotency_key
 
 
 def succeeded_reply(
@@ -33,6 +33,7 @@ def succeeded_reply(
         kind=kind,
         attempt=attempt,
         idempotency_key=idempotency_key(saga_uid, step),
+        command_id=command_id(saga_uid, step, kind, attempt),
         participant=participant,
         outcome=Outcome.SUCCEEDED,
         result=dict(result or {}),

@@ -1,9 +1,12 @@
-"""Commands (operator -> participant) and replies (participant -> operator).
+"""Commands (operator -> participant) and replies (participant -> operator), protocol v2.
 
 The body of every Kafka message is one JSON object, self-contained, validated by these models. The
 headers follow the CloudEvents Kafka protocol binding in binary mode (`ce_specversion`, `ce_id`,
-`ce_source`, `ce_type`, `ce_time`, `content-type`) so that generic tooling can route and trace the
-messages; a decoder never needs them to make sense of a body.
+`ce_source`, `ce_type`, `ce_subject`, `ce_time`, `content-type`) so that generic tooling can route and
+trace the messages; a decoder needs no header but `ce_type` (refused when present and wrong).
+
+Forward compatibility: readers ignore fields they do not know (a new optional field is not a new
+version), but refuse known fields of the wrong JSON type (no coercion: `"1"` is not an attempt).
 """
 
 from __future__ import annotations
@@ -12,57 +15,57 @@ import json
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from saga_protocol.ids import idempotency_key
+from saga_protocol.kinds import CommandKind, Outcome
+from saga_protocol.limits import (
+    MAX_JSON_DEPTH,
+    MAX_MESSAGE_BYTES,
+    MAX_MESSAGE_LENGTH,
+    MAX_REASON_LENGTH,
+    nested_deeper_than,
+    payload_problem,
+    result_problem,
+)
+from saga_protocol.topics import operator_source, participant_source
 
 SPEC_VERSION: Final = "1.0"
-COMMAND_TYPE: Final = "dev.saga.command.v1"
-REPLY_TYPE: Final = "dev.saga.reply.v1"
-# Larger messages are refused on both sides: a saga payload is a few fields, never a document store.
-MAX_MESSAGE_BYTES: Final = 256 * 1024
-# Bodies nested deeper than this are refused too (SchemaViolation). Fix (chaos run, docs/chaos.md): the
-# decoders must raise nothing but DecodeError, yet json.loads raises RecursionError near 1000 levels,
-# and a reply whose result nests past ~250 levels decoded fine but could not be written into the
-# Saga's status (pydantic's serialisation depth limit), so the operator retried that write forever.
-MAX_JSON_DEPTH: Final = 64
+PROTOCOL_VERSION: Final = 2
+COMMAND_TYPE: Final = "dev.saga.command.v2"
+REPLY_TYPE: Final = "dev.saga.reply.v2"
+CONTENT_TYPE: Final = "application/json"
 
 _NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
-
-class CommandKind(StrEnum):
-    ACTION = "action"
-    COMPENSATION = "compensation"
-
-
-class Outcome(StrEnum):
-    SUCCEEDED = "succeeded"
-    # A business failure: the participant applied nothing and will refuse again; never retried.
-    FAILED = "failed"
-    # A transient failure (an exception, a dependency down): the operator retries per the step's policy.
-    ERROR = "error"
+__all__ = ["CommandKind", "Outcome", "idempotency_key"]
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
+    # extra="ignore": unknown fields are dropped, so the generated schema allows additional properties.
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, extra="ignore", frozen=True)
 
 
 class ErrorInfo(_Wire):
-    reason: str = Field(max_length=128, description="A CamelCase machine-readable reason, e.g. InsufficientFunds.")
-    message: str = Field(default="", max_length=4096, description="A sentence for a person.")
-
-
-def idempotency_key(saga_uid: str, step: str) -> str:
-    """One key per (saga, step): the action and its compensation share it, so a participant can pair
-    them (a compensation that overtakes its action leaves a tombstone under this key)."""
-    return f"{saga_uid}/{step}"
+    reason: str = Field(
+        min_length=1,
+        max_length=MAX_REASON_LENGTH,
+        description="A CamelCase machine-readable reason, e.g. InsufficientFunds.",
+    )
+    message: str = Field(default="", max_length=MAX_MESSAGE_LENGTH, description="A sentence for a person.")
 
 
 class Command(_Wire):
     """What the operator asks a participant to do for one step of one saga."""
 
-    message_id: str = Field(alias="messageId", min_length=1, max_length=64, description="Unique per send.")
+    message_id: str = Field(
+        alias="messageId",
+        min_length=1,
+        max_length=64,
+        description="command_id(sagaUid, step, kind, attempt): the same for every send of one attempt.",
+    )
     saga_uid: str = Field(alias="sagaUid", min_length=1, max_length=64, description="metadata.uid of the Saga.")
     saga_namespace: str = Field(alias="sagaNamespace", min_length=1, max_length=63)
     saga_name: str = Field(alias="sagaName", min_length=1, max_length=253)
@@ -74,15 +77,38 @@ class Command(_Wire):
     attempt: int = Field(ge=1, description="Counts sends of this kind for this step; the reply echoes it.")
     idempotency_key: str = Field(alias="idempotencyKey", min_length=1, max_length=320)
     payload: dict[str, Any] = Field(default_factory=dict, description="The saga's spec.payload, unchanged.")
-    reply_topic: str = Field(alias="replyTopic", min_length=1, max_length=249)
-    sent_at: datetime = Field(alias="sentAt")
+    reply_topic: str = Field(
+        alias="replyTopic",
+        min_length=1,
+        max_length=249,
+        description="saga.replies.<participant>. A participant replies only to the topic it trusts.",
+    )
+    sent_at: AwareDatetime = Field(alias="sentAt", description="RFC 3339 with an offset.")
 
 
 class Reply(_Wire):
     """What a participant answers to a command. On redelivery the stored outcome is replayed with
-    `duplicate` set and the redelivered command's `attempt` and a fresh `messageId`."""
+    `duplicate` set, the redelivered command's `attempt` and `commandId`, and a fresh `messageId`."""
 
-    message_id: str = Field(alias="messageId", min_length=1, max_length=64)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {
+                    "if": {"properties": {"outcome": {"const": "succeeded"}}},
+                    "then": {"properties": {"error": {"type": "null"}}},
+                    "else": {
+                        "required": ["error"],
+                        "properties": {"error": {"$ref": "#/$defs/ErrorInfo"}, "result": {"type": "null"}},
+                    },
+                }
+            ]
+        }
+    )
+
+    message_id: str = Field(alias="messageId", min_length=1, max_length=64, description="Unique per reply.")
+    command_id: str = Field(
+        alias="commandId", min_length=1, max_length=64, description="The messageId of the command answered."
+    )
     saga_uid: str = Field(alias="sagaUid", min_length=1, max_length=64)
     step: str = Field(pattern=_NAME)
     kind: CommandKind
@@ -90,10 +116,22 @@ class Reply(_Wire):
     idempotency_key: str = Field(alias="idempotencyKey", min_length=1, max_length=320)
     participant: str = Field(pattern=_NAME)
     outcome: Outcome
-    result: dict[str, Any] | None = Field(default=None, description="What the action produced, on success.")
-    error: ErrorInfo | None = None
+    result: dict[str, Any] | None = Field(default=None, description="What the step produced; only with succeeded.")
+    error: ErrorInfo | None = Field(default=None, description="Why not; required with failed and error.")
     duplicate: bool = Field(default=False, description="True when replayed from the stored outcome.")
-    sent_at: datetime = Field(alias="sentAt")
+    sent_at: AwareDatetime = Field(alias="sentAt", description="RFC 3339 with an offset.")
+
+    @model_validator(mode="after")
+    def _fields_fit_the_outcome(self) -> Reply:
+        if self.outcome is Outcome.SUCCEEDED:
+            if self.error is not None:
+                raise ValueError("error is sent only with outcome failed or error")
+            return self
+        if self.error is None:
+            raise ValueError(f"error is required with outcome {self.outcome.value}")
+        if self.result is not None:
+            raise ValueError("result is sent only with outcome succeeded")
+        return self
 
 
 def answer(
@@ -107,12 +145,13 @@ def answer(
 ) -> Reply:
     """The reply to `command`: the one place a Reply is built from the command it answers.
 
-    It echoes the command's saga, step, kind, attempt and idempotency key (a replay echoes *this*
-    delivery's attempt, not the first one's) and gets a fresh message id. A result is sent only with
-    `succeeded`.
+    It echoes the command's saga, step, kind, attempt, idempotency key and message id (as `commandId`;
+    a replay echoes *this* delivery's, not the first one's) and gets a fresh message id. A result is
+    sent only with `succeeded`; `error` is required with `failed` and `error`.
     """
     return Reply(
         message_id=str(uuid.uuid4()),
+        command_id=command.message_id,
         saga_uid=command.saga_uid,
         step=command.step,
         kind=command.kind,
@@ -141,6 +180,11 @@ Headers = list[tuple[str, bytes]]
 WireHeaders = Sequence[tuple[str, bytes | None]]
 
 
+def rfc3339(moment: datetime) -> str:
+    """`ce_time`: RFC 3339 in UTC with a `Z` (readers accept any offset)."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
 def _headers(ce_type: str, message_id: str, source: str, subject: str, sent_at: datetime) -> Headers:
     return [
         ("ce_specversion", SPEC_VERSION.encode()),
@@ -148,8 +192,8 @@ def _headers(ce_type: str, message_id: str, source: str, subject: str, sent_at: 
         ("ce_source", source.encode()),
         ("ce_type", ce_type.encode()),
         ("ce_subject", subject.encode()),
-        ("ce_time", sent_at.astimezone(UTC).isoformat().encode()),
-        ("content-type", b"application/json"),
+        ("ce_time", rfc3339(sent_at).encode()),
+        ("content-type", CONTENT_TYPE.encode()),
     ]
 
 
@@ -157,33 +201,42 @@ def _dump(model: BaseModel) -> bytes:
     return model.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
-def encode_command(command: Command, source: str = "/saga-operator") -> tuple[bytes, bytes, Headers]:
-    """(key, value, headers). The key is the saga uid: all messages of one saga keep their order."""
+def encode_command(command: Command, source: str | None = None) -> tuple[bytes, bytes, Headers]:
+    """(key, value, headers). The key is the saga uid: all messages of one saga keep their order.
+    `source` defaults to `/saga-operator/<sagaNamespace>`."""
+    source = source or operator_source(command.saga_namespace)
     headers = _headers(COMMAND_TYPE, command.message_id, source, command.step, command.sent_at)
     return command.saga_uid.encode(), _dump(command), headers
 
 
 def encode_reply(reply: Reply) -> tuple[bytes, bytes, Headers]:
-    headers = _headers(REPLY_TYPE, reply.message_id, f"/participants/{reply.participant}", reply.step, reply.sent_at)
+    source = participant_source(reply.participant)
+    headers = _headers(REPLY_TYPE, reply.message_id, source, reply.step, reply.sent_at)
     return reply.saga_uid.encode(), _dump(reply), headers
 
 
-def _nested_deeper_than(body: Any, limit: int) -> bool:
-    pending: list[tuple[Any, int]] = [(body, 1)]
-    while pending:
-        node, depth = pending.pop()
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-        for child in children:
-            if isinstance(child, dict | list):
-                if depth + 1 > limit:
-                    return True
-                pending.append((child, depth + 1))
-    return False
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in body:
+            # Parsers disagree on which of two values wins; a message must mean one thing to every reader.
+            raise ValueError(f"the key {key!r} is repeated in an object")
+        body[key] = item
+    return body
+
+
+def header(headers: WireHeaders | None, name: str) -> bytes | None:
+    """The first value of header `name` (None when absent or null)."""
+    return next((raw for key, raw in headers or () if key == name), None)
 
 
 def _load(value: bytes | None, headers: WireHeaders | None, expected_type: str) -> dict[str, Any]:
-    if value is None:
-        raise DecodeError("EmptyMessage", "the message has no value")
+    if not value:
+        raise DecodeError("EmptyMessage", "the message has no value" if value is None else "the value is empty")
     if len(value) > MAX_MESSAGE_BYTES:
         raise DecodeError("Oversized", f"{len(value)} bytes, the limit is {MAX_MESSAGE_BYTES}")
     for name, raw in headers or ():
@@ -194,41 +247,50 @@ def _load(value: bytes | None, headers: WireHeaders | None, expected_type: str) 
         if ce_type != expected_type:
             raise DecodeError("WrongType", f"ce_type is {ce_type!r}, expected {expected_type!r}")
     try:
-        body = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DecodeError("NotJson", str(exc)) from None
+        body = json.loads(
+            value.decode("utf-8"), parse_constant=_refuse_constant, object_pairs_hook=_refuse_repeated_keys
+        )
     except RecursionError:
-        raise DecodeError("SchemaViolation", f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+        raise DecodeError("TooDeep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise DecodeError("NotJson", str(exc)) from None
     if not isinstance(body, dict):
         raise DecodeError("NotAnObject", f"the body is a JSON {type(body).__name__}")
-    if _nested_deeper_than(body, MAX_JSON_DEPTH):
-        raise DecodeError("SchemaViolation", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    if nested_deeper_than(body, MAX_JSON_DEPTH):
+        raise DecodeError("TooDeep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     return body
 
 
-def _validation_detail(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "body"
-    return f"{where}: {first['msg']} ({exc.error_count()} error(s))"
-
-
-_Message = TypeVar("_Message", Command, Reply)
-
-
-def _decode(model: type[_Message], ce_type: str, value: bytes | None, headers: WireHeaders | None) -> _Message:
-    body = _load(value, headers, ce_type)
+def _validate(model: type[Command] | type[Reply], value: bytes) -> Any:
     try:
-        return model.model_validate(body)
+        # strict: no coercion between JSON types; by alias only: `saga_uid` is not `sagaUid` on the wire.
+        return model.model_validate_json(value, strict=True, by_alias=True, by_name=False)
     except ValidationError as exc:
-        raise DecodeError("SchemaViolation", _validation_detail(exc)) from None
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise DecodeError("SchemaViolation", f"{where}: {first['msg']} ({exc.error_count()} error(s))") from None
 
 
 def decode_command(value: bytes | None, headers: WireHeaders | None = None) -> Command:
-    return _decode(Command, COMMAND_TYPE, value, headers)
+    body = _load(value, headers, COMMAND_TYPE)
+    assert value is not None
+    payload = body.get("payload")
+    problem = payload_problem(payload) if isinstance(payload, dict) else None
+    if problem is not None:
+        raise DecodeError(*problem)
+    command: Command = _validate(Command, value)
+    return command
 
 
 def decode_reply(value: bytes | None, headers: WireHeaders | None = None) -> Reply:
-    return _decode(Reply, REPLY_TYPE, value, headers)
+    body = _load(value, headers, REPLY_TYPE)
+    assert value is not None
+    result = body.get("result")
+    problem = result_problem(result) if isinstance(result, dict) else None
+    if problem is not None:
+        raise DecodeError(*problem)
+    reply: Reply = _validate(Reply, value)
+    return reply
 
 
 def now() -> datetime:

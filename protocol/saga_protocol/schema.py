@@ -14,14 +14,14 @@ from pydantic.json_schema import models_json_schema
 
 from saga_protocol.messages import COMMAND_TYPE, REPLY_TYPE, Command, Reply
 
-SCHEMA_ID = "https://saga.dev/schemas/protocol/v1.json"
+SCHEMA_ID = "https://saga.dev/schemas/protocol/v2.json"
 
 
 def protocol_schema() -> dict[str, Any]:
     _, top = models_json_schema(
         [(Command, "validation"), (Reply, "validation")],
         by_alias=True,
-        title="saga-operator wire protocol v1",
+        title="saga-operator wire protocol v2",
         ref_template="#/$defs/{model}",
     )
     return {
@@ -29,11 +29,12 @@ def protocol_schema() -> dict[str, Any]:
         "$id": SCHEMA_ID,
         "description": (
             f"Kafka message bodies. Commands (ce_type {COMMAND_TYPE}) go to saga.commands.<participant>; "
-            f"replies (ce_type {REPLY_TYPE}) go to the command's replyTopic. Validate a body against "
-            "#/$defs/Command or #/$defs/Reply."
+            f"replies (ce_type {REPLY_TYPE}) go to saga.replies.<participant>. Validate a body against "
+            "#/$defs/Command or #/$defs/Reply. Readers ignore properties they do not know (forward "
+            "compatibility); the limits on payload and result sizes and on nesting are in docs/protocol.md."
         ),
         **{k: v for k, v in top.items() if k != "$schema"},
-        "oneOf": [{"$ref": "#/$defs/Command"}, {"$ref": "#/$defs/Reply"}],
+        "anyOf": [{"$ref": "#/$defs/Command"}, {"$ref": "#/$defs/Reply"}],
     }
 
 

@@ -28,12 +28,13 @@ from saga_protocol import (
     DecodeError,
     Outcome,
     Reply,
+    command_id,
     decode_command,
     decode_reply,
     encode_command,
     encode_reply,
 )
-from saga_protocol.messages import MAX_JSON_DEPTH
+from saga_protocol.limits import MAX_JSON_DEPTH
 
 Decoder = Callable[..., Command | Reply]
 DECODERS: dict[str, Decoder] = {"reply": decode_reply, "command": decode_command}
@@ -48,6 +49,7 @@ def _valid_reply() -> dict[str, Any]:
         kind=CommandKind.ACTION,
         attempt=1,
         idempotency_key="0b1d8c9e-7a53-4a53-9d0c-6c3e1f0a2b44/debit-buyer",
+        command_id=command_id("0b1d8c9e-7a53-4a53-9d0c-6c3e1f0a2b44", "debit-buyer", CommandKind.ACTION, 1),
         participant="users",
         outcome=Outcome.SUCCEEDED,
         result={"debitedCents": 700},

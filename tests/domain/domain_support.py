@@ -25,7 +25,7 @@ from saga_operator.domain.events import (
 )
 from saga_operator.domain.model import RetryPolicy, SagaSpec, SagaStatus, StepSpec, StepState, StepStatus
 from saga_operator.domain.transition import transition
-from saga_protocol import CommandKind, ErrorInfo, Outcome, Reply
+from saga_protocol import CommandKind, ErrorInfo, Outcome, Reply, command_id
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SAGA_UID = "0b4f6c1e-saga"
@@ -96,6 +96,7 @@ def reply(
         kind=kind,
         attempt=attempt,
         idempotency_key=f"{SAGA_UID}/{name}",
+        command_id=command_id(SAGA_UID, name, kind, attempt),
         participant=participant,
         outcome=outcome,
         result=result if outcome == Outcome.SUCCEEDED else None,

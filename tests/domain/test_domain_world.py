@@ -51,7 +51,7 @@ from saga_operator.domain.model import (
     StepState,
 )
 from saga_operator.domain.transition import next_deadline, transition
-from saga_protocol import CommandKind, ErrorInfo, Outcome, Reply
+from saga_protocol import CommandKind, ErrorInfo, Outcome, Reply, command_id
 
 ACTION = CommandKind.ACTION
 COMPENSATION = CommandKind.COMPENSATION
@@ -384,6 +384,7 @@ class SagaWorld(RuleBasedStateMachine):
                     kind=message.kind,
                     attempt=message.attempt,
                     idempotency_key=f"{SAGA_UID}/{message.step}",
+                    command_id=command_id(SAGA_UID, message.step, message.kind, message.attempt),
                     participant=participant.name,
                     outcome=outcome,
                     result={"by": participant.name} if outcome == Outcome.SUCCEEDED else None,

@@ -9,7 +9,6 @@ reach into the deadline book-keeping (`_scheduled`, `_tick`), which has no publi
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -23,6 +22,7 @@ from saga_operator.runtime import coordinator as coordinator_module
 from saga_operator.runtime.coordinator import Coordinator, SagaEntry
 from saga_operator.runtime.metrics import Metrics
 from saga_protocol import Command, ErrorInfo, Outcome, Reply
+from saga_protocol import answer as reply_for
 
 SPEC = SagaSpec(
     steps=[
@@ -59,17 +59,11 @@ def shell() -> Shell:
 
 
 def reply_to(command: Command, outcome: Outcome = Outcome.SUCCEEDED) -> Reply:
-    return Reply(
-        message_id=str(uuid.uuid4()),
-        saga_uid=command.saga_uid,
-        step=command.step,
-        kind=command.kind,
-        attempt=command.attempt,
-        idempotency_key=command.idempotency_key,
-        participant=PARTICIPANTS[command.step],
-        outcome=outcome,
+    return reply_for(
+        command,
+        PARTICIPANTS[command.step],
+        outcome,
         error=ErrorInfo(reason="OutOfStock") if outcome is Outcome.FAILED else None,
-        sent_at=datetime.now(UTC),
     )
 
 

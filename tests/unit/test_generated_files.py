@@ -73,6 +73,7 @@ def test_protocol_schema_accepts_what_the_models_write_and_refuses_the_rest() ->
     )
     reply = Reply(
         message_id="m-2",
+        command_id="m-1",
         saga_uid="uid-1",
         step="debit-buyer",
         kind=CommandKind.ACTION,

@@ -20,14 +20,12 @@ import asyncio
 import contextlib
 import logging
 import signal
-import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from saga_protocol import DecodeError, Outcome, Reply, decode_command, encode_reply
+from saga_protocol import DecodeError, Outcome, answer, decode_command, encode_reply
 
 log = logging.getLogger("saga_bench_echo")
 
@@ -84,18 +82,7 @@ class Echo:
                     self.undecodable += 1
                     log.warning("undecodable command at %s@%d: %s", tp, record.offset, exc)
                     continue
-                reply = Reply(
-                    message_id=str(uuid.uuid4()),
-                    saga_uid=command.saga_uid,
-                    step=command.step,
-                    kind=command.kind,
-                    attempt=command.attempt,
-                    idempotency_key=command.idempotency_key,
-                    participant=name,
-                    outcome=Outcome.SUCCEEDED,
-                    result={},
-                    sent_at=datetime.now(UTC),
-                )
+                reply = answer(command, name, Outcome.SUCCEEDED, result={})
                 key, value, reply_headers = encode_reply(reply)
                 acks.append(await self.producer.send(command.reply_topic, value, key=key, headers=reply_headers))
         if acks:

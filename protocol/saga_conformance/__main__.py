@@ -1,0 +1,3 @@
+from saga_conformance.cli import main
+
+raise SystemExit(main())
