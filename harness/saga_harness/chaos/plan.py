@@ -69,7 +69,7 @@ class SagaPlan:
     video: str
     price: int
     agent: str
-    #: participant name -> simulate knob (saga_participants.simulate)
+    #: participant name -> simulate knob (saga_participants.testing.FaultInjection reads it)
     knobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Seconds after the saga was applied at which `spec.abort` is set (None: never).
     abort_after: float | None = None
