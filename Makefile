@@ -64,7 +64,7 @@ generate: $(STAMP) ## regenerate the CRD, the finalizer policy and the protocol 
 lint: $(STAMP) ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy operator protocol participants localstack
+	$(VENV)/bin/mypy operator protocol participants testenv harness
 
 # ---- container image and kind (docs/kind.md) --------------------------------------------------
 # Needs Docker (a running engine), kind and kubectl; none of them runs on the CI machines, where the
