@@ -14,6 +14,7 @@ Public API::
           plaintext_listener=None)     PLAINTEXT listener (None: $SAGA_TESTENV_KAFKA_PLAINTEXT_LISTENER)
     Stack.add_kafka_principal(name)    a SCRAM principal made at run time -> (username, password)
     Stack.grant(principal, acls)       ACLs through Kafka's ACL tool; Stack.list_acls() reads them back
+    Stack.grant_all({principal: acls}) the same for several principals, the tool's runs overlapping
     Acl                                Acl.topic(name, *ops, prefixed=False), Acl.group(..), Acl.cluster(..)
     check_connection(bootstrap, **kw)  async; one connection with these settings; raises the real reason
     ensure_topics(bootstrap, topics)   async; create missing Kafka topics, an existing one is fine

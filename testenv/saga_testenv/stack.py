@@ -906,6 +906,10 @@ class Stack(StackEndpoints):
         connection, open ones included."""
         self.kafka_tools().add_acls(principal, list(acls))
 
+    def grant_all(self, grants: Mapping[str, Iterable[Acl]]) -> None:
+        """``grant`` for several principals at once (the tool's runs overlap: quicker than one by one)."""
+        self.kafka_tools().add_acls_many({p: list(a) for p, a in grants.items()})
+
     def list_acls(self, principal: str | None = None) -> str:
         """Every ACL (or those of ``principal``), as Kafka's ACL tool prints them (``--list``)."""
         return self.kafka_tools().list_acls(principal)

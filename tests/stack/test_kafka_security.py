@@ -396,3 +396,25 @@ def test_kcat_lists_the_broker_over_sasl_ssl(stack: StackEndpoints, kafka_secure
         )
     assert result.returncode == 0, result.stderr
     assert f"broker 1 at {kafka_secure_bootstrap}" in result.stdout, result.stdout
+
+
+def test_grant_all_grants_several_principals_at_once(managed: Stack) -> None:
+    first, second = _unique("test-principal"), _unique("test-principal")
+    for name in (first, second):
+        managed.add_kafka_principal(name)
+    managed.grant_all(
+        {
+            first: [Acl.topic(f"{first}.in", "Read"), Acl.group(first, "Read"), Acl.topic(f"{first}.out", "Write")],
+            second: [Acl.topic(f"{second}.", "Write", prefixed=True)],
+        }
+    )
+    listed = managed.list_acls(first) + managed.list_acls(second)
+    for resource in (
+        f"resourceType=TOPIC, name={first}.in, patternType=LITERAL",
+        f"resourceType=GROUP, name={first}, patternType=LITERAL",
+        f"resourceType=TOPIC, name={first}.out, patternType=LITERAL",
+        f"resourceType=TOPIC, name={second}., patternType=PREFIXED",
+    ):
+        assert resource in listed
+    assert listed.count(f"(principal=User:{first}, ") == 3
+    assert listed.count(f"(principal=User:{second}, ") == 1
