@@ -466,8 +466,12 @@ class Stack(StackEndpoints):
             elif path.exists() or path.is_symlink():
                 path.unlink()
 
-    def _spawn(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> procs.ProcessRecord:
-        record = procs.spawn(name, argv, run_dir=self.directory, env=env, die_with_parent=not self.detached)
+    def _spawn(
+        self, name: str, argv: list[str], env: Mapping[str, str] | None = None, secrets: Iterable[str] = ()
+    ) -> procs.ProcessRecord:
+        record = procs.spawn(
+            name, argv, run_dir=self.directory, env=env, die_with_parent=not self.detached, secrets=list(secrets)
+        )
         self.records.append(record)
         return record
 
@@ -515,7 +519,8 @@ class Stack(StackEndpoints):
         java_cp = ["java", *versions.KAFKA_JVM_OPTIONS, "-cp", f"{artifacts.kafka_libs}/*"]
         scram: list[str] = []
         for name, password in passwords.items():
-            # On the format tool's command line for the second it runs: a throwaway stack, one user.
+            # On the format tool's command line for the second or two it runs (the tool takes them no
+            # other way), never in its pid file.
             scram += ["--add-scram", kafka_auth.scram_format_arg(name, password)]
         fmt = self._spawn(
             "kafka-format",
@@ -530,6 +535,7 @@ class Stack(StackEndpoints):
                 str(props),
                 *scram,
             ],
+            secrets=passwords.values(),
         )
 
         etcd_url = f"http://127.0.0.1:{etcd_client}"

@@ -187,6 +187,10 @@ def test_secrets_are_private(managed: Stack) -> None:
     assert all(len(p) >= 40 for p in passwords)
     env = (managed.directory / "env").read_text()
     assert all(p not in env for p in passwords)  # the env file names the files, never a password
+    # nor do the pid files (they record command lines) or the logs (the broker logs its configuration)
+    for path in [*(managed.directory / "pids").glob("*.pid"), *(managed.directory / "logs").glob("*.log")]:
+        text = path.read_text(errors="replace")
+        assert not [p for p in passwords if p in text], path
 
 
 # ---- authentication ----------------------------------------------------------------------------------
@@ -418,3 +422,22 @@ def test_grant_all_grants_several_principals_at_once(managed: Stack) -> None:
         assert resource in listed
     assert listed.count(f"(principal=User:{first}, ") == 3
     assert listed.count(f"(principal=User:{second}, ") == 1
+
+
+def test_a_recorded_command_line_holds_no_secret(tmp_path: Path) -> None:
+    """The storage tool takes the first SCRAM passwords on its command line; its pid file must not."""
+    from saga_testenv.procs import read_records, spawn, terminate
+
+    record = spawn(
+        "format",
+        ["sleep", "5", "SCRAM-SHA-512=[name=x,password=s3cret]"],
+        run_dir=tmp_path,
+        die_with_parent=True,
+        secrets=["s3cret"],
+    )
+    try:
+        (on_disk,) = read_records(tmp_path)
+        assert on_disk.argv[-1] == record.argv[-1] == "SCRAM-SHA-512=[name=x,password=<redacted>]"
+        assert "s3cret" not in (tmp_path / "pids" / "format.pid").read_text()
+    finally:
+        terminate([record], run_dir=tmp_path)
