@@ -6,6 +6,8 @@ Layout, all under ``${XDG_CACHE_HOME:-~/.cache}/saga-operator/testenv/v<CACHE_LA
     kubernetes-<version>/bin/kube-controller-manager
     etcd-<version>/bin/etcd
     kafka-<version>-log4j-<version>/libs/*.jar
+    kafka-tools-<version>/libs/kafka-tools-<version>.jar   Kafka's admin tools (the ACL tool), run on the
+                                                          broker's classpath plus this one jar
     src/<component>/            the throwaway Go wrapper modules and the Maven pom used to build them
     logs/build-<component>.log  full output of the last build of each component
 
@@ -61,6 +63,9 @@ class Artifacts:
     kube_apiserver: Path
     kube_controller_manager: Path
     kafka_libs: Path
+    #: Only the kafka-tools jar (``org.apache.kafka.tools.AclCommand`` lives there since Kafka 4.0); its
+    #: dependencies are on the broker's classpath already, so the tools run with ``kafka_libs/*`` + this.
+    kafka_tools: Path
 
     def missing(self) -> list[str]:
         out = [
@@ -74,7 +79,13 @@ class Artifacts:
         ]
         if not (self.kafka_libs / ".complete").is_file():
             out.append("kafka")
+        if not (self.kafka_tools / ".complete").is_file():
+            out.append("kafka-tools")
         return out
+
+    def kafka_tools_classpath(self) -> str:
+        """The JVM classpath of Kafka's command-line tools (kafka-configs, kafka-acls, kafka-storage)."""
+        return f"{self.kafka_libs}/*:{self.kafka_tools}/*"
 
 
 def artifacts() -> Artifacts:
@@ -85,6 +96,7 @@ def artifacts() -> Artifacts:
         kube_apiserver=kube / "kube-apiserver",
         kube_controller_manager=kube / "kube-controller-manager",
         kafka_libs=root / f"kafka-{versions.KAFKA_VERSION}-log4j-{versions.LOG4J_VERSION}" / "libs",
+        kafka_tools=root / f"kafka-tools-{versions.KAFKA_VERSION}" / "libs",
     )
 
 
@@ -117,6 +129,8 @@ def ensure_built(log: Log | None = None) -> Artifacts:
         started = time.monotonic()
         if "kafka" in missing:
             _build_kafka(wanted.kafka_libs, log)
+        if "kafka-tools" in missing:
+            _build_kafka_tools(wanted.kafka_tools, log)
         if "etcd" in missing:
             _build_etcd(wanted.etcd, log)
         kube: list[str] = [n for n in ("kube-apiserver", "kube-controller-manager") if n in missing]
@@ -363,15 +377,50 @@ _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
 """
 
 
+_TOOLS_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>saga-testenv</groupId>
+  <artifactId>kafka-tools-classpath</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <!-- The jar alone: what it needs (kafka-clients, server-common, jopt-simple, ...) is on the broker's
+         classpath already, and the rest of its dependency tree (Kafka Connect, Jetty, Jersey) is for
+         tools the stack never runs. -->
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka-tools</artifactId>
+      <version>{kafka}</version>
+      <exclusions>
+        <exclusion>
+          <groupId>*</groupId>
+          <artifactId>*</artifactId>
+        </exclusion>
+      </exclusions>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+
 def _build_kafka(libs: Path, log: Log) -> None:
+    pom = _POM.format(scala=versions.KAFKA_SCALA_VERSION, kafka=versions.KAFKA_VERSION, log4j=versions.LOG4J_VERSION)
+    _fetch_jars("kafka", pom, f"kafka_{versions.KAFKA_SCALA_VERSION}-", libs, "the broker's jars", log)
+
+
+def _build_kafka_tools(libs: Path, log: Log) -> None:
+    pom = _TOOLS_POM.format(kafka=versions.KAFKA_VERSION)
+    _fetch_jars("kafka-tools", pom, "kafka-tools-", libs, "the kafka-tools jar", log)
+
+
+def _fetch_jars(component: str, pom: str, expected: str, libs: Path, what: str, log: Log) -> None:
+    """``mvn dependency:copy-dependencies`` of ``pom`` into ``libs`` (atomically, marked complete)."""
     _require("mvn", "install Maven 3 (Debian: apt-get install maven) to fetch the Kafka broker")
     _require("java", "install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless)")
-    src = _fresh_dir(cache_dir() / "src" / f"kafka-{versions.KAFKA_VERSION}")
-    (src / "pom.xml").write_text(
-        _POM.format(scala=versions.KAFKA_SCALA_VERSION, kafka=versions.KAFKA_VERSION, log4j=versions.LOG4J_VERSION)
-    )
-    logfile = _fresh_log("kafka")
-    log(f"Kafka {versions.KAFKA_VERSION}: fetching the broker's jars from Maven Central (log: {logfile})")
+    src = _fresh_dir(cache_dir() / "src" / f"{component}-{versions.KAFKA_VERSION}")
+    (src / "pom.xml").write_text(pom)
+    logfile = _fresh_log(component)
+    log(f"Kafka {versions.KAFKA_VERSION}: fetching {what} from Maven Central (log: {logfile})")
     started = time.monotonic()
     tmp = libs.parent / f".libs.tmp-{os.getpid()}"
     if tmp.exists():
@@ -393,8 +442,8 @@ def _build_kafka(libs: Path, log: Log) -> None:
         log,
     )
     jars = sorted(p.name for p in tmp.glob("*.jar"))
-    if not any(j.startswith(f"kafka_{versions.KAFKA_SCALA_VERSION}-") for j in jars):
-        raise BuildError(f"Maven produced no kafka_{versions.KAFKA_SCALA_VERSION} jar; see {logfile}")
+    if not any(j.startswith(expected) for j in jars):
+        raise BuildError(f"Maven produced no {expected}*.jar; see {logfile}")
     (tmp / ".complete").write_text("\n".join(jars) + "\n")
     if libs.exists():
         shutil.rmtree(libs)

@@ -1,6 +1,8 @@
 """Key material for one local stack: a CA, the API server's serving certificate, an admin client
-certificate (``O=system:masters``) and the service-account signing key pair. Made fresh for every stack,
-valid for a few days, kept in the stack directory (mode 0600 for private keys)."""
+certificate (``O=system:masters``), the service-account signing key pair and the Kafka broker's serving
+certificate (SANs 127.0.0.1 and localhost, issued by the same CA: a Kafka client needs only ``ca.crt``).
+Made fresh for every stack, valid for a few days, kept in the stack directory (mode 0600 for private
+keys)."""
 
 from __future__ import annotations
 
@@ -29,6 +31,10 @@ class StackCerts:
     admin_key: Path
     sa_public_key: Path
     sa_private_key: Path
+    kafka_cert: Path
+    kafka_key: Path
+    #: The broker's PEM keystore (``ssl.keystore.type=PEM``): its private key, then its certificate.
+    kafka_keystore: Path
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -107,6 +113,9 @@ def generate(directory: Path) -> StackCerts:
         admin_key=directory / "admin.key",
         sa_public_key=directory / "sa.pub",
         sa_private_key=directory / "sa.key",
+        kafka_cert=directory / "kafka.crt",
+        kafka_key=directory / "kafka.key",
+        kafka_keystore=directory / "kafka-keystore.pem",
     )
     now = datetime.datetime.now(datetime.UTC)
 
@@ -165,4 +174,16 @@ def generate(directory: Path) -> StackCerts:
     paths.sa_public_key.write_bytes(
         sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
+
+    kafka_key = _key()
+    kafka_sans: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    kafka = _issue(_name("kafka"), kafka_key, ca_cert, ca_key, ExtendedKeyUsageOID.SERVER_AUTH, kafka_sans)
+    _write_key(paths.kafka_key, kafka_key)
+    _write_cert(paths.kafka_cert, kafka)
+    _write_key(paths.kafka_keystore, kafka_key)
+    with paths.kafka_keystore.open("ab") as keystore:
+        keystore.write(kafka.public_bytes(serialization.Encoding.PEM))
     return paths

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import create_conn
 from aiokafka.errors import for_code
 
 T = TypeVar("T")
@@ -70,6 +71,32 @@ async def describe_cluster(bootstrap: str, *, request_timeout: float = 5.0, **ad
         await admin.close()
 
 
+#: The settings of ``aiokafka.conn.create_conn`` (a client's security settings are among them).
+_CONNECTION_SETTINGS = (
+    "security_protocol",
+    "ssl_context",
+    "sasl_mechanism",
+    "sasl_plain_username",
+    "sasl_plain_password",
+    "client_id",
+)
+
+
+async def check_connection(bootstrap: str, *, timeout_s: float = 10.0, **config: Any) -> None:
+    """Open one connection to the first of ``bootstrap``'s servers with these client settings (TCP, the
+    TLS handshake, SASL authentication), then close it. Raises what stopped it, which a client's
+    bootstrap reports only as "Unable to bootstrap": ``aiokafka.errors.SaslAuthenticationFailed`` (a
+    wrong password, an unknown user), ``ssl.SSLCertVerificationError`` (a CA the broker's certificate is
+    not from), ``KafkaConnectionError`` (refused, or closed by the broker: e.g. a client that does not
+    authenticate at a SASL listener)."""
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    settings = {k: v for k, v in config.items() if k in _CONNECTION_SETTINGS}
+    conn = await asyncio.wait_for(
+        create_conn(host, int(port), request_timeout_ms=int(timeout_s * 1000), **settings), timeout_s
+    )
+    conn.close()
+
+
 async def wait_for_broker(bootstrap: str, *, timeout_s: float = 60.0, **admin_config: Any) -> dict[str, Any]:
     """Poll with Metadata requests until the broker lists at least one broker; return the metadata."""
     deadline = time.monotonic() + timeout_s
@@ -83,6 +110,11 @@ async def wait_for_broker(bootstrap: str, *, timeout_s: float = 60.0, **admin_co
             except Exception as exc:
                 last = exc
             await asyncio.sleep(0.25)
+    with _quiet_aiokafka():
+        try:  # the reason, where a client only says "Unable to bootstrap"
+            await check_connection(bootstrap, timeout_s=5.0, **admin_config)
+        except Exception as exc:
+            last = exc
     raise KafkaNotReady(f"no Kafka broker answered at {bootstrap} within {timeout_s:.0f}s (last error: {last!r})")
 
 

@@ -106,8 +106,13 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     die_with_parent: bool,
+    secrets: Sequence[str] = (),
 ) -> ProcessRecord:
-    """Start ``argv`` in its own session with output to ``run_dir/logs/<name>.log``; write its pid file."""
+    """Start ``argv`` in its own session with output to ``run_dir/logs/<name>.log``; write its pid file.
+
+    Each of ``secrets`` that occurs in an argument is replaced by ``<redacted>`` in the pid file (and in
+    the returned record): it records the command line, and anyone may read it.
+    """
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     pids = run_dir / "pids"
@@ -126,7 +131,10 @@ def spawn(
         )
     _CHILDREN[child.pid] = child
     started = _start_time(child.pid)
-    record = ProcessRecord(name, child.pid, started if started is not None else -1, list(argv), str(log_path))
+    recorded = list(argv)
+    for secret in secrets:
+        recorded = [arg.replace(secret, "<redacted>") for arg in recorded]
+    record = ProcessRecord(name, child.pid, started if started is not None else -1, recorded, str(log_path))
     tmp = pids / f".{name}.pid.tmp"
     tmp.write_text(json.dumps(asdict(record)))
     os.replace(tmp, pids / f"{name}.pid")

@@ -7,7 +7,14 @@
   also on Ctrl-C/SIGTERM; its servers die with the pytest process even on SIGKILL.
 * ``kubectl`` (session): ``kubectl(*args, input=None, check=False, kubeconfig=None, timeout=120)`` runs the
   project's kubectl against the stack's cluster and returns the ``CompletedProcess`` (text output).
-* ``kafka_bootstrap`` (session): ``"host:port"`` of the broker.
+* ``kafka_bootstrap`` (session): ``"host:port"`` of the broker for clients that do not authenticate:
+  the transition's loopback PLAINTEXT listener while it is open, else the secured listener.
+* ``kafka_secure_bootstrap`` (session): ``"host:port"`` of the broker's SASL_SSL listener.
+* ``kafka_security`` (session): aiokafka settings that authenticate as the admin (``saga-admin``) on
+  that listener: ``AIOKafkaAdminClient(bootstrap_servers=kafka_secure_bootstrap, **kafka_security)``.
+  For another principal: ``stack.kafka_security(name)``.
+  Both skip the test where the broker's security is not known (a foreign broker without
+  ``SAGA_TESTENV_KAFKA_SECURE_BOOTSTRAP``, ``..._CA_FILE`` and ``..._CREDENTIALS_DIR``).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from .stack import Stack, StackEndpoints
+from .stack import Stack, StackEndpoints, StackError
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -60,3 +67,18 @@ def kubectl(stack: StackEndpoints) -> Callable[..., subprocess.CompletedProcess[
 @pytest.fixture(scope="session")
 def kafka_bootstrap(stack: StackEndpoints) -> str:
     return stack.kafka_bootstrap
+
+
+@pytest.fixture(scope="session")
+def kafka_secure_bootstrap(stack: StackEndpoints) -> str:
+    if not stack.kafka_secure_bootstrap:
+        pytest.skip("no secured Kafka listener known for this broker (SAGA_TESTENV_KAFKA_SECURE_BOOTSTRAP)")
+    return stack.kafka_secure_bootstrap
+
+
+@pytest.fixture(scope="session")
+def kafka_security(stack: StackEndpoints, kafka_secure_bootstrap: str) -> dict[str, Any]:
+    try:
+        return stack.kafka_security()
+    except (StackError, KeyError) as exc:
+        pytest.skip(f"no Kafka admin credentials known for this broker: {exc}")

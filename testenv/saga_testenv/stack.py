@@ -6,6 +6,17 @@
 attributes describe a stack started here or any cluster and broker named by ``KUBECONFIG`` and
 ``KAFKA_BOOTSTRAP_SERVERS`` (``StackEndpoints.from_environment()``).
 
+The broker authenticates on every listener, its KRaft controller listener included: SASL_SSL with
+SCRAM-SHA-512, TLS from the stack's CA, and ACLs (``StandardAuthorizer``, nothing allowed without one);
+see ``kafka_auth``. A client takes ``kafka_secure_bootstrap`` and ``kafka_security(principal)``.
+
+The transition: until the product's own clients speak SASL, ``plaintext_listener=True`` (or
+``SAGA_TESTENV_KAFKA_PLAINTEXT_LISTENER=1``) opens a second client listener, PLAINTEXT, bound to
+127.0.0.1 only, where the unauthenticated principal ``User:ANONYMOUS`` has ACLs for topics, groups and
+transactional ids from 127.0.0.1 (never cluster ACLs, never the ACLs themselves). Then
+``kafka_bootstrap`` and ``KAFKA_BOOTSTRAP_SERVERS`` name that listener, so that unchanged clients keep
+working; without it they name the secured listener. The controller listener is never plaintext.
+
 Why kube-controller-manager: without its namespace controller a deleted namespace stays Terminating
 forever, and without its garbage collector ownerReferences do nothing. Only those controllers (and the
 one that creates each namespace's ``default`` ServiceAccount) run; there is no scheduler and no kubelet,
@@ -29,15 +40,16 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self
 
 import yaml
 
-from . import build, certs, procs, versions
+from . import build, certs, kafka_auth, procs, versions
 from .kafka import run_sync, wait_for_broker
+from .kafka_auth import ADMIN_PRINCIPAL, BROKER_PRINCIPAL, Acl, KafkaTools
 from .kubectl import kubectl_path, run_kubectl
 
 Log = Callable[[str], None]
@@ -46,6 +58,30 @@ UNPRIVILEGED_USER = "saga-unprivileged"
 ENV_UNPRIVILEGED_USER = "SAGA_TESTENV_UNPRIVILEGED_USER"
 ENV_UNPRIVILEGED_TOKEN = "SAGA_TESTENV_UNPRIVILEGED_TOKEN"
 CONTEXT = "saga-testenv"
+
+#: The secured (SASL_SSL) client listener of the broker; set for every stack started here.
+ENV_KAFKA_SECURE_BOOTSTRAP = "SAGA_TESTENV_KAFKA_SECURE_BOOTSTRAP"
+#: The CA certificate that signed the broker's (PEM); a client needs nothing else to trust the broker.
+ENV_KAFKA_CA_FILE = "SAGA_TESTENV_KAFKA_CA_FILE"
+#: A directory of ``<principal>.password`` files (mode 0600).
+ENV_KAFKA_CREDENTIALS_DIR = "SAGA_TESTENV_KAFKA_CREDENTIALS_DIR"
+#: The loopback PLAINTEXT listener of the transition, when open.
+ENV_KAFKA_PLAINTEXT_BOOTSTRAP = "SAGA_TESTENV_KAFKA_PLAINTEXT_BOOTSTRAP"
+#: "1": stacks started without an explicit ``plaintext_listener`` open the transition listener.
+ENV_KAFKA_PLAINTEXT_LISTENER = "SAGA_TESTENV_KAFKA_PLAINTEXT_LISTENER"
+
+#: The coordinator's principal, made with every stack (beside the admin and the broker's own).
+OPERATOR_PRINCIPAL = "saga-operator"
+#: The unauthenticated principal: what a client of a PLAINTEXT listener is.
+ANONYMOUS = "User:ANONYMOUS"
+#: What ``User:ANONYMOUS`` may do on the transition listener (from 127.0.0.1, the only address it binds):
+#: what the unconverted clients do (create, read, write and delete topics, consumer groups, idempotent
+#: and transactional producers). No cluster ACL: it can neither change ACLs nor act as a broker.
+TRANSITION_ACLS = (
+    Acl.topic("*", "All", host="127.0.0.1"),
+    Acl.group("*", "All", host="127.0.0.1"),
+    Acl.transactional_id("*", "All", host="127.0.0.1"),
+)
 
 #: Everything a stack writes into its directory; only these are removed before a fresh start.
 _OWNED_ENTRIES = (
@@ -82,6 +118,12 @@ class StackEndpoints:
     ``kubernetes_version`` is the pinned version for a stack started here and None for a foreign cluster;
     ``unprivileged_token`` is None when no unprivileged user is known (a foreign cluster, unless
     ``SAGA_TESTENV_UNPRIVILEGED_TOKEN`` names one).
+
+    Kafka: ``kafka_secure_bootstrap`` is the SASL_SSL listener (None for a foreign broker unless
+    ``SAGA_TESTENV_KAFKA_SECURE_BOOTSTRAP`` names one), ``kafka_ca_file`` the CA to trust,
+    ``kafka_credentials_dir`` the ``<principal>.password`` files. ``kafka_plaintext_bootstrap`` is the
+    transition listener or None. ``kafka_bootstrap`` is what unchanged clients use: the transition
+    listener while it is open, else the secured one.
     """
 
     managed: bool = False
@@ -95,6 +137,10 @@ class StackEndpoints:
         unprivileged_user: str | None = None,
         unprivileged_token: str | None = None,
         kubernetes_version: str | None = None,
+        kafka_secure_bootstrap: str | None = None,
+        kafka_plaintext_bootstrap: str | None = None,
+        kafka_ca_file: Path | None = None,
+        kafka_credentials_dir: Path | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.kafka_bootstrap = kafka_bootstrap
@@ -102,10 +148,19 @@ class StackEndpoints:
         self.unprivileged_user = unprivileged_user
         self.unprivileged_token = unprivileged_token
         self.kubernetes_version = kubernetes_version
+        self.kafka_secure_bootstrap = kafka_secure_bootstrap
+        self.kafka_plaintext_bootstrap = kafka_plaintext_bootstrap
+        self.kafka_ca_file = kafka_ca_file
+        self.kafka_credentials_dir = kafka_credentials_dir
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> StackEndpoints | None:
-        """Endpoints named by ``KUBECONFIG`` and ``KAFKA_BOOTSTRAP_SERVERS``, or None if either is unset."""
+        """Endpoints named by ``KUBECONFIG`` and ``KAFKA_BOOTSTRAP_SERVERS``, or None if either is unset.
+
+        A secured broker is described by ``SAGA_TESTENV_KAFKA_SECURE_BOOTSTRAP``,
+        ``SAGA_TESTENV_KAFKA_CA_FILE`` and ``SAGA_TESTENV_KAFKA_CREDENTIALS_DIR`` (what ``.stack/env``
+        exports); without them the secured-broker tests skip.
+        """
         environ = os.environ if environ is None else environ
         kubeconfig = environ.get("KUBECONFIG", "")
         bootstrap = environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
@@ -118,6 +173,12 @@ class StackEndpoints:
             kafka_bootstrap=bootstrap,
             unprivileged_user=environ.get(ENV_UNPRIVILEGED_USER) or None,
             unprivileged_token=environ.get(ENV_UNPRIVILEGED_TOKEN) or None,
+            kafka_secure_bootstrap=environ.get(ENV_KAFKA_SECURE_BOOTSTRAP) or None,
+            kafka_plaintext_bootstrap=environ.get(ENV_KAFKA_PLAINTEXT_BOOTSTRAP) or None,
+            kafka_ca_file=Path(environ[ENV_KAFKA_CA_FILE]) if environ.get(ENV_KAFKA_CA_FILE) else None,
+            kafka_credentials_dir=(
+                Path(environ[ENV_KAFKA_CREDENTIALS_DIR]) if environ.get(ENV_KAFKA_CREDENTIALS_DIR) else None
+            ),
         )
         endpoints.apiserver_url = str(endpoints._current_cluster().get("server", ""))
         return endpoints
@@ -128,7 +189,69 @@ class StackEndpoints:
         if self.unprivileged_token:
             out[ENV_UNPRIVILEGED_USER] = self.unprivileged_user or ""
             out[ENV_UNPRIVILEGED_TOKEN] = self.unprivileged_token
+        if self.kafka_secure_bootstrap:
+            out[ENV_KAFKA_SECURE_BOOTSTRAP] = self.kafka_secure_bootstrap
+        if self.kafka_ca_file is not None:
+            out[ENV_KAFKA_CA_FILE] = str(self.kafka_ca_file)
+        if self.kafka_credentials_dir is not None:
+            out[ENV_KAFKA_CREDENTIALS_DIR] = str(self.kafka_credentials_dir)
+        if self.kafka_plaintext_bootstrap:
+            out[ENV_KAFKA_PLAINTEXT_BOOTSTRAP] = self.kafka_plaintext_bootstrap
         return out
+
+    # ------------------------------------------------------------------------------ Kafka clients
+
+    def kafka_principals(self) -> list[str]:
+        """The principals whose credentials this stack holds (the admin and the broker's own included)."""
+        if self.kafka_credentials_dir is None:
+            return []
+        return sorted(p.name.removesuffix(".password") for p in self.kafka_credentials_dir.glob("*.password"))
+
+    def kafka_credentials(self, principal: str) -> tuple[str, str]:
+        """``(username, password)`` of a SCRAM principal; KeyError for a principal this stack lacks."""
+        if self.kafka_credentials_dir is None:
+            raise StackError(f"no Kafka credentials known for this broker (set {ENV_KAFKA_CREDENTIALS_DIR})")
+        return principal, kafka_auth.read_password(self.kafka_credentials_dir, principal)
+
+    def kafka_ssl_context(self) -> ssl.SSLContext:
+        """Trusts the stack's CA only, and checks the broker's host name (127.0.0.1 is in its SANs)."""
+        if self.kafka_ca_file is None:
+            raise StackError(f"no CA known for this broker (set {ENV_KAFKA_CA_FILE})")
+        return ssl.create_default_context(cafile=str(self.kafka_ca_file))
+
+    def kafka_security(self, principal: str = ADMIN_PRINCIPAL) -> dict[str, Any]:
+        """aiokafka settings (producer, consumer, admin client) to authenticate as ``principal`` over
+        SASL_SSL: ``security_protocol``, ``sasl_mechanism``, ``sasl_plain_username``,
+        ``sasl_plain_password``, ``ssl_context``. Not the address: use ``kafka_secure_bootstrap`` (or
+        ``kafka_client_config``, which adds it)."""
+        username, password = self.kafka_credentials(principal)
+        return {
+            "security_protocol": kafka_auth.SECURITY_PROTOCOL,
+            "sasl_mechanism": kafka_auth.SASL_MECHANISM,
+            "sasl_plain_username": username,
+            "sasl_plain_password": password,
+            "ssl_context": self.kafka_ssl_context(),
+        }
+
+    def kafka_client_config(self, principal: str = ADMIN_PRINCIPAL) -> dict[str, Any]:
+        """``kafka_security(principal)`` plus ``bootstrap_servers``: ``AIOKafkaProducer(**config)``."""
+        if not self.kafka_secure_bootstrap:
+            raise StackError(f"no secured Kafka listener known (set {ENV_KAFKA_SECURE_BOOTSTRAP})")
+        return {"bootstrap_servers": self.kafka_secure_bootstrap, **self.kafka_security(principal)}
+
+    def kafka_librdkafka_config(self, principal: str = ADMIN_PRINCIPAL) -> dict[str, str]:
+        """The same for librdkafka clients (kcat ``-X key=value``, confluent-kafka)."""
+        if not self.kafka_secure_bootstrap or self.kafka_ca_file is None:
+            raise StackError("no secured Kafka listener known for this broker")
+        username, password = self.kafka_credentials(principal)
+        return {
+            "bootstrap.servers": self.kafka_secure_bootstrap,
+            "security.protocol": kafka_auth.SECURITY_PROTOCOL,
+            "sasl.mechanisms": kafka_auth.SASL_MECHANISM,
+            "sasl.username": username,
+            "sasl.password": password,
+            "ssl.ca.location": str(self.kafka_ca_file),
+        }
 
     def kubectl(
         self,
@@ -176,6 +299,17 @@ class StackEndpoints:
             f"KUBECONFIG             {self.kubeconfig}",
             f"Kafka bootstrap        {self.kafka_bootstrap}",
         ]
+        if self.kafka_secure_bootstrap:
+            lines.append(f"Kafka SASL_SSL         {self.kafka_secure_bootstrap}  (SCRAM-SHA-512)")
+        if self.kafka_ca_file is not None:
+            lines.append(f"Kafka CA               {self.kafka_ca_file}")
+        if self.kafka_plaintext_bootstrap:
+            lines.append(
+                f"Kafka PLAINTEXT        {self.kafka_plaintext_bootstrap}  (transition listener, loopback only)"
+            )
+        if self.kafka_credentials_dir is not None:
+            lines.append(f"Kafka principals       {', '.join(self.kafka_principals())}")
+            lines.append(f"Kafka passwords        {self.kafka_credentials_dir}/<principal>.password")
         if self.unprivileged_token:
             lines.append(f"unprivileged user      {self.unprivileged_user} (bearer token in the env file)")
         lines.append(f"kubectl                {kubectl_path()}")
@@ -227,6 +361,11 @@ class Stack(StackEndpoints):
     of the program unwinds as on Ctrl-C, unless the program had its own handler).
     ``detached=True`` (``make up``): they outlive it; ``Stack.stop_directory`` or
     ``python -m saga_testenv down`` stops them from their pid files.
+
+    ``kafka_principals``: SCRAM principals to make at start (with the admin, the broker's own and
+    ``saga-operator``), each with a random password; ``add_kafka_principal`` makes more later.
+    ``plaintext_listener``: open the transition listener (see the module); None: as
+    ``SAGA_TESTENV_KAFKA_PLAINTEXT_LISTENER`` says (``1``), else not.
     """
 
     managed = True
@@ -239,6 +378,8 @@ class Stack(StackEndpoints):
         controller_manager: bool = True,
         log: Log | None = None,
         startup_timeout: float = 90.0,
+        kafka_principals: Iterable[str] = (),
+        plaintext_listener: bool | None = None,
     ) -> None:
         self.directory = Path(directory).absolute()
         super().__init__(
@@ -246,7 +387,14 @@ class Stack(StackEndpoints):
             kafka_bootstrap="",
             unprivileged_user=UNPRIVILEGED_USER,
             kubernetes_version=versions.KUBERNETES_VERSION,
+            kafka_ca_file=self.directory / "pki" / "ca.crt",
+            kafka_credentials_dir=self.directory / "kafka" / "credentials",
         )
+        if plaintext_listener is None:
+            plaintext_listener = os.environ.get(ENV_KAFKA_PLAINTEXT_LISTENER, "").strip() == "1"
+        self.plaintext_listener = plaintext_listener
+        wanted = [ADMIN_PRINCIPAL, BROKER_PRINCIPAL, OPERATOR_PRINCIPAL, *kafka_principals]
+        self.initial_kafka_principals = tuple(dict.fromkeys(kafka_auth.check_principal(p) for p in wanted))
         self.detached = detached
         self.controller_manager = controller_manager
         self.log = log or _default_log
@@ -318,28 +466,62 @@ class Stack(StackEndpoints):
             elif path.exists() or path.is_symlink():
                 path.unlink()
 
-    def _spawn(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> procs.ProcessRecord:
-        record = procs.spawn(name, argv, run_dir=self.directory, env=env, die_with_parent=not self.detached)
+    def _spawn(
+        self, name: str, argv: list[str], env: Mapping[str, str] | None = None, secrets: Iterable[str] = ()
+    ) -> procs.ProcessRecord:
+        record = procs.spawn(
+            name, argv, run_dir=self.directory, env=env, die_with_parent=not self.detached, secrets=list(secrets)
+        )
         self.records.append(record)
         return record
 
     def _start(self, artifacts: build.Artifacts, t0: float) -> None:
         d = self.directory
-        (etcd_client, etcd_peer, api_port, kafka_port, controller_port, kcm_port) = procs.free_ports(6)
+        (etcd_client, etcd_peer, api_port, kafka_port, controller_port, kcm_port, plain_port) = procs.free_ports(7)
         pki = certs.generate(d / "pki")
         self.unprivileged_token = secrets.token_urlsafe(32)
         _write_private(d / "tokens.csv", f'{self.unprivileged_token},{UNPRIVILEGED_USER},{UNPRIVILEGED_USER},""\n')
         self.apiserver_url = f"https://127.0.0.1:{api_port}"
         self._write_kubeconfig(pki)
-        self.kafka_bootstrap = f"127.0.0.1:{kafka_port}"
+        self.kafka_secure_bootstrap = f"127.0.0.1:{kafka_port}"
+        self.kafka_plaintext_bootstrap = f"127.0.0.1:{plain_port}" if self.plaintext_listener else None
+        self.kafka_bootstrap = self.kafka_plaintext_bootstrap or self.kafka_secure_bootstrap
 
         # Kafka: format the storage directory first (one short JVM run) while etcd and the API server boot.
+        # The format writes the first SCRAM credentials into the metadata log: the broker authenticates
+        # its own controller connection with one of them, so they must be there before it starts.
         kafka_dir = d / "kafka"
         kafka_dir.mkdir()
+        passwords = {name: kafka_auth.new_password() for name in self.initial_kafka_principals}
+        assert self.kafka_credentials_dir is not None and self.kafka_ca_file is not None
+        self.kafka_credentials_dir.mkdir(mode=0o700, parents=True)
+        for name, password in passwords.items():
+            _write_private(kafka_auth.password_file(self.kafka_credentials_dir, name), password + "\n")
+        _write_private(
+            self._admin_config(),
+            kafka_auth.client_properties(ADMIN_PRINCIPAL, passwords[ADMIN_PRINCIPAL], self.kafka_ca_file),
+        )
         props = kafka_dir / "server.properties"
-        props.write_text(self._kafka_properties(kafka_port, controller_port, kafka_dir / "data"))
+        # 0600: it holds the broker's own password (its JAAS configuration)
+        _write_private(
+            props,
+            self._kafka_properties(
+                kafka_port,
+                controller_port,
+                kafka_dir / "data",
+                pki=pki,
+                broker_password=passwords[BROKER_PRINCIPAL],
+                plaintext_port=plain_port if self.plaintext_listener else None,
+            ),
+        )
         (kafka_dir / "log4j2.properties").write_text(_LOG4J2)
+        (kafka_dir / "tools-log4j2.properties").write_text(kafka_auth.TOOLS_LOG4J2)
         java_cp = ["java", *versions.KAFKA_JVM_OPTIONS, "-cp", f"{artifacts.kafka_libs}/*"]
+        scram: list[str] = []
+        for name, password in passwords.items():
+            # On the format tool's command line for the second or two it runs (the tool takes them no
+            # other way), never in its pid file.
+            scram += ["--add-scram", kafka_auth.scram_format_arg(name, password)]
         fmt = self._spawn(
             "kafka-format",
             [
@@ -351,7 +533,9 @@ class Stack(StackEndpoints):
                 kafka_cluster_id(),
                 "-c",
                 str(props),
+                *scram,
             ],
+            secrets=passwords.values(),
         )
 
         etcd_url = f"http://127.0.0.1:{etcd_client}"
@@ -430,8 +614,14 @@ class Stack(StackEndpoints):
                 ],
             )
 
-        bootstrap = self.kafka_bootstrap
-        self._wait_kafka(kafka, bootstrap, t0)
+        self._wait_kafka(kafka, t0)
+        if self.kafka_plaintext_bootstrap:
+            # while kube-controller-manager finishes booting
+            self.grant(ANONYMOUS, TRANSITION_ACLS)
+            self.log(
+                f"kafka: transition PLAINTEXT listener at {self.kafka_plaintext_bootstrap} (loopback, "
+                "User:ANONYMOUS has topic, group and transactional-id ACLs from 127.0.0.1)"
+            )
         if kcm is not None:
             insecure = ssl.create_default_context()
             insecure.check_hostname = False
@@ -443,17 +633,54 @@ class Stack(StackEndpoints):
                 t0,
             )
 
-    def _kafka_properties(self, port: int, controller_port: int, data: Path) -> str:
+    def _kafka_properties(
+        self,
+        port: int,
+        controller_port: int,
+        data: Path,
+        *,
+        pki: certs.StackCerts,
+        broker_password: str,
+        plaintext_port: int | None,
+    ) -> str:
+        listeners = [f"BROKER://127.0.0.1:{port}", f"CONTROLLER://127.0.0.1:{controller_port}"]
+        advertised = [f"BROKER://127.0.0.1:{port}"]
+        protocols = ["BROKER:SASL_SSL", "CONTROLLER:SASL_SSL"]
+        if plaintext_port is not None:
+            # the transition listener: loopback only, unauthenticated (User:ANONYMOUS), see TRANSITION_ACLS
+            listeners.append(f"TRANSITION://127.0.0.1:{plaintext_port}")
+            advertised.append(f"TRANSITION://127.0.0.1:{plaintext_port}")
+            protocols.append("TRANSITION:PLAINTEXT")
+        jaas = kafka_auth.jaas(BROKER_PRINCIPAL, broker_password)
+        mechanism = kafka_auth.SASL_MECHANISM
         return "\n".join(
             [
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
-                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                f"listeners={','.join(listeners)}",
+                f"advertised.listeners={','.join(advertised)}",
                 "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                "inter.broker.listener.name=PLAINTEXT",
+                f"listener.security.protocol.map={','.join(protocols)}",
+                "inter.broker.listener.name=BROKER",
+                # Authentication: SCRAM-SHA-512 over TLS on both SASL listeners. The broker's own
+                # connections (to its controller; to other brokers, had it any) authenticate as
+                # saga-broker with the JAAS configuration of the listener they go to.
+                f"sasl.enabled.mechanisms={mechanism}",
+                f"sasl.mechanism.inter.broker.protocol={mechanism}",
+                f"sasl.mechanism.controller.protocol={mechanism}",
+                f"listener.name.broker.{mechanism.lower()}.sasl.jaas.config={jaas}",
+                f"listener.name.controller.{mechanism.lower()}.sasl.jaas.config={jaas}",
+                "ssl.keystore.type=PEM",
+                f"ssl.keystore.location={pki.kafka_keystore}",
+                "ssl.truststore.type=PEM",
+                f"ssl.truststore.location={pki.ca_cert}",
+                "ssl.client.auth=none",
+                "ssl.endpoint.identification.algorithm=https",
+                # Authorization: nothing without an ACL, but for the two super users.
+                f"authorizer.class.name={kafka_auth.AUTHORIZER}",
+                "allow.everyone.if.no.acl.found=false",
+                "super.users=" + ";".join(f"User:{u}" for u in kafka_auth.SUPER_USERS),
                 f"log.dirs={data}",
                 "num.partitions=1",
                 # the operator creates its topics explicitly; a typo must not create a topic silently
@@ -530,13 +757,15 @@ class Stack(StackEndpoints):
             self.timings[name] = time.monotonic() - t0
             self.log(f"{name} ready ({self.timings[name]:.1f}s)")
 
-    def _wait_kafka(self, record: procs.ProcessRecord, bootstrap: str, t0: float) -> None:
+    def _wait_kafka(self, record: procs.ProcessRecord, t0: float) -> None:
+        """Until the broker answers a Metadata request on its secured listener, as the admin."""
         deadline = time.monotonic() + self.startup_timeout
+        assert self.kafka_secure_bootstrap is not None
         while True:
             if not record.running():
                 raise StackError(f"Kafka exited before it was ready; log {record.log}:\n{procs.log_tail(record)}")
             try:
-                run_sync(wait_for_broker(bootstrap, timeout_s=5.0))
+                run_sync(wait_for_broker(self.kafka_secure_bootstrap, timeout_s=5.0, **self.kafka_security()))
                 break
             except Exception as exc:
                 if time.monotonic() > deadline:
@@ -551,6 +780,8 @@ class Stack(StackEndpoints):
         state = {
             "kubeconfig": str(self.kubeconfig),
             "kafka_bootstrap": self.kafka_bootstrap,
+            "kafka_secure_bootstrap": self.kafka_secure_bootstrap,
+            "kafka_plaintext_bootstrap": self.kafka_plaintext_bootstrap,
             "apiserver_url": self.apiserver_url,
             "unprivileged_user": self.unprivileged_user,
             "unprivileged_token": self.unprivileged_token,
@@ -598,6 +829,9 @@ class Stack(StackEndpoints):
         if not stack.records or not all(r.running() for r in stack.records):
             return None
         stack.kafka_bootstrap = state["kafka_bootstrap"]
+        stack.kafka_secure_bootstrap = state.get("kafka_secure_bootstrap")
+        stack.kafka_plaintext_bootstrap = state.get("kafka_plaintext_bootstrap")
+        stack.plaintext_listener = stack.kafka_plaintext_bootstrap is not None
         stack.apiserver_url = state["apiserver_url"]
         stack.unprivileged_token = state.get("unprivileged_token")
         stack.timings = state.get("timings", {})
@@ -622,11 +856,69 @@ class Stack(StackEndpoints):
         out = {r.name: r.running() for r in self.records}
         out["kube-apiserver /readyz"] = self._http_ok(f"{self.apiserver_url}/readyz", ctx)
         try:
-            run_sync(wait_for_broker(self.kafka_bootstrap, timeout_s=5.0))
-            out["kafka metadata"] = True
+            assert self.kafka_secure_bootstrap is not None
+            run_sync(wait_for_broker(self.kafka_secure_bootstrap, timeout_s=5.0, **self.kafka_security()))
+            out["kafka metadata (SASL_SSL, saga-admin)"] = True
         except Exception:
-            out["kafka metadata"] = False
+            out["kafka metadata (SASL_SSL, saga-admin)"] = False
+        if self.kafka_plaintext_bootstrap:
+            try:
+                run_sync(wait_for_broker(self.kafka_plaintext_bootstrap, timeout_s=5.0))
+                out["kafka metadata (transition PLAINTEXT)"] = True
+            except Exception:
+                out["kafka metadata (transition PLAINTEXT)"] = False
         return out
+
+    # -------------------------------------------------------------------- Kafka principals and ACLs
+
+    def _admin_config(self) -> Path:
+        """The admin's Java client properties, the tools' ``--command-config`` (mode 0600)."""
+        return self.directory / "kafka" / "admin.properties"
+
+    def kafka_tools(self) -> KafkaTools:
+        """Kafka's ACL and config tools, as the admin, against the secured listener."""
+        if not self.kafka_secure_bootstrap:
+            raise StackError("the stack is not started")
+        return KafkaTools(
+            classpath=build.artifacts().kafka_tools_classpath(),
+            bootstrap=self.kafka_secure_bootstrap,
+            admin_config=self._admin_config(),
+            log4j_config=self.directory / "kafka" / "tools-log4j2.properties",
+        )
+
+    def add_kafka_principal(self, name: str, *, timeout: float = 30.0) -> tuple[str, str]:
+        """Make the SCRAM principal ``name`` (a random password, in the credentials directory) on the
+        running broker, through Kafka's config tool as the admin, and wait until it can authenticate.
+        Returns ``(username, password)``; a principal the stack has already is returned as it is."""
+        assert self.kafka_credentials_dir is not None
+        path = kafka_auth.password_file(self.kafka_credentials_dir, name)
+        if path.exists():
+            return self.kafka_credentials(name)
+        password = kafka_auth.new_password()
+        self.kafka_tools().upsert_scram_user(name, password, self.directory / "kafka" / f".{name}.scram")
+        _write_private(path, password + "\n")
+        # The credential is in the metadata log; the broker's authenticator sees it once the broker has
+        # applied that record, a moment later.
+        assert self.kafka_secure_bootstrap is not None
+        try:
+            run_sync(wait_for_broker(self.kafka_secure_bootstrap, timeout_s=timeout, **self.kafka_security(name)))
+        except Exception as exc:
+            raise StackError(f"Kafka principal {name} was created but cannot authenticate: {exc}") from exc
+        return name, password
+
+    def grant(self, principal: str, acls: Iterable[Acl]) -> None:
+        """Add ACLs for ``principal`` (a name, or ``User:<name>``) with Kafka's ACL tool, as the admin.
+        Adding an ACL that exists is not an error. They take effect at the next request of any
+        connection, open ones included."""
+        self.kafka_tools().add_acls(principal, list(acls))
+
+    def grant_all(self, grants: Mapping[str, Iterable[Acl]]) -> None:
+        """``grant`` for several principals at once (the tool's runs overlap: quicker than one by one)."""
+        self.kafka_tools().add_acls_many({p: list(a) for p, a in grants.items()})
+
+    def list_acls(self, principal: str | None = None) -> str:
+        """Every ACL (or those of ``principal``), as Kafka's ACL tool prints them (``--list``)."""
+        return self.kafka_tools().list_acls(principal)
 
     # ------------------------------------------------------------------------- cleanup on interrupt
 

@@ -85,6 +85,7 @@ def test_kind_overlay_has_everything() -> None:
         ("StatefulSet", "kafka"),
         ("Service", "kafka"),
         ("Job", "kafka-topics"),
+        ("Job", "kafka-access"),
         *[("Deployment", s) for s in SERVICES],
         *[("PersistentVolumeClaim", f"{s}-data") for s in SERVICES],
     ]:
@@ -231,19 +232,86 @@ def test_kafka() -> None:
     assert "auto.create.topics.enable=false" in properties
 
 
+def test_kafka_authenticates_on_every_listener_and_authorizes_every_request() -> None:
+    text = (MANIFESTS / "kafka" / "server.properties").read_text()
+    props = dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    protocols = dict(entry.split(":") for entry in props["listener.security.protocol.map"].split(","))
+    names = [entry.split("://")[0] for entry in props["listeners"].split(",")]
+    assert sorted(names) == sorted(protocols) == ["BROKER", "CONTROLLER"]
+    assert set(protocols.values()) == {"SASL_SSL"}  # the controller listener too; no PLAINTEXT anywhere
+    assert not [k for k, v in props.items() if "PLAINTEXT" in v]
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert props["sasl.mechanism.controller.protocol"] == "SCRAM-SHA-512"
+    assert props["sasl.mechanism.inter.broker.protocol"] == "SCRAM-SHA-512"
+    assert props["authorizer.class.name"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    assert props["super.users"] == "User:saga-broker;User:saga-admin"
+    assert props["ssl.client.auth"] == "none"  # SCRAM names the principal, not a certificate
+    # nothing secret in the file: passwords come from Secrets at start (start-kafka.sh)
+    assert "password=" not in text and "sasl.jaas.config" not in text
+
+
+def test_kafka_secrets_come_from_secrets_never_from_the_manifests() -> None:
+    docs = objects("overlays/kind")
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    kafka = pod_spec(find(docs, "StatefulSet", "kafka"))
+    secrets = {v["name"]: v["secret"]["secretName"] for v in kafka["volumes"] if "secret" in v}
+    assert secrets == {
+        "tls": "kafka-tls",
+        "user-saga-broker": "kafka-user-saga-broker",
+        "user-saga-admin": "kafka-user-saga-admin",
+    }
+    for workload in workloads(docs):
+        for container in containers(pod_spec(workload)):
+            for env in container.get("env", []):
+                assert "secretKeyRef" not in env.get("valueFrom", {}), "secrets are files, never environment"
+
+
+def _job_participants(name: str) -> list[str]:
+    (container,) = pod_spec(find(objects("kafka"), "Job", name))["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    return str(env["PARTICIPANTS"]).split()
+
+
 def test_topics_job_creates_the_protocols_topics() -> None:
-    job = find(objects("kafka"), "Job", "kafka-topics")
-    (container,) = pod_spec(job)["containers"]
-    script = container["command"][-1]
-    assert f"create {REPLY_TOPIC} " in script
-    assert f"create {dead_letter_topic(REPLY_TOPIC)} " in script
-    participants = script.split("for participant in ", 1)[1].split(";", 1)[0].split()
-    assert participants == list(SERVICES)
-    # the loop body, expanded per participant, names the topics the way saga_protocol does
-    for participant in participants:
+    (container,) = pod_spec(find(objects("kafka"), "Job", "kafka-topics"))["containers"]
+    assert container["command"] == ["/bin/bash", "/etc/kafka-config/topics.sh"]
+    assert _job_participants("kafka-topics") == list(SERVICES)
+    script = (MANIFESTS / "kafka" / "topics.sh").read_text()
+    assert "for participant in $PARTICIPANTS; do" in script
+    # the loop body, expanded per participant, names the topics the way saga_protocol does; the reply
+    # topic is one per participant (saga.replies.<participant>): the topic tells who replied
+    for participant in SERVICES:
         expanded = script.replace("$participant", participant)
+        reply = f"{REPLY_TOPIC}.{participant}"
         assert f'create "{command_topic(participant)}" 6' in expanded
         assert f'create "{dead_letter_topic(command_topic(participant))}" 1' in expanded
+        assert f'create "{reply}" 6' in expanded
+        assert f'create "{dead_letter_topic(reply)}" 1' in expanded
+
+
+def test_access_job_grants_each_principal_its_part() -> None:
+    """The ACL table of docs/operations.md, as access.sh runs it (tests/deploy/test_kafka_secured.py
+    runs it against a broker)."""
+    (container,) = pod_spec(find(objects("kafka"), "Job", "kafka-access"))["containers"]
+    assert container["command"] == ["/bin/bash", "/etc/kafka-config/access.sh"]
+    assert _job_participants("kafka-access") == list(SERVICES)
+    script = " ".join((MANIFESTS / "kafka" / "access.sh").read_text().replace("\\\n", " ").split())
+    op = '--allow-principal "$operator"'
+    assert f"{op} --operation Write --resource-pattern-type prefixed --topic saga.commands." in script
+    assert f"{op} --operation Read --resource-pattern-type prefixed --topic saga.replies." in script
+    assert f"{op} --operation Read --group saga-operator" in script
+    assert f'{op} --operation Write --topic "saga.replies.$participant.dlq"' in script
+    p = '--allow-principal "$principal"'
+    assert 'principal="User:saga-participant-$participant"' in script
+    assert (
+        f'{p} --operation Read --topic "saga.commands.$participant" --group "saga-participant-$participant"' in script
+    )
+    assert (
+        f'{p} --operation Write --topic "saga.replies.$participant" --topic "saga.commands.$participant.dlq"' in script
+    )
+    assert script.count("acl --allow-principal") == 6  # nothing else, and no cluster ACL
+    assert "--cluster" not in script
 
 
 # ---- the examples --------------------------------------------------------------------------------

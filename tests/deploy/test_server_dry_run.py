@@ -85,7 +85,7 @@ def as_pod(workload: dict[str, Any]) -> dict[str, Any]:
 
 def test_pods_are_admitted_by_pod_security_restricted(cluster: Kubectl) -> None:
     pods = [as_pod(w) for w in workloads(objects("overlays/kind"))]
-    assert len(pods) == 6  # operator, kafka, topics job, three participants
+    assert len(pods) == 7  # operator, kafka, topics and access jobs, three participants
     result = apply_docs(cluster, pods, "--dry-run=server")
     ok(result, "dry-run of the workloads' pods")
     assert no_warnings(result.stderr) == []

@@ -29,12 +29,13 @@ pytestmark = [
 SERVERS = {"etcd", "kube-apiserver", "kube-controller-manager", "kafka"}
 
 
-def _cli(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _cli(directory: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "saga_testenv", "--dir", str(directory), *args],
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -49,8 +50,10 @@ def _wait_gone(records: list[ProcessRecord], timeout: float = 30.0) -> list[Proc
 
 
 def test_up_twice_then_down_leaves_no_process(tmp_path: Path) -> None:
+    """Also the final state of the transition: a stack without the plaintext listener, whose health
+    check (`status`) reaches the broker over SASL_SSL as the admin."""
     directory = tmp_path / "stack"
-    up = _cli(directory, "up")
+    up = _cli(directory, "up", env={"SAGA_TESTENV_KAFKA_PLAINTEXT_LISTENER": "0"})
     assert up.returncode == 0, up.stdout + up.stderr
     records = read_records(directory)
     assert {r.name for r in records} == SERVERS
@@ -58,12 +61,24 @@ def test_up_twice_then_down_leaves_no_process(tmp_path: Path) -> None:
     env = (directory / "env").read_text()
     assert f"export KUBECONFIG={directory / 'kubeconfig'}" in env
     assert "export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:" in env
+    exported = dict(
+        line.removeprefix("export ").split("=", 1) for line in env.splitlines() if line.startswith("export")
+    )
+    # no transition listener: the one bootstrap address is the secured listener
+    assert exported["KAFKA_BOOTSTRAP_SERVERS"] == exported["SAGA_TESTENV_KAFKA_SECURE_BOOTSTRAP"]
+    assert "SAGA_TESTENV_KAFKA_PLAINTEXT_BOOTSTRAP" not in exported
+    assert exported["SAGA_TESTENV_KAFKA_CA_FILE"] == str(directory / "pki" / "ca.crt")
+    assert exported["SAGA_TESTENV_KAFKA_CREDENTIALS_DIR"] == str(directory / "kafka" / "credentials")
+    assert "TRANSITION" not in (directory / "kafka" / "server.properties").read_text()
     try:
         again = _cli(directory, "up")
         assert again.returncode == 0
         assert "already up" in again.stdout
         assert [(r.pid, r.start_time) for r in read_records(directory)] == [(r.pid, r.start_time) for r in records]
-        assert _cli(directory, "status", "-q").returncode == 0
+        status = _cli(directory, "status")
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "kafka metadata (SASL_SSL, saga-admin)" in status.stdout
+        assert "PLAINTEXT" not in status.stdout
     finally:
         down = _cli(directory, "down")
         terminate(records)

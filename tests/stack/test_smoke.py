@@ -1,5 +1,9 @@
 """Smoke tests of the real stack: the same tests run against the local stack or any cluster and broker
-named by KUBECONFIG and KAFKA_BOOTSTRAP_SERVERS."""
+named by KUBECONFIG and KAFKA_BOOTSTRAP_SERVERS.
+
+The Kafka tests run twice: as the admin on the secured (SASL_SSL) listener, and as an unauthenticated
+client on `kafka_bootstrap` while that is the transition's plaintext listener (what the unconverted
+clients use; skipped once the transition is over)."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -56,6 +61,18 @@ def test_server_version(stack: StackEndpoints, kubectl: Kubectl) -> None:
     else:
         assert server["gitVersion"].startswith("v1."), server
     assert Path(kubectl_path()).is_file()
+
+
+@pytest.fixture(params=["sasl_ssl", "transition"])
+def kafka_client(request: pytest.FixtureRequest, stack: StackEndpoints) -> tuple[str, dict[str, Any]]:
+    """``(bootstrap, aiokafka settings)`` of one way in."""
+    if request.param == "sasl_ssl":
+        bootstrap: str = request.getfixturevalue("kafka_secure_bootstrap")
+        security: dict[str, Any] = request.getfixturevalue("kafka_security")
+        return bootstrap, security
+    if stack.kafka_secure_bootstrap and stack.kafka_bootstrap == stack.kafka_secure_bootstrap:
+        pytest.skip("no transition listener: kafka_bootstrap is the secured listener")
+    return stack.kafka_bootstrap, {}
 
 
 def test_namespace_create_and_delete(kubectl: Kubectl) -> None:
@@ -142,11 +159,13 @@ def test_service_account_token_and_rbac(
     assert "Forbidden" in kubectl("get", "secrets", "-n", namespace, kubeconfig=kubeconfig).stderr
 
 
-async def test_topic_creation_is_idempotent(kafka_bootstrap: str) -> None:
+async def test_topic_creation_is_idempotent(kafka_client: tuple[str, dict[str, Any]]) -> None:
+    kafka_bootstrap, security = kafka_client
     name = _unique("smoke-topic")
-    assert await ensure_topics(kafka_bootstrap, [TopicSpec(name, partitions=3)]) == [name]
-    assert await ensure_topics(kafka_bootstrap, [TopicSpec(name, partitions=3)]) == []  # exists: not an error
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    assert await ensure_topics(kafka_bootstrap, [TopicSpec(name, partitions=3)], **security) == [name]
+    # exists: not an error
+    assert await ensure_topics(kafka_bootstrap, [TopicSpec(name, partitions=3)], **security) == []
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap, **security)
     await admin.start()
     try:
         (described,) = await admin.describe_topics([name])
@@ -155,12 +174,13 @@ async def test_topic_creation_is_idempotent(kafka_bootstrap: str) -> None:
         await admin.close()
 
 
-async def test_produce_consume_round_trip(kafka_bootstrap: str) -> None:
+async def test_produce_consume_round_trip(kafka_client: tuple[str, dict[str, Any]]) -> None:
+    kafka_bootstrap, security = kafka_client
     topic, group = _unique("smoke-rt"), _unique("smoke-group")
-    await ensure_topics(kafka_bootstrap, [topic])
+    await ensure_topics(kafka_bootstrap, [topic], **security)
     payloads = [f"message-{i}".encode() for i in range(10)]
 
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all", **security)
     await producer.start()
     try:
         for i, payload in enumerate(payloads):
@@ -175,6 +195,7 @@ async def test_produce_consume_round_trip(kafka_bootstrap: str) -> None:
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            **security,
         )
 
     first = consumer()
@@ -204,9 +225,13 @@ async def test_produce_consume_round_trip(kafka_bootstrap: str) -> None:
 
 
 def test_kcat_lists_the_broker(stack: StackEndpoints) -> None:
+    """kcat without credentials at `kafka_bootstrap` (the transition listener); tests/stack/
+    test_kafka_security.py runs it over SASL_SSL."""
     kcat = shutil.which("kcat")
     if kcat is None:
         pytest.skip("kcat is not installed (apt-get install kcat; .ci/run installs it)")
+    if stack.kafka_secure_bootstrap and stack.kafka_bootstrap == stack.kafka_secure_bootstrap:
+        pytest.skip("no transition listener: kafka_bootstrap is the secured listener")
     result = subprocess.run(
         [kcat, "-L", "-b", stack.kafka_bootstrap, "-m", "10"], capture_output=True, text=True, timeout=30
     )
