@@ -31,8 +31,9 @@ from typing import Any, Final
 
 import yaml
 
-from saga_operator.domain.model import GROUP, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH, PLURAL, VERSION
+from saga_operator.domain.model import GROUP, PLURAL, VERSION
 from saga_operator.domain.participant import ANY_NAMESPACE, PARTICIPANT_KIND
+from saga_protocol import MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH
 
 #: The operator's identity in manifests/base (ServiceAccount saga-operator in namespace saga-system).
 OPERATOR_USER: Final = "system:serviceaccount:saga-system:saga-operator"

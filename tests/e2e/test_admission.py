@@ -22,8 +22,10 @@ from typing import Any
 import pytest
 import yaml
 
-from saga_harness.world import REPO, buy_video_saga, install_crd
+from saga_harness.manifests import buy_video_saga
+from saga_harness.world import REPO, install_crd
 from saga_operator import admission
+from saga_protocol import MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH, json_size
 from saga_testenv import StackEndpoints
 
 pytestmark = pytest.mark.stack
@@ -343,10 +345,6 @@ def test_participant_objects_are_checked_too(cluster: Cluster) -> None:
 # ---- sizes and shapes the wire refuses ---------------------------------------------------------------
 
 
-def compact(value: Any) -> int:
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
-
-
 def nested(levels: int, leaf: Any = 1) -> Any:
     value = leaf
     for _ in range(levels):
@@ -356,21 +354,21 @@ def nested(levels: int, leaf: Any = 1) -> Any:
 
 def test_a_payload_larger_than_the_wire_carries_is_refused_at_the_byte(cluster: Cluster) -> None:
     fits = {"note": ""}
-    fits["note"] = "x" * (admission.MAX_PAYLOAD_BYTES - compact(fits))
-    assert compact(fits) == admission.MAX_PAYLOAD_BYTES
+    fits["note"] = "x" * (MAX_PAYLOAD_BYTES - json_size(fits))
+    assert json_size(fits) == MAX_PAYLOAD_BYTES
     accepted = cluster.apply(saga("payload-fits", cluster.team_b, payload=fits), "--dry-run=server")
     assert accepted.returncode == 0, accepted.stderr
     over = {"note": fits["note"] + "é"}  # two more bytes in UTF-8
     assert refusal(cluster.apply(saga("payload-over", cluster.team_b, payload=over))) == (
         'Error from server (RequestEntityTooLarge): error when creating "STDIN": sagas.saga.dev "payload-over" is '
-        f"forbidden: {PAYLOAD_POLICY}: spec.payload is {compact(over)} bytes as compact JSON, more than the saga "
-        f"protocol carries ({admission.MAX_PAYLOAD_BYTES})"
+        f"forbidden: {PAYLOAD_POLICY}: spec.payload is {json_size(over)} bytes as compact JSON, more than the saga "
+        f"protocol carries ({MAX_PAYLOAD_BYTES})"
     )
 
 
 @pytest.mark.parametrize("leaf", [1, "a string with [brackets] and {braces"], ids=["plain", "brackets-in-strings"])
 def test_a_payload_nested_deeper_than_the_wire_allows_is_refused(cluster: Cluster, leaf: Any) -> None:
-    limit = admission.MAX_PAYLOAD_DEPTH
+    limit = MAX_PAYLOAD_DEPTH
     deepest = saga("payload-deepest", cluster.team_b, payload=nested(limit, leaf))  # {"a": ...} x 32: 32 levels
     accepted = cluster.apply(deepest, "--dry-run=server")
     assert accepted.returncode == 0, accepted.stderr

@@ -11,7 +11,7 @@ import pytest
 import saga_protocol
 from saga_operator import admission, crd
 from saga_operator.domain import lifecycle
-from saga_operator.domain.model import MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH, MUTABLE_SPEC_FIELDS, SagaSpec
+from saga_operator.domain.model import MUTABLE_SPEC_FIELDS, SagaSpec
 from saga_protocol import schema
 from saga_protocol.messages import Command, CommandKind, Outcome, Reply, now
 
@@ -132,10 +132,12 @@ def test_a_new_optional_spec_field_gets_a_rule_that_sees_it_added_and_removed() 
     assert rule["rule"] == "has(oldSelf.future) ? has(self.future) && self.future == oldSelf.future : !has(self.future)"
 
 
-def test_payload_limits_are_the_protocols() -> None:
-    """The protocol's constants (saga_protocol limits) once it defines them; until then the same numbers."""
-    assert getattr(saga_protocol, "MAX_PAYLOAD_BYTES", MAX_PAYLOAD_BYTES) == MAX_PAYLOAD_BYTES == 64 * 1024
-    assert getattr(saga_protocol, "MAX_PAYLOAD_DEPTH", MAX_PAYLOAD_DEPTH) == MAX_PAYLOAD_DEPTH == 32
+def test_the_payload_policy_and_the_field_description_use_the_protocols_limits() -> None:
+    rendered = admission.render()
+    assert f"variables.bytes <= {saga_protocol.MAX_PAYLOAD_BYTES}" in rendered
+    assert f"deeper than the saga protocol allows ({saga_protocol.MAX_PAYLOAD_DEPTH} levels" in rendered
+    description = SagaSpec.model_fields["payload"].description or ""
+    assert f"at most {saga_protocol.MAX_PAYLOAD_BYTES // 1024} KiB" in description
 
 
 def test_status_writers_are_a_parameter_of_the_generator() -> None:

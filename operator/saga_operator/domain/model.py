@@ -14,6 +14,8 @@ from typing import Annotated, Any, Final, Self, cast
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 from pydantic.alias_generators import to_camel
 
+from saga_protocol import MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH
+
 GROUP: Final = "saga.dev"
 VERSION: Final = "v1alpha1"
 KIND: Final = "Saga"
@@ -26,13 +28,10 @@ MAX_STEPS: Final = 32
 # Bounds keep the CRD's CEL rules within the API server's cost budget.
 MAX_DEPENDENCIES: Final = 8
 DNS_LABEL: Final = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
-# The wire's limits on spec.payload, which travels unchanged in every command: the same numbers as the
-# protocol's (saga_protocol limits, MAX_PAYLOAD_BYTES and MAX_PAYLOAD_DEPTH; a unit test compares them once
-# the protocol defines them). Bytes of compact UTF-8 JSON; depth counts containers, the payload is level 1.
+# The wire's limits on spec.payload, which travels unchanged in every command: the protocol's own
+# (MAX_PAYLOAD_BYTES of compact UTF-8 JSON, MAX_PAYLOAD_DEPTH levels of containers, the payload is level 1).
 # A CRD rule cannot measure a free-form object within its cost budget: the admission policy
 # `sagas.saga.dev-payload` does (saga_operator.admission), and the operator checks again at start.
-MAX_PAYLOAD_BYTES: Final = 64 * 1024
-MAX_PAYLOAD_DEPTH: Final = 32
 # The only spec field that may change once a Saga exists, and only from false to true. Every other field of
 # SagaSpec, today's and any added later, is immutable: saga_operator.crd generates one CRD transition rule
 # per field from the model, so a new field is covered without anyone remembering to.
