@@ -61,11 +61,14 @@ demo: $(STAMP) ## the buy-video sagas end to end on the local stack: kubectl get
 	$(PY) -m saga_harness.demo
 
 .PHONY: generate
-generate: $(STAMP) ## regenerate the CRD, the finalizer policy, the protocol JSON Schema, the step lifecycle diagram and the settings table from their sources
+generate: $(STAMP) ## regenerate the CRDs, the admission policies, the protocol JSON Schema, the step lifecycle diagram and the settings table from their sources
 	$(PY) -m saga_operator.crd > crds/saga.dev_sagas.yaml
+	$(PY) -m saga_operator.crd --participants > crds/saga.dev_participants.yaml
 	$(PY) -m saga_operator.crd --finalizer-policy > crds/saga.dev_finalizer-policy.yaml
-	cp crds/saga.dev_sagas.yaml manifests/base/crds/
-	cp crds/saga.dev_finalizer-policy.yaml manifests/admission/
+	$(PY) -m saga_operator.admission > crds/saga.dev_admission-policies.yaml
+	cp crds/saga.dev_sagas.yaml crds/saga.dev_participants.yaml manifests/base/crds/
+	cp crds/saga.dev_admission-policies.yaml manifests/admission/
+	cp crds/saga.dev_finalizer-policy.yaml manifests/admission/finalizer/
 	$(PY) -m saga_protocol.schema > docs/protocol.schema.json
 	$(PY) -m saga_operator.domain.lifecycle --mermaid --into docs/architecture.md
 	$(PY) -m saga_operator.config --update docs/operations.md
@@ -125,13 +128,17 @@ kind-up: image ## create the kind cluster, load the image, deploy Kafka, the ope
 	@if $(KCTL) -n saga-system get deployment/saga-operator >/dev/null 2>&1; then again=1; else again=0; fi; \
 	echo "$(KCTL) apply -k manifests/overlays/kind"; \
 	$(KCTL) apply -k manifests/overlays/kind || exit 1; \
+	$(KCTL) wait --for condition=Established --timeout=60s crd/sagas.saga.dev crd/participants.saga.dev || exit 1; \
+	echo "$(KCTL) apply -k manifests/participants/registration"; \
+	$(KCTL) apply -k manifests/participants/registration || exit 1; \
 	echo "$(KCTL) apply -k manifests/admission"; \
-	$(KCTL) apply -k manifests/admission || echo "make kind-up: this cluster has no MutatingAdmissionPolicy v1 (Kubernetes < 1.36?); skipped it: the operator adds the finalizer itself, one more write per saga"; \
+	$(KCTL) apply -k manifests/admission || exit 1; \
+	echo "$(KCTL) apply -k manifests/admission/finalizer"; \
+	$(KCTL) apply -k manifests/admission/finalizer || echo "make kind-up: this cluster has no MutatingAdmissionPolicy v1 (Kubernetes < 1.36?); skipped it: the operator adds the finalizer itself, one more write per saga"; \
 	if [ $$again = 1 ]; then \
 	  $(KCTL) -n saga-system rollout restart deployment/saga-operator deployment/videos deployment/users deployment/agents \
 	    || exit 1; \
 	fi
-	$(KCTL) wait --for condition=Established --timeout=60s crd/sagas.saga.dev
 	$(KCTL) -n saga-system rollout status statefulset/kafka --timeout=300s
 	$(KCTL) -n saga-system wait --for condition=Complete --timeout=300s job/kafka-topics
 	$(KCTL) -n saga-system wait --for condition=Complete --timeout=300s job/kafka-access

@@ -28,6 +28,9 @@ REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "crds"
 CRD_FILE = "saga.dev_sagas.yaml"
 POLICY_FILE = "saga.dev_finalizer-policy.yaml"
+PARTICIPANT_CRD_FILE = "saga.dev_participants.yaml"
+#: The demo participants' Participant objects, which the admission policy reads.
+REGISTRATION_DIR = REPO / "manifests" / "participants" / "registration"
 POLICY_API = "MutatingAdmissionPolicy v1"
 PARTICIPANTS = ("videos", "users", "agents")
 TERMINAL = ("Succeeded", "Compensated", "Failed")
@@ -52,35 +55,64 @@ def install_crd(
     *,
     crd: Path = CRD_DIR / CRD_FILE,
     policy: Path | None = CRD_DIR / POLICY_FILE,
+    participants: Path = CRD_DIR / PARTICIPANT_CRD_FILE,
+    admission: bool = True,
 ) -> None:
-    """Apply the Saga CRD and the finalizer admission policy (from crds/ unless told otherwise; no policy
-    with ``policy=None``) and wait until a Saga can be created.
+    """Apply the Saga and Participant CRDs, the finalizer admission policy (no policy with ``policy=None``)
+    and, unless ``admission=False``, the validating admission policies with the demo participants'
+    Participant objects (manifests/participants/registration); wait until a Saga can be created and,
+    with ``admission``, until the policies refuse what they should.
+
+    The status policy is rendered for this stack: besides the operator's ServiceAccount and the
+    break-glass group it allows the identity of the stack's kubeconfig (``kubectl auth whoami``),
+    because that is who the harness runs its operator as (SagaWorld gives it the stack's environment).
+    A test that needs a user who may not write status impersonates one (``kubectl --as``).
 
     Established is not enough. Discovery lags behind it, and the admission policy learns a new CRD's
     schema a few seconds later (~4 s here): until then a create answers 503 "Resource kind ... not
     found". A server-side dry-run create goes through the same admission chain, so it is the probe.
     """
-    endpoints.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd), check=True)
+    from saga_operator import admission as policies
+
+    for definition in (crd, participants):
+        endpoints.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(definition), check=True)
     if policy is not None:
         if serves_mutating_admission_policies(endpoints):
             endpoints.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(policy), check=True)
         else:
             # An older cluster (a user's kind, say): the operator adds the finalizer itself.
             print(f"[world] this cluster serves no {POLICY_API}; {policy.name} not applied", file=sys.stderr)
-    endpoints.kubectl(
-        "wait", "--for=condition=Established", "crd/sagas.saga.dev", f"--timeout={timeout:.0f}s", check=True
-    )
+    for name in ("sagas.saga.dev", "participants.saga.dev"):
+        endpoints.kubectl("wait", "--for=condition=Established", f"crd/{name}", f"--timeout={timeout:.0f}s", check=True)
+    if admission:
+        endpoints.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REGISTRATION_DIR), check=True)
+        whoami = json.loads(endpoints.kubectl("auth", "whoami", "-o", "json", check=True).stdout)
+        harness_operator = whoami["status"]["userInfo"]["username"]
+        rendered = policies.render(status_writers=(policies.OPERATOR_USER, harness_operator))
+        endpoints.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=rendered, check=True)
     probe = yaml.safe_dump(
         buy_video_saga("crd-ready-probe", {"buyer": "alice", "video": "v-0", "price": 1, "agent": "x"})
     )
+    undeclared = buy_video_saga("crd-ready-probe", {})
+    undeclared["spec"]["steps"][1]["action"] = "no-such-action"
     deadline = time.monotonic() + timeout
     while True:
         result = endpoints.kubectl("create", "--dry-run=server", "-n", "default", "-o", "name", "-f", "-", input=probe)
-        if result.returncode == 0:
+        ready = result.returncode == 0
+        if ready and admission:
+            # The policies and their params are read by informers: wait until they refuse.
+            refused = endpoints.kubectl(
+                "create", "--dry-run=server", "-n", "default", "-f", "-", input=yaml.safe_dump(undeclared)
+            )
+            ready = refused.returncode != 0 and policies.PARTICIPANTS_POLICY in refused.stderr
+            if not ready:
+                result = refused
+        if ready:
             return
         if time.monotonic() > deadline:
             raise WorldError(
-                f"Sagas could not be created {timeout:.0f}s after installing the CRD: {result.stderr.strip()}"
+                f"Sagas could not be created (or were not checked) {timeout:.0f}s after installing the CRD: "
+                f"{(result.stderr or result.stdout).strip()}"
             )
         time.sleep(0.3)
 

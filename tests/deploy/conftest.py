@@ -13,8 +13,16 @@ from .helpers import MANIFESTS, Kubectl, apply_docs, objects, ok
 
 @pytest.fixture(scope="session")
 def saga_crd(stack: StackEndpoints) -> None:
-    """The CRD from the kustomize copy in manifests/base (what the deploy tests check), without the policy."""
-    install_crd(stack, crd=MANIFESTS / "base" / "crds" / "saga.dev_sagas.yaml", policy=None)
+    """The Saga and Participant CRDs from the kustomize copies in manifests/base (what the deploy tests
+    check), without any admission policy (the dry runs check those)."""
+    crds = MANIFESTS / "base" / "crds"
+    install_crd(
+        stack,
+        crd=crds / "saga.dev_sagas.yaml",
+        participants=crds / "saga.dev_participants.yaml",
+        policy=None,
+        admission=False,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,17 @@ from saga_testenv import run_kubectl
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
 EXAMPLES = REPO / "examples"
-#: Every kustomization: the three bases and the kind overlay.
-KUSTOMIZATIONS = ("base", "admission", "kafka", "participants", "overlays/kind")
+#: Every kustomization: the bases, the admission policies, the demo participants' Participant objects and
+#: the kind overlay.
+KUSTOMIZATIONS = (
+    "base",
+    "admission",
+    "admission/finalizer",
+    "kafka",
+    "participants",
+    "participants/registration",
+    "overlays/kind",
+)
 NAMESPACE = "saga-system"
 OPERATOR_SA = "saga-operator"
 OPERATOR_USER = f"system:serviceaccount:{NAMESPACE}:{OPERATOR_SA}"

@@ -14,6 +14,7 @@ import yaml
 
 from saga_buyvideo import SERVICES, build
 from saga_buyvideo.demo import DEMO_AGENTS, DEMO_USERS
+from saga_operator import admission
 from saga_protocol import REPLY_TOPIC, CommandKind, command_topic, dead_letter_topic
 from saga_testenv import versions
 
@@ -42,7 +43,9 @@ def test_crd_copy_matches_generated() -> None:
     """kustomize reads no file outside its root, so manifests/ carries copies of the generated files."""
     copies = {
         "saga.dev_sagas.yaml": MANIFESTS / "base" / "crds",
-        "saga.dev_finalizer-policy.yaml": MANIFESTS / "admission",
+        "saga.dev_participants.yaml": MANIFESTS / "base" / "crds",
+        "saga.dev_admission-policies.yaml": MANIFESTS / "admission",
+        "saga.dev_finalizer-policy.yaml": MANIFESTS / "admission" / "finalizer",
     }
     for name, directory in copies.items():
         generated = (REPO / "crds" / name).read_text()
@@ -60,6 +63,9 @@ CLUSTER_SCOPED = (
     "ClusterRoleBinding",
     "MutatingAdmissionPolicy",
     "MutatingAdmissionPolicyBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+    "Participant",
 )
 
 
@@ -78,6 +84,7 @@ def test_kind_overlay_has_everything() -> None:
     for expected in [
         ("Namespace", NAMESPACE),
         ("CustomResourceDefinition", "sagas.saga.dev"),
+        ("CustomResourceDefinition", "participants.saga.dev"),
         ("ServiceAccount", "saga-operator"),
         ("ClusterRole", "saga-operator"),
         ("ClusterRoleBinding", "saga-operator"),
@@ -122,6 +129,57 @@ def test_operator_deployment() -> None:
     assert config["SAGA_NAMESPACE"] == ""  # all namespaces, hence the ClusterRole
     assert config["SAGA_PARTICIPANTS"].split(",") == list(SERVICES)
     assert config["KAFKA_BOOTSTRAP_SERVERS"] == f"kafka.{NAMESPACE}.svc:9092"
+
+
+def test_admission_policies_name_the_operator_of_the_manifests() -> None:
+    """The status policy lets exactly the operator's ServiceAccount of manifests/base (and the break-glass
+    group) write Saga status; RBAC of the break-glass group is the policy's own, in manifests/admission."""
+    base = objects("base")
+    account = find(base, "ServiceAccount", "saga-operator")
+    user = f"system:serviceaccount:{account['metadata']['namespace']}:{account['metadata']['name']}"
+    assert (
+        find(base, "Deployment", "saga-operator")["spec"]["template"]["spec"]["serviceAccountName"] == "saga-operator"
+    )
+    assert admission.OPERATOR_USER == user
+    docs = objects("admission")
+    policies = {d["metadata"]["name"] for d in docs if d["kind"] == "ValidatingAdmissionPolicy"}
+    bindings = {d["spec"]["policyName"] for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding"}
+    assert policies == bindings == set(admission.POLICIES)
+    status = find(docs, "ValidatingAdmissionPolicy", admission.STATUS_WRITERS_POLICY)
+    (rule,) = status["spec"]["validations"]
+    assert rule["expression"] == (
+        f"request.userInfo.username in ['{user}'] || "
+        f"request.userInfo.groups.exists(g, g in ['{admission.STATUS_WRITERS_GROUP}'])"
+    )
+    binding = find(docs, "ClusterRoleBinding", admission.STATUS_WRITER_ROLE)
+    assert binding["subjects"] == [
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": admission.STATUS_WRITERS_GROUP}
+    ]
+    for policy in (d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"):
+        assert policy["spec"]["failurePolicy"] == "Fail", policy["metadata"]["name"]
+    participants = find(docs, "ValidatingAdmissionPolicyBinding", admission.PARTICIPANTS_POLICY)
+    assert participants["spec"]["paramRef"] == {"selector": {}, "parameterNotFoundAction": "Deny"}
+
+
+def test_every_demo_participant_is_registered_with_what_it_serves(tmp_path: Path) -> None:
+    """manifests/participants/registration: one Participant per buy-video service, declaring exactly
+    the actions it has handlers for, each with the compensation the examples use."""
+    registered = {d["metadata"]["name"]: d["spec"] for d in objects("participants/registration")}
+    assert sorted(registered) == sorted(SERVICES)
+    assert all(
+        d["kind"] == "Participant" and "namespace" not in d["metadata"] for d in objects("participants/registration")
+    )
+    for name, spec in registered.items():
+        participant = build(name, tmp_path)
+        for action in spec["actions"]:
+            assert participant.handler_for(CommandKind.ACTION, action["name"]) is not None, (name, action)
+            assert participant.handler_for(CommandKind.COMPENSATION, action["compensation"]) is not None, (name, action)
+        # the examples go to any namespace they are applied to (docs/kind.md)
+        assert spec["namespaces"] == ["*"]
+    for example in sorted(EXAMPLES.glob("*.yaml")):
+        for step in yaml.safe_load(example.read_text())["spec"]["steps"]:
+            declared = {a["name"]: a.get("compensation") for a in registered[step["participant"]]["actions"]}
+            assert declared[step["action"]] == step.get("compensation"), (example.name, step)
 
 
 def test_every_pod_is_hardened() -> None:

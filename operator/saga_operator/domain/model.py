@@ -14,6 +14,8 @@ from typing import Annotated, Any, Final, Self, cast
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 from pydantic.alias_generators import to_camel
 
+from saga_protocol import MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH
+
 GROUP: Final = "saga.dev"
 VERSION: Final = "v1alpha1"
 KIND: Final = "Saga"
@@ -26,6 +28,14 @@ MAX_STEPS: Final = 32
 # Bounds keep the CRD's CEL rules within the API server's cost budget.
 MAX_DEPENDENCIES: Final = 8
 DNS_LABEL: Final = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+# The wire's limits on spec.payload, which travels unchanged in every command: the protocol's own
+# (MAX_PAYLOAD_BYTES of compact UTF-8 JSON, MAX_PAYLOAD_DEPTH levels of containers, the payload is level 1).
+# A CRD rule cannot measure a free-form object within its cost budget: the admission policy
+# `sagas.saga.dev-payload` does (saga_operator.admission), and the operator checks again at start.
+# The only spec field that may change once a Saga exists, and only from false to true. Every other field of
+# SagaSpec, today's and any added later, is immutable: saga_operator.crd generates one CRD transition rule
+# per field from the model, so a new field is covered without anyone remembering to.
+MUTABLE_SPEC_FIELDS: Final = frozenset({"abort"})
 
 
 class _Model(BaseModel):
@@ -59,8 +69,31 @@ class RetryPolicy(_Model):
         return min(self.max_backoff_seconds, self.backoff_seconds * (1 << max(0, attempt - 1)))
 
 
+# Rules on one step, with the step's name in their message. Cheap: a step's own fields only (dependsOn
+# has at most MAX_DEPENDENCIES entries, so the duplicate check is 8 x 8 comparisons). Not repeated in
+# `_same_rules_as_the_crd`: both are harmless to run (the backoff is capped by maxBackoffSeconds, a
+# prerequisite named twice is one prerequisite), and a saga stored before these rules must keep running.
+_ONE_STEP_RULES: Final = [
+    {
+        "rule": "!has(self.retry) || self.retry.backoffSeconds <= self.retry.maxBackoffSeconds",
+        # No numbers in the message: string(int) has no size bound for the cost estimator, which then puts
+        # this message 100 times over the budget.
+        "messageExpression": "'step ' + self.name + ': retry.backoffSeconds must not exceed retry.maxBackoffSeconds'",
+        "message": "retry.backoffSeconds must not exceed retry.maxBackoffSeconds",
+    },
+    {
+        "rule": "!has(self.dependsOn) || self.dependsOn.all(d, self.dependsOn.exists_one(e, e == d))",
+        "messageExpression": "'step ' + self.name + ': dependsOn names ' + "
+        "self.dependsOn.filter(d, !self.dependsOn.exists_one(e, e == d))[0] + ' more than once'",
+        "message": "a dependsOn entry is listed more than once",
+    },
+]
+
+
 class StepSpec(_Model):
     """One step: an action sent to a participant and the compensation that undoes it."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": cast(list[JsonValue], _ONE_STEP_RULES)})
 
     name: str = Field(
         pattern=DNS_LABEL,
@@ -84,8 +117,9 @@ class StepSpec(_Model):
     depends_on: list[Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]] | None = Field(
         default=None,
         max_length=MAX_DEPENDENCIES,
-        description="Steps that must succeed before this one starts; each must be listed earlier. "
-        "Left out, a step depends on the step before it (the steps run in order).",
+        description="Steps that must succeed before this one starts; each must be listed earlier, once. "
+        "Left out, a step depends on the step before it (the steps run in order). An empty list means it "
+        "depends on nothing: it starts at once, beside the first step.",
     )
     timeout_seconds: int = Field(
         default=30,
@@ -108,6 +142,10 @@ _STEP_RULES: Final = [
 ]
 
 
+_EARLIER_STEP: Final = "self.steps.exists(j, t, j < i && t.name == d)"
+_DEPENDS_ON_EARLIER: Final = f"self.steps.all(i, s, !has(s.dependsOn) || s.dependsOn.all(d, {_EARLIER_STEP}))"
+
+
 class SagaSpec(_Model):
     """A saga: steps run one after another; if one fails, the completed ones are compensated in reverse."""
 
@@ -115,11 +153,13 @@ class SagaSpec(_Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
-                    # Existence only: an ordering check ("listed before") is over the CEL cost budget, so
-                    # the operator's own validation refuses cycles (phase Failed, reason InvalidSpec).
-                    "rule": "self.steps.all(s, !has(s.dependsOn) || s.dependsOn.all(d, d != s.name && "
-                    "self.steps.exists(t, t.name == d)))",
-                    "message": "each dependsOn entry must name another step of this saga",
+                    # "Listed before it" makes a cycle impossible. Over the cost budget with one-variable
+                    # macros; the index of a two-variable comprehension (Kubernetes 1.33+) brings it within.
+                    "rule": _DEPENDS_ON_EARLIER,
+                    "messageExpression": "'step ' + self.steps.transformList(i, s, has(s.dependsOn) && "
+                    f"!s.dependsOn.all(d, {_EARLIER_STEP}), s.name)[0] + ': each dependsOn entry must name "
+                    "another step of this saga, listed before it'",
+                    "message": "each dependsOn entry must name another step of this saga, listed before it",
                 },
             ]
         }
@@ -133,11 +173,19 @@ class SagaSpec(_Model):
     )
     payload: dict[str, Any] = Field(
         default_factory=dict,
-        description="JSON object sent unchanged with every command of this saga.",
+        description=f"JSON object sent unchanged with every command of this saga; at most "
+        f"{MAX_PAYLOAD_BYTES // 1024} KiB as compact JSON, nested at most {MAX_PAYLOAD_DEPTH} levels deep "
+        "(the object itself is level 1). Null is refused.",
+        # Nullable only so that an explicit null reaches admission, where the policy sagas.saga.dev-payload
+        # refuses it: otherwise the API server drops it and the saga runs with an empty payload, which for
+        # a templated manifest is a bug that moves money with nothing in it. (A CRD rule cannot tell null
+        # from absent: has() is false for both.) Without the policy the operator refuses it (InvalidSpec).
+        json_schema_extra={"nullable": True},
     )
     abort: bool = Field(
         default=False,
-        description="Set to true to stop the saga: running steps are compensated, in reverse order.",
+        description="Set to true to stop the saga: running steps are compensated, in reverse order. Once true "
+        "it stays true. The only field of the spec that may change after the saga is created.",
     )
     compensation_attempt_limit: int = Field(
         default=20,
@@ -153,6 +201,7 @@ class SagaSpec(_Model):
         names = [step.name for step in self.steps]
         if len(set(names)) != len(names):
             raise ValueError("step names must be unique")
+
         if any(step.compensation is None for step in self.steps[:-1]):
             raise ValueError("only the last step (the pivot) may have no compensation")
         for index, step in enumerate(self.steps):
