@@ -389,7 +389,9 @@ def _command_refused(work: _Work, event: CommandRefused, now: datetime) -> None:
         _fail(work, event.reason, f"compensation of {message}", now)
 
 
-def settle(status: SagaStatus, phase: Phase, reason: str, message: str, now: datetime) -> SagaStatus:
+def settle(
+    status: SagaStatus, phase: Phase, reason: str, message: str, now: datetime, generation: int | None = None
+) -> SagaStatus:
     """A copy of `status` ended by the shell's own verdict (a status it cannot trust or cannot write, a spec
     it cannot read): `phase` with `reason`, conditions derived, seq bumped. Nothing is sent for it."""
     new = status.model_copy(deep=True)
@@ -397,10 +399,10 @@ def settle(status: SagaStatus, phase: Phase, reason: str, message: str, now: dat
     new.reason = reason
     new.message = f"{reason}: {message}"
     new.finished_at = now
-    new.current_step = None
     for record in new.steps:
         record.deadline = None
     derive_conditions(new, now)
+    observe_generation(new, generation)
     new.seq = status.seq + 1
     return new
 
