@@ -204,3 +204,17 @@ def test_a_status_that_does_not_parse_is_named_not_raised(raw: Any, fragment: st
     assert status is None and error is not None and fragment in error
     assert integrity.stored_seq(raw) == (4 if isinstance(raw, dict) and raw.get("seq") == 4 else 0)
     assert integrity.parse_status(None) == (integrity.parse_status({})[0], None)
+
+
+def test_the_first_verdict_on_an_untrusted_log_stands() -> None:
+    saga = with_spec(running(), saga_spec(step("a"), step("bee"), step("c")))
+    saga.status.phase, saga.status.reason = Phase.FAILED, integrity.STATUS_TAMPERED
+    saga.tick(5)
+    assert saga.status.reason == integrity.STATUS_TAMPERED and saga.effects == []
+
+
+def test_a_saga_failed_for_a_retryable_reason_learns_of_a_mismatch() -> None:
+    saga = with_spec(running(), saga_spec(step("a"), step("bee"), step("c")))
+    saga.status.phase, saga.status.reason = Phase.FAILED, "CompensationStuck"
+    saga.tick(5)
+    assert saga.status.reason == integrity.SPEC_STATUS_MISMATCH

@@ -99,7 +99,8 @@ async def test_a_status_that_does_not_parse_in_a_watch_event_is_not_adopted(shel
     ours = shell.coordinator.sagas[ref.uid].status
     shell.store.replace_raw_status(ref, {"steps": None})
     await shell.coordinator.observe(shell.store.body(ref), "MODIFIED")
-    assert shell.coordinator.sagas[ref.uid].status == ours
+    assert shell.coordinator.sagas[ref.uid].status.steps == ours.steps
+    assert shell.store.status(ref).model_copy(update={"seq": ours.seq}) == ours  # written back over it
     assert "CorruptStatus" in warnings(shell)
     await answer(shell, shell.sender.sent[0].command)  # and the saga goes on, overwriting it
     assert shell.store.status(ref).phase == Phase.RUNNING
@@ -174,11 +175,15 @@ async def test_a_forged_status_is_not_adopted_and_says_so(signed: Shell) -> None
     forged = ours.model_copy(update={"phase": Phase.SUCCEEDED, "seq": ours.seq + 5})
     signed.store.replace_status(ref, forged)
     await signed.coordinator.observe(signed.store.body(ref), "MODIFIED")
-    assert signed.coordinator.sagas[ref.uid].status == ours
+    assert signed.coordinator.sagas[ref.uid].status.model_copy(update={"seq": ours.seq}).steps == ours.steps
     assert "StatusTampered" in warnings(signed) and refused(signed, "StatusTampered") == 1
+    restored = signed.store.status(ref)  # its own log, written back over the forgery
+    assert (restored.phase, restored.seq) == (Phase.RUNNING, ours.seq + 1)
+    await signed.coordinator.observe(signed.store.body(ref), "MODIFIED")  # the watch event of that write
+    assert refused(signed, "StatusTampered") == 1
     await answer(signed, signed.sender.sent[0].command)  # the run goes on from its own log
     assert signed.store.status(ref).phase == Phase.RUNNING
-    assert signed.store.status(ref).seq == ours.seq + 1
+    assert signed.store.status(ref).seq == ours.seq + 2
 
 
 async def test_a_forged_status_met_after_a_conflict_is_not_adopted_either(signed: Shell) -> None:

@@ -116,7 +116,12 @@ def transition(
     problem = integrity.mismatch(spec, status)
     if problem is not None:
         # A log that does not match its spec is not acted on: the saga ends, for a person, and nothing is sent.
-        if status.phase not in TERMINAL_PHASES - {Phase.FAILED} and status.reason != problem[0]:
+        # The first verdict on an untrusted log stands (a saga Failed as StatusTampered stays so); a saga Failed
+        # for another reason (CompensationStuck) learns the new one.
+        settled = status.phase in TERMINAL_PHASES and not (
+            status.phase == Phase.FAILED and status.reason not in integrity.NOT_RETRYABLE
+        )
+        if not settled:
             _fail(work, *problem, now)
         elif isinstance(event, ReplyReceived):
             _ignore(work, "SagaFinished")

@@ -226,9 +226,8 @@ class SagaEntry:
         status, error = integrity.parse_status(raw)
         if status is None:
             return integrity.CORRUPT_STATUS, f"the stored status cannot be read: {error}"
-        if not stored_wins and status.seq < self.status.seq:
-            return None
         verdict: Verdict | None = None
+        # Checked whatever its seq: a forged status is reported even when it would not win.
         if key is not None and status != self.status and not digest.is_unwritten(status):
             if not digest.verify(status, key):
                 if self.accept_seq != str(status.seq):
@@ -243,7 +242,10 @@ class SagaEntry:
                     STATUS_ACCEPTED,
                     f"status seq {status.seq} adopted unverified: annotation {ACCEPT_STATUS_ANNOTATION}",
                 )
-        self.status = status
+        if stored_wins or status.seq >= self.status.seq:
+            self.status = status
+        elif verdict is not None:
+            return None  # an accepted status that an own later write has already replaced
         return verdict
 
 
@@ -326,8 +328,19 @@ class Coordinator:
                     await self._distrust(entry, body.get("status"), verdict)
                     return
                 self._emit(entry, EmitEvent("Warning", verdict[0], f"{verdict[1]}; the operator keeps its own"))
+                await self._restore(entry)
             await self._reconcile(entry, first_sight)
         entry.rest()
+
+    async def _restore(self, entry: SagaEntry) -> None:
+        """Write our own log back over a stored status we did not take, so that what `kubectl get` shows is the
+        operator's log again. A conflict means yet another write: its watch event brings it."""
+        if entry.status.seq == 0 and entry.status.phase == Phase.PENDING:
+            return  # nothing of ours yet: the reconcile that follows writes it
+        try:
+            await self._write(entry, entry.status.model_copy(update={"seq": entry.status.seq + 1}))
+        except Conflict:
+            self.metrics.status_writes.labels("conflict").inc()
 
     async def _distrust(self, entry: SagaEntry, raw: Any, verdict: Verdict) -> None:
         """A saga first seen with a status the operator cannot read or did not write: phase Failed, with the
