@@ -31,7 +31,7 @@ CRD_FILE = "saga.dev_sagas.yaml"
 POLICY_FILE = "saga.dev_finalizer-policy.yaml"
 POLICY_API = "MutatingAdmissionPolicy v1"
 PARTICIPANTS = ("videos", "users", "agents")
-TERMINAL = ("Succeeded", "Compensated", "Failed")
+TERMINAL = ("Succeeded", "Compensated", "Failed", "Rejected")
 
 
 class WorldError(RuntimeError):
