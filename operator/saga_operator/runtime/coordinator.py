@@ -476,7 +476,9 @@ class Coordinator:
             return True
         if not entry.deletion_blocked:
             entry.deletion_blocked = True
-            what = f"steps {', '.join(outstanding)} may still hold effects" if outstanding else "its log was unreadable"
+            what = (
+                f"step(s) {', '.join(outstanding)} may still hold effects" if outstanding else "its log was unreadable"
+            )
             self._emit(
                 entry,
                 EmitEvent(
@@ -552,7 +554,9 @@ class Coordinator:
                 return await self.kube.write_status(entry.ref, status, entry.resource_version)
             except ApiException as exc:
                 if is_too_large(exc):
-                    raise StatusTooLarge(f"{exc.status} {exc.reason}: {_brief(exc.body)}") from None
+                    raise StatusTooLarge(
+                        " ".join(filter(None, (str(exc.status), exc.reason, _brief(exc.body))))
+                    ) from None
                 self.api_healthy = False
                 self.metrics.status_writes.labels("error").inc()
                 raise
