@@ -121,7 +121,7 @@ class SagaSpec(_Model):
             "x-kubernetes-validations": [
                 {
                     # Existence only: an ordering check ("listed before") is over the CEL cost budget, so
-                    # the operator's own validation refuses cycles (phase Failed, reason InvalidSpec).
+                    # the operator's own validation refuses cycles (phase Rejected, reason InvalidSpec).
                     "rule": "self.steps.all(s, !has(s.dependsOn) || s.dependsOn.all(d, d != s.name && "
                     "self.steps.exists(t, t.name == d)))",
                     "message": "each dependsOn entry must name another step of this saga",
