@@ -128,6 +128,9 @@ kind-up: image ## create the kind cluster, load the image, deploy Kafka, the ope
 	@if $(KCTL) -n saga-system get deployment/saga-operator >/dev/null 2>&1; then again=1; else again=0; fi; \
 	echo "$(KCTL) apply -k manifests/overlays/kind"; \
 	$(KCTL) apply -k manifests/overlays/kind || exit 1; \
+	$(KCTL) -n saga-system get secret saga-operator-status-key >/dev/null 2>&1 || \
+	  $(KCTL) -n saga-system create secret generic saga-operator-status-key \
+	    --from-literal=key="$$(head -c 48 /dev/urandom | base64 | tr -d '\n')" || exit 1; \
 	$(KCTL) wait --for condition=Established --timeout=60s crd/sagas.saga.dev crd/participants.saga.dev || exit 1; \
 	echo "$(KCTL) apply -k manifests/participants/registration"; \
 	$(KCTL) apply -k manifests/participants/registration || exit 1; \

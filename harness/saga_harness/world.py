@@ -9,6 +9,7 @@ crosstalk.
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ PARTICIPANT_CRD_FILE = "saga.dev_participants.yaml"
 REGISTRATION_DIR = REPO / "manifests" / "participants" / "registration"
 POLICY_API = "MutatingAdmissionPolicy v1"
 PARTICIPANTS = ("videos", "users", "agents")
-TERMINAL = ("Succeeded", "Compensated", "Failed")
+TERMINAL = ("Succeeded", "Compensated", "Failed", "Rejected")
 
 
 class WorldError(RuntimeError):
@@ -125,7 +126,14 @@ class SagaWorld:
         self.run_id = uuid.uuid4().hex[:8]
         self.reply_topic = f"saga.replies.{self.run_id}"
         env = endpoints.env()
+        # The status digest's key, as a mounted Secret would give it: every status the operator writes is signed.
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.status_key_file = run_dir / "status-key"
+        if not self.status_key_file.exists():
+            self.status_key_file.write_text(secrets.token_hex(32))
+            self.status_key_file.chmod(0o600)
         settings = {
+            "SAGA_STATUS_KEY_FILE": str(self.status_key_file),
             "SAGA_REPLY_TOPIC": self.reply_topic,
             "SAGA_CONSUMER_GROUP": f"saga-operator-{self.run_id}",
             "SAGA_PARTICIPANTS": ",".join(PARTICIPANTS),

@@ -40,8 +40,9 @@ class Settings(BaseSettings):
     consumer_group: str = Field(default="saga-operator", description="The reply consumer's group.")
     participants: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
-        description="Comma-separated participant names whose command topics are created at start-up "
-        "(the others are created on first use).",
+        description="Comma-separated participant names whose command topics are created at start-up. When set, "
+        "these are the only participants: a saga naming another is refused (phase Rejected, reason "
+        "UnknownParticipant). Empty: any name goes, its topic created on first use.",
     )
     topic_partitions: int = Field(default=6, ge=1, description="Partitions of the topics the operator creates.")
     topic_replication_factor: int = Field(
@@ -70,6 +71,12 @@ class Settings(BaseSettings):
         description="Outside a cluster, the kubeconfig to use. Unset: the in-cluster ServiceAccount, else "
         "`~/.kube/config`.",
     )
+    status_key_file: str | None = Field(
+        default=None,
+        description="A file (a mounted Secret) holding the key, at least 32 bytes, that signs every status the "
+        "operator writes (`status.digest`); a status it did not sign is not adopted. Unset: no digests (a warning "
+        "at start-up); the production manifests set it.",
+    )
     kafka: KafkaSettings = Field(
         default_factory=KafkaSettings, description="How to reach the brokers: the `KAFKA_*` variables."
     )
@@ -84,6 +91,25 @@ class Settings(BaseSettings):
         return value
 
 
+MIN_STATUS_KEY_BYTES = 32
+
+
+def read_status_key(path: str | None) -> bytes | None:
+    """The status key from its file (surrounding whitespace dropped), None when no file is set. Raises
+    InvalidSettings for a file that cannot be read or a key that is too short."""
+    if not path:
+        return None
+    try:
+        key = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise InvalidSettings(f"SAGA_STATUS_KEY_FILE={path!r}: cannot be read: {exc.strerror}") from None
+    if len(key) < MIN_STATUS_KEY_BYTES:
+        raise InvalidSettings(
+            f"SAGA_STATUS_KEY_FILE={path!r}: the key is {len(key)} bytes, at least {MIN_STATUS_KEY_BYTES} are needed"
+        )
+    return key
+
+
 class InvalidSettings(ValueError):
     """Settings the operator cannot start with; the message names each variable and what is wrong."""
 
@@ -91,9 +117,11 @@ class InvalidSettings(ValueError):
 def load(**overrides: Any) -> Settings:
     """The settings from the environment (`overrides` win: the command line's `--namespace`)."""
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         raise InvalidSettings(_describe(exc)) from None
+    read_status_key(settings.status_key_file)  # a key file that cannot be used stops the operator here
+    return settings
 
 
 # ---- the variables: names, for messages and for docs/operations.md --------------------------------------

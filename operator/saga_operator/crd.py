@@ -149,6 +149,7 @@ def custom_resource_definition() -> dict[str, Any]:
                         {"name": "Step", "type": "string", "jsonPath": ".status.currentStep"},
                         {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                        {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
                         {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
                     ],
                     "schema": {

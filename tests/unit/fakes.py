@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka.errors import MessageSizeTooLargeError
+
 from saga_operator.adapters.kube import Conflict, Gone, SagaRef, status_patch
 from saga_operator.domain.model import SagaSpec, SagaStatus
 from saga_operator.runtime.ports import SagaStore
@@ -96,6 +98,24 @@ class FakeStore:
         """Another writer (a second replica) stores a status of its own."""
         stored = self._stored(ref)
         stored["status"] = status.to_patch()
+        stored["metadata"]["resourceVersion"] = self._next_version()
+
+    def replace_raw_status(self, ref: SagaRef, raw: Any) -> None:
+        """Someone with write access to the status subresource stores whatever they like."""
+        stored = self._stored(ref)
+        stored["status"] = copy.deepcopy(raw)
+        stored["metadata"]["resourceVersion"] = self._next_version()
+
+    def replace_spec(self, ref: SagaRef, spec: SagaSpec) -> None:
+        """A spec edit (one the admission policies would refuse, as when they are not installed)."""
+        stored = self._stored(ref)
+        stored["spec"] = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+        stored["metadata"]["generation"] += 1
+        stored["metadata"]["resourceVersion"] = self._next_version()
+
+    def annotate(self, ref: SagaRef, key: str, value: str) -> None:
+        stored = self._stored(ref)
+        stored["metadata"].setdefault("annotations", {})[key] = value
         stored["metadata"]["resourceVersion"] = self._next_version()
 
     def request_deletion(self, ref: SagaRef) -> None:
@@ -190,10 +210,13 @@ class FakeSender:
         self.sent: list[Sent] = []
         self.topics: list[str] = []
         self.fail = False  # the broker is down
+        self.too_large: set[str] = set()  # steps whose commands the producer refuses for their size
 
     async def send(self, topic: str, command: Command) -> None:
         if self.fail:
             raise ConnectionError("broker unreachable")
+        if command.step in self.too_large:
+            raise MessageSizeTooLargeError("The message is 2000000 bytes when serialized")
         ref = SagaRef(command.saga_namespace, command.saga_name, command.saga_uid)
         stored = self.store.status(ref) if self.store.exists(ref) else None
         self.sent.append(Sent(topic, command, stored))

@@ -42,6 +42,18 @@ TRANSIENT_API_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+_TOO_LARGE_TEXTS = ("request is too large", "request entity too large")
+
+
+def is_too_large(exc: ApiException) -> bool:
+    """A write refused for its size: 413, or etcd's `etcdserver: request is too large` (a 500 or a 422 naming it)."""
+    if exc.status == 413:
+        return True
+    body = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body or "")
+    text = f"{exc.reason or ''} {body}".lower()
+    return exc.status in (422, 500) and any(t in text for t in _TOO_LARGE_TEXTS)
+
+
 class Conflict(Exception):
     """The object changed since it was read: re-read it and apply the transition again."""
 

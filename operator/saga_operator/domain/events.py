@@ -14,9 +14,11 @@ from saga_protocol import CommandKind, Reply
 
 @dataclass(frozen=True)
 class Start:
-    """The operator saw the saga for the first time (its status is empty)."""
+    """The operator saw the saga for the first time (its status is empty). `participants`: the ones that exist
+    (SAGA_PARTICIPANTS); empty, any name goes."""
 
     now: datetime
+    participants: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,18 @@ class Resumed:
     now: datetime
 
 
-Event = Start | ReplyReceived | Tick | AbortRequested | RetryRequested | Resumed
+@dataclass(frozen=True)
+class CommandRefused:
+    """The command for `step` could not be sent and never will be (the producer refused it as too large)."""
+
+    step: str
+    kind: CommandKind
+    reason: str
+    message: str
+    now: datetime
+
+
+Event = Start | ReplyReceived | Tick | AbortRequested | RetryRequested | Resumed | CommandRefused
 
 
 @dataclass(frozen=True)

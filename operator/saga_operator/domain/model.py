@@ -23,6 +23,11 @@ PLURAL: Final = "sagas"
 FINALIZER: Final = f"{GROUP}/compensate-before-delete"
 # Annotating a Failed saga with a new value here asks the operator to try its stuck step again.
 RETRY_ANNOTATION: Final = f"{GROUP}/retry"
+# Break-glass: a person who wrote a status on purpose annotates its seq here, and the operator adopts that
+# status although its digest does not verify (docs/operations.md, "A status the operator refuses").
+ACCEPT_STATUS_ANNOTATION: Final = f"{GROUP}/accept-status"
+# "true": a person confirms that a Failed saga with effects still to undo may be deleted without them.
+DELETE_WITHOUT_COMPENSATION_ANNOTATION: Final = f"{GROUP}/delete-without-compensation"
 
 MAX_STEPS: Final = 32
 # Bounds keep the CRD's CEL rules within the API server's cost budget.
@@ -230,9 +235,12 @@ class Phase(StrEnum):
     # A compensation could not complete within its attempt limit (or the pivot's outcome is unknown):
     # a person decides; see docs/operations.md.
     FAILED = "Failed"
+    # Refused before anything was sent (a payload over the protocol's limits, an unknown participant, a
+    # spec the CRD should have refused): nothing ran, nothing to undo; fix the manifest, create it again.
+    REJECTED = "Rejected"
 
 
-TERMINAL_PHASES: Final = frozenset({Phase.SUCCEEDED, Phase.COMPENSATED, Phase.FAILED})
+TERMINAL_PHASES: Final = frozenset({Phase.SUCCEEDED, Phase.COMPENSATED, Phase.FAILED, Phase.REJECTED})
 
 
 class StepState(StrEnum):
@@ -315,11 +323,24 @@ class SagaStatus(_Model):
         default=0, ge=0, description="How often a person asked, by annotation, to retry a Failed saga."
     )
     retry_token: str | None = Field(default=None, description="The last retry annotation value acted on.")
+    reason: str | None = Field(
+        default=None,
+        description="CamelCase reason of a Failed or Rejected saga, e.g. CompensationStuck, SpecStatusMismatch, "
+        "PayloadTooLarge (docs/operations.md lists them).",
+    )
     message: str | None = Field(default=None, description="Why the saga is where it is.")
     steps: list[StepStatus] = Field(default_factory=list, description="One record per step, in spec order.")
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Completed and Succeeded, derived from the phase, e.g. for kubectl wait --for=condition=Completed.",
+    )
+    previous_digest: str | None = Field(
+        default=None, description="The digest of the status this one succeeds (the chain of the operator's writes)."
+    )
+    digest: str | None = Field(
+        default=None,
+        description="HMAC-SHA256 of this status (without the digest), by the operator's key: a status it did not "
+        'write is not adopted (docs/architecture.md, "What the operator defends against").',
     )
 
     def step(self, name: str) -> StepStatus | None:

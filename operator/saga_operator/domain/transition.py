@@ -20,9 +20,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from saga_operator.domain import integrity
 from saga_operator.domain.conditions import derive_conditions, observe_generation
 from saga_operator.domain.events import (
     AbortRequested,
+    CommandRefused,
     Effect,
     EmitEvent,
     Event,
@@ -34,7 +36,7 @@ from saga_operator.domain.events import (
     Start,
     Tick,
 )
-from saga_operator.domain.lifecycle import IN_FLIGHT, SETTLED, TO_UNDO, StepEvent, move
+from saga_operator.domain.lifecycle import IN_FLIGHT, SETTLED, TO_UNDO, IllegalStepMove, StepEvent, move
 from saga_operator.domain.model import (
     TERMINAL_PHASES,
     ErrorRecord,
@@ -46,6 +48,7 @@ from saga_operator.domain.model import (
     StepStatus,
 )
 from saga_protocol import CommandKind, Outcome, Reply
+from saga_protocol.limits import MAX_SAGA_RESULTS_BYTES, json_size
 
 
 class _Work:
@@ -110,9 +113,33 @@ def transition(
     (None: keep the generation already recorded)."""
     work = _Work(spec, status.model_copy(deep=True))
     now = event.now
+    problem = integrity.mismatch(spec, status)
+    if problem is not None:
+        # A log that does not match its spec is not acted on: the saga ends, for a person, and nothing is sent.
+        # The first verdict on an untrusted log stands (a saga Failed as StatusTampered stays so); a saga Failed
+        # for another reason (CompensationStuck) learns the new one.
+        settled = status.phase in TERMINAL_PHASES and not (
+            status.phase == Phase.FAILED and status.reason not in integrity.NOT_RETRYABLE
+        )
+        if not settled:
+            _fail(work, *problem, now)
+        elif isinstance(event, ReplyReceived):
+            _ignore(work, "SagaFinished")
+        return _finish(work, status, generation, now)
+    try:
+        _dispatch(work, event, now)
+    except IllegalStepMove as exc:
+        # A bug in the core, or a status whose step states no real run produces: stop before anything is written
+        # but this verdict, and send nothing.
+        work = _Work(spec, status.model_copy(deep=True))
+        _fail(work, integrity.ILLEGAL_STEP_MOVE, f"{exc} (nothing was sent)", now)
+    return _finish(work, status, generation, now)
+
+
+def _dispatch(work: _Work, event: Event, now: datetime) -> None:
     match event:
-        case Start():
-            _start(work, now)
+        case Start(participants=participants):
+            _start(work, now, participants)
         case Resumed():
             _start(work, now)
             _resend_in_flight(work)
@@ -124,8 +151,13 @@ def transition(
             _abort(work, reason, now)
         case RetryRequested(token=token):
             _retry(work, token, now)
+        case CommandRefused():
+            _command_refused(work, event, now)
     if work.status.phase not in TERMINAL_PHASES and work.status.phase != Phase.PENDING:
         _advance(work, now)
+
+
+def _finish(work: _Work, status: SagaStatus, generation: int | None, now: datetime) -> tuple[SagaStatus, list[Effect]]:
     _derive(work, now)
     new = work.status
     if new != status:
@@ -142,9 +174,14 @@ def next_deadline(status: SagaStatus) -> datetime | None:
     return min(deadlines, default=None)
 
 
-def _start(work: _Work, now: datetime) -> None:
+def _start(work: _Work, now: datetime, participants: frozenset[str] = frozenset()) -> None:
     status = work.status
     if status.phase != Phase.PENDING:
+        return
+    problem = integrity.start_problem(work.spec, participants)
+    if problem is not None:
+        reject(status, *problem, now)
+        work.event(True, problem[0], f"{problem[1]}; nothing was sent. Fix the manifest and create the saga again")
         return
     status.steps = [StepStatus(name=step.name) for step in work.spec.steps]
     status.phase = Phase.RUNNING
@@ -204,6 +241,17 @@ def _apply_action_reply(work: _Work, spec: StepSpec, record: StepStatus, reply: 
             record.error = None
             record.finished_at = now
             record.deadline = None
+            if _results_size(work.status) > MAX_SAGA_RESULTS_BYTES:
+                # The step happened, but its result does not fit the saga's log: not recorded, and the saga is
+                # undone (the step is compensated like any other that succeeded).
+                record.result = None
+                record.error = ErrorRecord(
+                    reason=integrity.RESULTS_TOO_LARGE,
+                    message=f"the results of this saga would exceed {MAX_SAGA_RESULTS_BYTES} bytes together",
+                )
+                message = f"step {spec.name} failed: {_describe(record.error)}"
+                work.event(True, integrity.RESULTS_TOO_LARGE, message)
+                _begin_undo(work, message)
         case Outcome.FAILED:
             move(record, StepEvent.REFUSE)
             record.error = _error(reply, "Failed")
@@ -321,12 +369,68 @@ def _compensation_attempt_failed(
     )
 
 
+def _results_size(status: SagaStatus) -> int:
+    return sum(json_size(record.result) for record in status.steps if record.result is not None)
+
+
+def _command_refused(work: _Work, event: CommandRefused, now: datetime) -> None:
+    """The producer refused a command for good (too large): it never left, and sending it again cannot help."""
+    record = work.status.step(event.step)
+    if record is None or work.status.phase in TERMINAL_PHASES:
+        return
+    spec = work.specs[event.step]
+    error = ErrorRecord(reason=event.reason, message=event.message)
+    message = f"step {spec.name} failed: {_describe(error)}"
+    if event.kind == CommandKind.ACTION and record.state == StepState.DISPATCHED:
+        move(record, StepEvent.REFUSE)  # nothing reached the participant: nothing to undo for this step
+        record.error = error
+        record.finished_at = now
+        record.deadline = None
+        work.event(True, event.reason, message)
+        _begin_undo(work, message)
+    elif event.kind == CommandKind.COMPENSATION and record.state == StepState.COMPENSATING:
+        record.error = error
+        record.deadline = None
+        _fail(work, event.reason, f"compensation of {message}", now)
+
+
+def settle(
+    status: SagaStatus, phase: Phase, reason: str, message: str, now: datetime, generation: int | None = None
+) -> SagaStatus:
+    """A copy of `status` ended by the shell's own verdict (a status it cannot trust or cannot write, a spec
+    it cannot read): `phase` with `reason`, conditions derived, seq bumped. Nothing is sent for it."""
+    new = status.model_copy(deep=True)
+    new.phase = phase
+    new.reason = reason
+    new.message = f"{reason}: {message}"
+    new.finished_at = now
+    for record in new.steps:
+        record.deadline = None
+    derive_conditions(new, now)
+    observe_generation(new, generation)
+    new.seq = status.seq + 1
+    return new
+
+
+def reject(status: SagaStatus, reason: str, message: str, now: datetime) -> None:
+    """The saga is refused before anything is sent: phase Rejected, nothing to undo."""
+    status.phase = Phase.REJECTED
+    status.reason = reason
+    status.message = f"{reason}: {message}"
+    status.finished_at = now
+
+
 def _fail(work: _Work, reason: str, message: str, now: datetime) -> None:
     status = work.status
     status.phase = Phase.FAILED
+    status.reason = reason
     status.finished_at = now
     status.message = f"{reason}: {message}"
-    work.event(True, reason, f"{message}. See docs/operations.md; annotate saga.dev/retry to try again")
+    if reason in integrity.NOT_RETRYABLE:
+        hint = "nothing more is sent. See docs/operations.md"
+    else:
+        hint = "See docs/operations.md; annotate saga.dev/retry to try again"
+    work.event(True, reason, f"{message}. {hint}")
 
 
 def _begin_undo(work: _Work, message: str) -> None:
@@ -352,8 +456,12 @@ def _retry(work: _Work, token: str, now: datetime) -> None:
     if status.phase != Phase.FAILED or token == status.retry_token:
         return
     status.retry_token = token
+    if status.reason in integrity.NOT_RETRYABLE:
+        work.event(True, "RetryRefused", f"a retry cannot cure {status.reason}: see docs/operations.md")
+        return
     status.retries_granted += 1
     status.phase = Phase.COMPENSATING if status.undoing else Phase.RUNNING
+    status.reason = None
     status.finished_at = None
     status.message = f"retry {status.retries_granted} requested"
     work.event(False, "RetryRequested", f"a person asked to retry (token {token!r})")

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from saga_operator.adapters import kafka
 from saga_operator.adapters.kube import TRANSIENT_API_ERRORS, KubeClient, ListingExpired
-from saga_operator.config import Settings
+from saga_operator.config import Settings, read_status_key
 from saga_operator.runtime.coordinator import Coordinator
 from saga_operator.runtime.metrics import Metrics
 from saga_plumbing import (
@@ -110,6 +110,12 @@ class OperatorApp:
         producer = self._producer = kafka.new_producer(brokers)
         await self._step("starting the Kafka producer", producer.start, TRANSIENT_KAFKA_ERRORS)
         self._dead_letters = DeadLetterWriter(producer, self._dlq, source="saga-operator")
+        status_key = read_status_key(settings.status_key_file)
+        if status_key is None:
+            log.warning(
+                "SAGA_STATUS_KEY_FILE is not set: statuses are neither signed nor verified, so a status written by "
+                "anyone else is adopted as the operator's own (set it in production: docs/operations.md)"
+            )
         self.coordinator = Coordinator(
             self._kube,
             self._send,
@@ -117,6 +123,8 @@ class OperatorApp:
             self.metrics,
             settings.reply_topic,
             settings.max_backoff_seconds,
+            participants=settings.participants,
+            status_key=status_key,
         )
         self._starting = "resuming the sagas"
         await self._resume_all()
@@ -289,7 +297,15 @@ class OperatorApp:
 
         async def resume(body: dict[str, Any]) -> None:
             async with gate:
-                await coordinator.observe(body, None)
+                try:
+                    await coordinator.observe(body, None)
+                except Exception:
+                    # One saga must not stop the start-up of all the others (it used to: Kopf ran the start-up
+                    # again and again, "address already in use", while /healthz said 200). Its own state stays as
+                    # stored; the watch brings it again.
+                    meta = body.get("metadata") or {}
+                    coordinator.metrics.sagas_unresumable.inc()
+                    log.exception("saga %s/%s could not be resumed", meta.get("namespace"), meta.get("name"))
 
         async def page(token: str | None) -> tuple[list[dict[str, Any]], str | None]:
             try:

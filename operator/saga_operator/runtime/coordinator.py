@@ -12,15 +12,19 @@ import heapq
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 
+from aiokafka.errors import MessageSizeTooLargeError
+from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from saga_operator.adapters.kube import TRANSIENT_API_ERRORS, Conflict, Gone, SagaRef
+from saga_operator.adapters.kube import TRANSIENT_API_ERRORS, Conflict, Gone, SagaRef, is_too_large
+from saga_operator.domain import digest, integrity
 from saga_operator.domain.events import (
     AbortRequested,
+    CommandRefused,
     Effect,
     EmitEvent,
     Event,
@@ -32,15 +36,19 @@ from saga_operator.domain.events import (
     Start,
     Tick,
 )
+from saga_operator.domain.lifecycle import TO_UNDO
 from saga_operator.domain.model import (
+    ACCEPT_STATUS_ANNOTATION,
+    DELETE_WITHOUT_COMPENSATION_ANNOTATION,
     FINALIZER,
     RETRY_ANNOTATION,
     TERMINAL_PHASES,
     Phase,
     SagaSpec,
     SagaStatus,
+    StepState,
 )
-from saga_operator.domain.transition import next_deadline, transition
+from saga_operator.domain.transition import next_deadline, settle, transition
 from saga_operator.runtime.metrics import Metrics
 from saga_operator.runtime.ports import SagaStore
 from saga_plumbing import Backoff, retry_transient
@@ -54,6 +62,16 @@ EnsureTopicsFn = Callable[[list[str]], Awaitable[None]]
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+class StatusTooLarge(Exception):
+    """The API server refused a status write for its size (etcd's request limit): no retry can succeed."""
+
+
+#: A stored status the operator did not take: (reason, message). Reasons: CorruptStatus, StatusTampered;
+#: StatusAccepted when a person's accept-status annotation made it take one it could not verify.
+Verdict = tuple[str, str]
+STATUS_ACCEPTED = "StatusAccepted"
 
 
 def _rv_newer(candidate: str, current: str) -> bool:
@@ -77,7 +95,10 @@ class SagaEntry:
         "_resting",
         "_spec",
         "_status",
+        "accept_seq",
+        "delete_confirmed",
         "deleting",
+        "deletion_blocked",
         "finalizers",
         "generation",
         "lock",
@@ -95,6 +116,9 @@ class SagaEntry:
         self.generation = 1
         self.retry_token: str | None = None
         self.deleting = False
+        self.accept_seq: str | None = None
+        self.delete_confirmed = False
+        self.deletion_blocked = False  # the Event saying so was posted for this deletion
         self.finalizers: list[str] = []
         self.lock = asyncio.Lock()
         # When a command went out, per (step, kind): for the step latency histogram.
@@ -110,6 +134,12 @@ class SagaEntry:
         entry = cls(SagaRef(meta["namespace"], meta["name"], meta["uid"]))
         entry.adopt(body)
         return entry
+
+    @classmethod
+    def first_sight(cls, body: dict[str, Any], key: bytes | None) -> tuple[SagaEntry, Verdict | None]:
+        meta = body["metadata"]
+        entry = cls(SagaRef(meta["namespace"], meta["name"], meta["uid"]))
+        return entry, entry.adopt(body, key)
 
     @property
     def spec(self) -> SagaSpec | None:
@@ -169,31 +199,63 @@ class SagaEntry:
         meta = body["metadata"]
         self.resource_version = meta["resourceVersion"]
         self.generation = meta.get("generation", self.generation)
-        self.retry_token = (meta.get("annotations") or {}).get(RETRY_ANNOTATION)
-        self.deleting = meta.get("deletionTimestamp") is not None
+        annotations = meta.get("annotations") or {}
+        self.retry_token = annotations.get(RETRY_ANNOTATION)
+        self.accept_seq = annotations.get(ACCEPT_STATUS_ANNOTATION)
+        self.delete_confirmed = annotations.get(DELETE_WITHOUT_COMPENSATION_ANNOTATION) == "true"
+        deleting = meta.get("deletionTimestamp") is not None
+        if not deleting:
+            self.deletion_blocked = False
+        self.deleting = deleting
         self.finalizers = list(meta.get("finalizers") or [])
 
-    def adopt(self, body: dict[str, Any]) -> None:
+    def adopt(self, body: dict[str, Any], key: bytes | None = None, stored_wins: bool = False) -> Verdict | None:
         """Take what the API server says. Our own status wins unless the stored one is further on
-        (another writer, or our write whose answer we lost)."""
+        (another writer, or our write whose answer we lost), or `stored_wins` (re-read after a conflict).
+
+        With a `key`, a stored status is taken only if its digest verifies (or a person's accept-status
+        annotation names its seq); a status that does not parse is never taken. Either way the verdict says
+        why (None: nothing to say) and our own status stays."""
         self.adopt_metadata(body)
         try:
             self.spec = SagaSpec.model_validate(body.get("spec") or {})
             self.spec_error = None
         except ValidationError as exc:
             self.spec, self.spec_error = None, _first_error(exc)
-        stored = body.get("status") or {}
-        try:
-            status = SagaStatus.model_validate(stored)
-        except ValidationError:
-            log.warning("saga %s/%s: unreadable status ignored", self.ref.namespace, self.ref.name)
-            return
-        if status.seq >= self.status.seq:
+        raw = body.get("status")
+        status, error = integrity.parse_status(raw)
+        if status is None:
+            return integrity.CORRUPT_STATUS, f"the stored status cannot be read: {error}"
+        verdict: Verdict | None = None
+        # Checked whatever its seq: a forged status is reported even when it would not win.
+        if key is not None and status != self.status and not digest.is_unwritten(status):
+            if not digest.verify(status, key):
+                if self.accept_seq != str(status.seq):
+                    why = (
+                        "has no digest" if status.digest is None else "carries a digest the operator's key did not make"
+                    )
+                    return integrity.STATUS_TAMPERED, (
+                        f"the stored status (seq {status.seq}, phase {status.phase.value}) {why}: not written by the "
+                        "operator, not adopted"
+                    )
+                verdict = (
+                    STATUS_ACCEPTED,
+                    f"status seq {status.seq} adopted unverified: annotation {ACCEPT_STATUS_ANNOTATION}",
+                )
+        if stored_wins or status.seq >= self.status.seq:
             self.status = status
+        elif verdict is not None:
+            return None  # an accepted status that an own later write has already replaced
+        return verdict
 
 
 # Stands in for the status of a resting saga; never read (reads wake the saga first).
 _EMPTY_STATUS = SagaStatus()
+
+
+def _brief(body: Any, limit: int = 300) -> str:
+    text = body.decode(errors="replace") if isinstance(body, bytes) else str(body or "")
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -211,6 +273,9 @@ class Coordinator:
         metrics: Metrics,
         reply_topic: str,
         max_backoff_seconds: float = 30.0,
+        *,
+        participants: Collection[str] = (),
+        status_key: bytes | None = None,
     ) -> None:
         self.kube = kube
         self._send = send
@@ -218,6 +283,9 @@ class Coordinator:
         self.metrics = metrics
         self.reply_topic = reply_topic
         self.max_backoff = max_backoff_seconds
+        self.participants = frozenset(participants)
+        # Signs every status written and verifies every status read (domain.digest); None: digests are off.
+        self.status_key = status_key
         self.sagas: dict[str, SagaEntry] = {}
         self._known_topics: set[str] = set()
         self._deadlines: list[tuple[float, str]] = []
@@ -241,16 +309,49 @@ class Coordinator:
             return
         entry = self.sagas.get(uid)
         first_sight = entry is None
+        verdict: Verdict | None = None
         if entry is None:
-            entry = SagaEntry.from_body(body)
+            entry, verdict = SagaEntry.first_sight(body, self.status_key)
             self.sagas[uid] = entry
         elif _rv_newer(meta["resourceVersion"], entry.resource_version):
-            entry.adopt(body)
+            verdict = entry.adopt(body, self.status_key)
         elif entry.resting:
             return  # nothing new for a finished saga (Kopf's listing after our own, or our own write)
         async with entry.lock:
+            if verdict is not None and verdict[0] == STATUS_ACCEPTED:
+                self._emit(entry, EmitEvent("Normal", STATUS_ACCEPTED, verdict[1]))
+                first_sight = True  # a status a person set: resume it as after a restart
+            elif verdict is not None:
+                self.metrics.status_refused.labels(verdict[0]).inc()
+                if first_sight:
+                    # Nothing of ours to keep: the saga stops here, for a person; nothing is sent.
+                    await self._distrust(entry, body.get("status"), verdict)
+                    return
+                self._emit(entry, EmitEvent("Warning", verdict[0], f"{verdict[1]}; the operator keeps its own"))
+                await self._restore(entry)
             await self._reconcile(entry, first_sight)
         entry.rest()
+
+    async def _restore(self, entry: SagaEntry) -> None:
+        """Write our own log back over a stored status we did not take, so that what `kubectl get` shows is the
+        operator's log again. A conflict means yet another write: its watch event brings it."""
+        if entry.status.seq == 0 and entry.status.phase == Phase.PENDING:
+            return  # nothing of ours yet: the reconcile that follows writes it
+        try:
+            await self._write(entry, entry.status.model_copy(update={"seq": entry.status.seq + 1}))
+        except Conflict:
+            self.metrics.status_writes.labels("conflict").inc()
+
+    async def _distrust(self, entry: SagaEntry, raw: Any, verdict: Verdict) -> None:
+        """A saga first seen with a status the operator cannot read or did not write: phase Failed, with the
+        reason; nothing is sent. A saga already Failed for that reason is left as it is."""
+        reason, message = verdict
+        stored, _ = integrity.parse_status(raw)
+        status = stored if stored is not None else SagaStatus(seq=integrity.stored_seq(raw))
+        if not (status.phase == Phase.FAILED and status.reason == reason):
+            await self._write(entry, settle(status, Phase.FAILED, reason, message, _now(), entry.generation))
+            self._emit(entry, EmitEvent("Warning", reason, f"{message}; nothing is sent. See docs/operations.md"))
+        await self._after(entry)
 
     async def apply_reply(self, reply: Reply, received: float) -> list[ReplyIgnored]:
         entry = self.sagas.get(reply.saga_uid)
@@ -327,10 +428,18 @@ class Coordinator:
         status = entry.status
         if not entry.deleting and not entry.finalized and status.phase not in TERMINAL_PHASES:
             await self._set_finalizer(entry, add=True)
+        if entry.deleting and status.phase == Phase.PENDING:
+            # Deleted before it started: nothing to undo, nothing to start.
+            if entry.finalized:
+                await self._set_finalizer(entry, add=False)
+            return
         if status.phase == Phase.PENDING:
-            await self._apply(entry, Start(_now()))
+            await self._apply(entry, Start(_now(), self.participants))
         elif first_sight:
             await self._apply(entry, Resumed(_now()))
+        elif integrity.mismatch(entry.spec, status) is not None:
+            # The spec changed under a running saga (admission would refuse that): say so now, not at its next reply.
+            await self._apply(entry, Tick(_now()))
         if entry.spec.abort and not entry.status.undoing:
             await self._apply(entry, AbortRequested(_now()))
         if entry.deleting and not entry.status.undoing:
@@ -346,16 +455,50 @@ class Coordinator:
         if deadline is not None:
             self._schedule(entry.ref.uid, deadline.timestamp())
         if entry.deleting and entry.finalized and entry.status.phase in TERMINAL_PHASES:
-            await self._set_finalizer(entry, add=False)
+            if self._may_release(entry):
+                await self._set_finalizer(entry, add=False)
+
+    def _may_release(self, entry: SagaEntry) -> bool:
+        """Whether a deleted saga in a terminal phase may go. A Failed one that may still hold effects (a step
+        not known to be undone, or a log the operator could not read) waits for a person's confirmation."""
+        status = entry.status
+        if status.phase != Phase.FAILED or entry.delete_confirmed:
+            return True
+        spec = entry.spec
+        compensable = {step.name for step in spec.steps if step.compensation is not None} if spec else set()
+        outstanding = [
+            r.name
+            for r in status.steps
+            if r.state in TO_UNDO | {StepState.COMPENSATING, StepState.COMPENSATION_RETRYING}
+            and (r.name in compensable or spec is None)
+        ]
+        if not outstanding and status.reason != integrity.CORRUPT_STATUS:
+            return True
+        if not entry.deletion_blocked:
+            entry.deletion_blocked = True
+            what = (
+                f"step(s) {', '.join(outstanding)} may still hold effects" if outstanding else "its log was unreadable"
+            )
+            self._emit(
+                entry,
+                EmitEvent(
+                    "Warning",
+                    "DeletionBlocked",
+                    f"saga is Failed ({status.reason}) and {what}: it is not deleted without compensation until "
+                    f'a person annotates {DELETE_WITHOUT_COMPENSATION_ANNOTATION}="true" (docs/operations.md)',
+                ),
+            )
+        return False
 
     async def _refuse(self, entry: SagaEntry) -> None:
         """A spec the CRD should have refused (an older CRD, or validation off): say so, do nothing."""
-        if entry.status.phase == Phase.FAILED and entry.status.message == entry.spec_error:
-            return
-        status = entry.status.model_copy(update={"phase": Phase.FAILED, "message": entry.spec_error})
-        status.seq += 1
-        await self._write(entry, status)
-        self._emit(entry, EmitEvent("Warning", "InvalidSpec", entry.spec_error or "invalid spec"))
+        message = f"{integrity.INVALID_SPEC}: {entry.spec_error}"
+        if not (entry.status.phase == Phase.REJECTED and entry.status.message == message):
+            status = settle(
+                entry.status, Phase.REJECTED, integrity.INVALID_SPEC, entry.spec_error or "", _now(), entry.generation
+            )
+            await self._write(entry, status)
+            self._emit(entry, EmitEvent("Warning", integrity.INVALID_SPEC, entry.spec_error or "invalid spec"))
         if entry.deleting and entry.finalized:
             await self._set_finalizer(entry, add=False)
 
@@ -375,16 +518,48 @@ class Coordinator:
                 if entry.spec is None:
                     return []
                 continue
+            except StatusTooLarge as exc:
+                await self._status_too_large(entry, new, str(exc))
+                return []
             await self._perform(entry, effects, received)
             return effects
         raise RuntimeError(f"saga {entry.ref.name}: status kept changing under the operator")
 
+    async def _status_too_large(self, entry: SagaEntry, wanted: SagaStatus, detail: str) -> None:
+        """The API server will never take `wanted`: write a small status instead (no results), phase Failed with
+        reason StatusTooLarge, and send nothing of what `wanted` recorded."""
+        self.metrics.status_writes.labels("too-large").inc()
+        small = wanted.model_copy(deep=True)
+        for record in small.steps:
+            record.result = None
+        message = f"the status write was refused for its size ({detail}); step results dropped"
+        try:
+            await self._write(
+                entry, settle(small, Phase.FAILED, integrity.STATUS_TOO_LARGE, message, _now(), entry.generation)
+            )
+        except (StatusTooLarge, Conflict) as exc:
+            log.error(
+                "saga %s/%s: even a small status could not be written: %s", entry.ref.namespace, entry.ref.name, exc
+            )
+        self._emit(entry, EmitEvent("Warning", integrity.STATUS_TOO_LARGE, f"{message}. See docs/operations.md"))
+
     async def _write(self, entry: SagaEntry, status: SagaStatus) -> None:
-        """One status write; an API server away is waited out. Conflict and Gone are the caller's."""
+        """One status write, signed; an API server away is waited out. Conflict, Gone and StatusTooLarge are
+        the caller's."""
+        if self.status_key is not None:
+            status = digest.sign(status, entry.status.digest, self.status_key)
 
         async def attempt() -> dict[str, Any]:
             try:
                 return await self.kube.write_status(entry.ref, status, entry.resource_version)
+            except ApiException as exc:
+                if is_too_large(exc):
+                    raise StatusTooLarge(
+                        " ".join(filter(None, (str(exc.status), exc.reason, _brief(exc.body))))
+                    ) from None
+                self.api_healthy = False
+                self.metrics.status_writes.labels("error").inc()
+                raise
             except Gone:
                 # Deleted behind our back (its finalizer removed by hand): forget it, as a re-read that finds
                 # it gone does, instead of keeping it until a watch event or a deadline says so.
@@ -412,8 +587,11 @@ class Coordinator:
         except Gone:
             self.sagas.pop(entry.ref.uid, None)
             raise
-        entry.status = SagaStatus()  # after a conflict the stored log is the truth
-        entry.adopt(body)
+        # After a conflict the stored log is the truth, if the operator wrote it; otherwise it keeps its own.
+        verdict = entry.adopt(body, self.status_key, stored_wins=True)
+        if verdict is not None and verdict[0] != STATUS_ACCEPTED:
+            self.metrics.status_refused.labels(verdict[0]).inc()
+            self._emit(entry, EmitEvent("Warning", verdict[0], f"{verdict[1]}; the operator keeps its own"))
 
     async def _set_finalizer(self, entry: SagaEntry, add: bool) -> None:
         """Our finalizer keeps a deleted saga around until its effects are compensated."""
@@ -432,18 +610,24 @@ class Coordinator:
     async def _perform(self, entry: SagaEntry, effects: list[Effect], received: float | None) -> None:
         spec = entry.spec
         assert spec is not None
+        refused: list[CommandRefused] = []
         for effect in effects:
             match effect:
                 case SendCommand():
-                    await self._send_command(entry, spec, effect, received)
+                    if (refusal := await self._send_command(entry, spec, effect, received)) is not None:
+                        refused.append(refusal)
                 case EmitEvent():
                     self._emit(entry, effect)
                 case ReplyIgnored(reason=reason):
                     self.metrics.replies_ignored.labels(reason).inc()
+        for refusal in refused:
+            await self._apply(entry, refusal)  # the step fails now: waiting for its timeout would only retry it
 
     async def _send_command(
         self, entry: SagaEntry, spec: SagaSpec, effect: SendCommand, received: float | None
-    ) -> None:
+    ) -> CommandRefused | None:
+        """Send one command. A command the producer refuses for its size is returned as a CommandRefused: it can
+        never be sent, so the step fails (CommandTooLarge) instead of timing out and retrying."""
         topic = command_topic(effect.participant)
         command = Command(
             message_id=str(uuid.uuid4()),
@@ -467,6 +651,10 @@ class Coordinator:
                 await self._ensure_topics([topic])
                 self._known_topics.add(topic)
             await self._send(topic, command)
+        except MessageSizeTooLargeError as exc:
+            self.metrics.command_errors.inc()
+            detail = f"the producer refused the {effect.kind.value} command as too large ({exc})"
+            return CommandRefused(effect.step, effect.kind, integrity.COMMAND_TOO_LARGE, detail, _now())
         except Exception as exc:
             self.metrics.command_errors.inc()
             log.warning(
@@ -476,7 +664,7 @@ class Coordinator:
                 entry.ref.name,
                 exc,
             )
-            return
+            return None
         now = time.time()
         entry.sent_at[(effect.step, effect.kind.value)] = now
         self.metrics.commands.labels(effect.kind.value).inc()
@@ -486,6 +674,7 @@ class Coordinator:
             self.metrics.compensations.inc()
         if received is not None:
             self.metrics.overhead.observe(now - received)
+        return None
 
     def _emit(self, entry: SagaEntry, event: EmitEvent) -> None:
         level = logging.WARNING if event.type == "Warning" else logging.INFO

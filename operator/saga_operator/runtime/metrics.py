@@ -47,6 +47,18 @@ class Metrics:
         self.status_writes = Counter(
             "saga_operator_status_writes_total", "Status writes, by result.", ["result"], registry=r
         )
+        self.status_refused = Counter(
+            "saga_operator_status_refused_total",
+            "Stored statuses the operator did not adopt, by reason (StatusTampered: not written by it; "
+            "CorruptStatus: unreadable).",
+            ["reason"],
+            registry=r,
+        )
+        self.sagas_unresumable = Counter(
+            "saga_operator_resume_errors_total",
+            "Sagas that could not be resumed at start-up (the others are); see the log.",
+            registry=r,
+        )
         self.events_dropped = Counter(
             "saga_operator_events_dropped_total",
             "Kubernetes Events not posted (queue full or API error).",
