@@ -205,11 +205,11 @@ def happy_path(manifest: dict[str, Any], now: datetime) -> list[SagaStatus]:
     """The statuses the operator writes for this saga on the happy path, from the pure core itself:
     step 1 dispatched, step 2 dispatched, step 3 dispatched, Succeeded."""
     spec = SagaSpec.model_validate(manifest["spec"])
-    status, _ = transition(spec, SagaStatus(), Start(now))
+    status, _ = transition(spec, SagaStatus(), Start(now), uid="0")
     out = [status]
     for step in spec.steps:
         reply = succeeded_reply("0", step.name, step.participant, sent_at=now)
-        status, _ = transition(spec, status, ReplyReceived(reply, now))
+        status, _ = transition(spec, status, ReplyReceived(reply, now), uid="0")
         out.append(status)
     for written in out:
         written.observed_generation = 1

@@ -11,7 +11,6 @@ import asyncio
 import heapq
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -44,7 +43,7 @@ from saga_operator.domain.transition import next_deadline, transition
 from saga_operator.runtime.metrics import Metrics
 from saga_operator.runtime.ports import SagaStore
 from saga_plumbing import Backoff, retry_transient
-from saga_protocol import Command, CommandKind, Reply, command_topic, idempotency_key
+from saga_protocol import Command, CommandKind, Reply, command_topic, idempotency_key, reply_problem, reply_topic
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +191,23 @@ class SagaEntry:
             self.status = status
 
 
+def _reply_refused(
+    spec: SagaSpec, status: SagaStatus, reply: Reply, topic: str, key: bytes | None
+) -> ReplyIgnored | None:
+    """Checks 4 to 10 of docs/protocol.md §12.3 (the saga has started, has the step, and the reply came from the
+    step's participant on its topic, for this saga and step, answering a command id of its own kind and attempt).
+    The log's checks (11 to 15: sent, still wanted) are the pure core's."""
+    if status.phase == Phase.PENDING:
+        return ReplyIgnored("SagaNotStarted", invalid=True)
+    step = next((s for s in spec.steps if s.name == reply.step), None)
+    if step is None or status.step(reply.step) is None:
+        return ReplyIgnored("UnknownStep", invalid=True)
+    problem = reply_problem(reply, topic=topic, participant=step.participant, key=key)
+    if problem is not None:
+        return ReplyIgnored(problem[0], invalid=True, detail=problem[1])
+    return None
+
+
 # Stands in for the status of a resting saga; never read (reads wake the saga first).
 _EMPTY_STATUS = SagaStatus()
 
@@ -209,14 +225,12 @@ class Coordinator:
         send: SendFn,
         ensure_topics: EnsureTopicsFn,
         metrics: Metrics,
-        reply_topic: str,
         max_backoff_seconds: float = 30.0,
     ) -> None:
         self.kube = kube
         self._send = send
         self._ensure_topics = ensure_topics
         self.metrics = metrics
-        self.reply_topic = reply_topic
         self.max_backoff = max_backoff_seconds
         self.sagas: dict[str, SagaEntry] = {}
         self._known_topics: set[str] = set()
@@ -252,14 +266,22 @@ class Coordinator:
             await self._reconcile(entry, first_sight)
         entry.rest()
 
-    async def apply_reply(self, reply: Reply, received: float) -> list[ReplyIgnored]:
+    async def apply_reply(self, reply: Reply, received: float, *, topic: str, key: bytes | None) -> list[ReplyIgnored]:
+        """Apply one decoded reply read from `topic` with record key `key`, after the checks of
+        docs/protocol.md §12.3 in their order. Returns why it changed nothing (empty: applied): `invalid`
+        ones are the caller's to dead-letter, the others to count as ignored. Counting is the caller's,
+        once per reply (the reply pump, runtime/replies.py)."""
         entry = self.sagas.get(reply.saga_uid)
         if entry is None:
             return [ReplyIgnored("UnknownSaga", invalid=True)]
         try:
             async with entry.lock:
-                if entry.spec is None:
+                spec = entry.spec
+                if spec is None:
                     return [ReplyIgnored("InvalidSaga", invalid=True)]
+                refused = _reply_refused(spec, entry.status, reply, topic, key)
+                if refused is not None:
+                    return [refused]
                 started = entry.sent_at.pop((reply.step, reply.kind.value), None)
                 effects = await self._apply(entry, ReplyReceived(reply, _now()), received=received)
                 ignored = [e for e in effects if isinstance(e, ReplyIgnored)]
@@ -362,7 +384,7 @@ class Coordinator:
     async def _apply(self, entry: SagaEntry, event: Event, received: float | None = None) -> list[Effect]:
         assert entry.spec is not None
         for _ in range(10):
-            new, effects = transition(entry.spec, entry.status, event, entry.generation)
+            new, effects = transition(entry.spec, entry.status, event, entry.generation, uid=entry.ref.uid)
             if new.seq == entry.status.seq:
                 await self._perform(entry, effects, received)
                 return effects
@@ -438,15 +460,15 @@ class Coordinator:
                     await self._send_command(entry, spec, effect, received)
                 case EmitEvent():
                     self._emit(entry, effect)
-                case ReplyIgnored(reason=reason):
-                    self.metrics.replies_ignored.labels(reason).inc()
+                case ReplyIgnored():
+                    pass  # returned by apply_reply; the reply pump dead-letters or counts it, once
 
     async def _send_command(
         self, entry: SagaEntry, spec: SagaSpec, effect: SendCommand, received: float | None
     ) -> None:
         topic = command_topic(effect.participant)
         command = Command(
-            message_id=str(uuid.uuid4()),
+            message_id=effect.command_id,
             saga_uid=entry.ref.uid,
             saga_namespace=entry.ref.namespace,
             saga_name=entry.ref.name,
@@ -456,7 +478,7 @@ class Coordinator:
             attempt=effect.attempt,
             idempotency_key=idempotency_key(entry.ref.uid, effect.step),
             payload=spec.payload,
-            reply_topic=self.reply_topic,
+            reply_topic=reply_topic(effect.participant),
             sent_at=_now(),
         )
         try:
