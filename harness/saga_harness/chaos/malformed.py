@@ -96,7 +96,7 @@ def make_malformed_reply(kind: str, saga_uid: str | None, participant: str) -> M
     if kind == "nested-too-deep":
         deep = json.loads(body)
         deep["result"] = _nested(200)
-        return json.dumps(deep).encode(), plain, ("SchemaViolation",)
+        return json.dumps(deep).encode(), plain, ("TooDeep",)
     if kind == "unknown-saga":
         return body, plain, ("UnknownSaga",)
     if kind == "unknown-step":
@@ -125,7 +125,7 @@ def make_malformed_command(kind: str, participant: str, reply_topic: str) -> Mad
         return body, [(k, REPLY_TYPE.encode() if k == "ce_type" else v) for k, v in plain], ("WrongType",)
     if kind == "nested-too-deep":
         deep = command.model_copy(update={"payload": _nested(200)})
-        return encode_command(deep)[1], plain, ("SchemaViolation",)
+        return encode_command(deep)[1], plain, ("TooDeep",)
     if kind in ("not-json", "not-an-object", "wrong-schema", "null-type-header", "oversized", "empty"):
         value, _, expected = make_malformed_reply(kind, None, participant)
         if kind == "null-type-header":
