@@ -14,7 +14,7 @@ import yaml
 
 from saga_buyvideo import SERVICES, build
 from saga_buyvideo.demo import DEMO_AGENTS, DEMO_USERS
-from saga_protocol import REPLY_TOPIC, CommandKind, command_topic, dead_letter_topic
+from saga_protocol import REPLY_DEAD_LETTER_TOPIC, CommandKind, command_topic, dead_letter_topic, reply_topic
 from saga_testenv import versions
 
 from .helpers import (
@@ -235,14 +235,15 @@ def test_topics_job_creates_the_protocols_topics() -> None:
     job = find(objects("kafka"), "Job", "kafka-topics")
     (container,) = pod_spec(job)["containers"]
     script = container["command"][-1]
-    assert f"create {REPLY_TOPIC} " in script
-    assert f"create {dead_letter_topic(REPLY_TOPIC)} " in script
+    assert f"create {REPLY_DEAD_LETTER_TOPIC} " in script
+    assert "create saga.replies " not in script  # protocol v2: one reply topic per participant
     participants = script.split("for participant in ", 1)[1].split(";", 1)[0].split()
     assert participants == list(SERVICES)
     # the loop body, expanded per participant, names the topics the way saga_protocol does
     for participant in participants:
         expanded = script.replace("$participant", participant)
         assert f'create "{command_topic(participant)}" 6' in expanded
+        assert f'create "{reply_topic(participant)}" 6' in expanded
         assert f'create "{dead_letter_topic(command_topic(participant))}" 1' in expanded
 
 
