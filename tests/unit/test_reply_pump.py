@@ -10,6 +10,7 @@ aiokafka drained from other partitions in the failed call are not lost.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from saga_operator.adapters.kube import SagaRef
 from saga_operator.domain.model import Phase, SagaSpec, SagaStatus, StepSpec
 from saga_operator.runtime.coordinator import Coordinator, SagaEntry
 from saga_operator.runtime.metrics import Metrics
-from saga_operator.runtime.replies import ReplyPump
+from saga_operator.runtime.replies import ReplyPump, _Partition
 from saga_protocol import (
     Command,
     CommandKind,
@@ -353,3 +354,21 @@ async def test_the_pump_reads_the_reply_topic_of_each_participant_it_follows(par
     rig.pump.follow(["videos"])
     assert "saga.replies.videos" in consumer.topics and "saga.replies" not in consumer.topics
     running.cancel()
+
+
+async def test_readyz_says_when_a_reply_waits_longer_than_the_stall_limit() -> None:
+    from saga_operator.config import load
+    from saga_operator.runtime.app import OperatorApp
+
+    app = OperatorApp(load(reply_stall_seconds=30))
+    rig = make_rig()
+    app.coordinator, app._pump = rig.coordinator, rig.pump
+    app._starting = None
+    app._kafka_healthy = app._kafka_reachable = app._api_reachable = True
+    assert app.not_ready() is None
+    part = rig.pump._parts.setdefault(TopicPartition("saga.replies.stock", 0), _Partition())
+    part.pending[7] = time.monotonic() - 45  # read 45 s ago, not applied yet
+    reason = app.not_ready()
+    assert reason is not None and "not applied" in reason
+    assert app.metrics.registry.get_sample_value("saga_operator_reply_lag_seconds") == pytest.approx(45, abs=5)
+    assert app.metrics.registry.get_sample_value("saga_operator_replies_pending") == 1
