@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from saga_protocol import REPLY_DEAD_LETTER_TOPIC, reply_topic
 from saga_testenv.stack import StackEndpoints
 
 from .manifests import buy_video_saga
@@ -124,7 +125,10 @@ class SagaWorld:
         self.run_dir = run_dir
         self.data_dir = run_dir / "data"
         self.run_id = uuid.uuid4().hex[:8]
-        self.reply_topic = f"saga.replies.{self.run_id}"
+        # Participants reply on saga.replies.<name>, which the operator creates for SAGA_PARTICIPANTS. Its
+        # dead-letter topic is this world's own (saga.replies.dlq in a cluster), so that worlds sharing a
+        # broker do not read each other's dead letters.
+        self.reply_dead_letter_topic = f"{REPLY_DEAD_LETTER_TOPIC}.{self.run_id}"
         env = endpoints.env()
         # The status digest's key, as a mounted Secret would give it: every status the operator writes is signed.
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -134,7 +138,7 @@ class SagaWorld:
             self.status_key_file.chmod(0o600)
         settings = {
             "SAGA_STATUS_KEY_FILE": str(self.status_key_file),
-            "SAGA_REPLY_TOPIC": self.reply_topic,
+            "SAGA_REPLY_DEAD_LETTER_TOPIC": self.reply_dead_letter_topic,
             "SAGA_CONSUMER_GROUP": f"saga-operator-{self.run_id}",
             "SAGA_PARTICIPANTS": ",".join(PARTICIPANTS),
             "SAGA_TOPIC_PARTITIONS": "3",
@@ -147,6 +151,14 @@ class SagaWorld:
         self.participants: dict[str, Service] = {
             name: participant_service(name, self.data_dir, run_dir, env) for name in PARTICIPANTS
         }
+
+    def reply_topic(self, participant: str) -> str:
+        """Where a participant of this world replies (the name it runs under)."""
+        return reply_topic(participant)
+
+    @property
+    def reply_topics(self) -> list[str]:
+        return [reply_topic(name) for name in PARTICIPANTS]
 
     # ---- life cycle ---------------------------------------------------------------------------
 

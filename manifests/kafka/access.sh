@@ -27,10 +27,10 @@ operator=User:saga-operator
 acl --allow-principal "$operator" --operation Write --resource-pattern-type prefixed --topic saga.commands.
 acl --allow-principal "$operator" --operation Read --resource-pattern-type prefixed --topic saga.replies.
 acl --allow-principal "$operator" --operation Read --group saga-operator
+# ... and sets aside the replies it cannot use
+acl --allow-principal "$operator" --operation Write --topic saga.replies.dlq
 for participant in $PARTICIPANTS; do
   principal="User:saga-participant-$participant"
-  # the operator sets aside the replies it cannot use
-  acl --allow-principal "$operator" --operation Write --topic "saga.replies.$participant.dlq"
   # P reads its own commands only, in its own group ...
   acl --allow-principal "$principal" --operation Read \
     --topic "saga.commands.$participant" --group "saga-participant-$participant"

@@ -22,7 +22,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from saga_plumbing import KafkaSettings
-from saga_protocol import REPLY_TOPIC, command_topic
+from saga_protocol import REPLY_DEAD_LETTER_TOPIC, command_topic
 
 
 class Settings(BaseSettings):
@@ -34,15 +34,24 @@ class Settings(BaseSettings):
     namespace: str = Field(
         default="", description="Watch Sagas in this namespace only. Empty: every namespace (the ClusterRole)."
     )
-    reply_topic: str = Field(
-        default=REPLY_TOPIC, description="The topic participants reply to; its dead-letter topic is `<topic>.dlq`."
+    reply_dead_letter_topic: str = Field(
+        default=REPLY_DEAD_LETTER_TOPIC,
+        description="Where replies that cannot be applied are set aside (replies are read from "
+        "`saga.replies.<participant>`, one topic per participant).",
     )
     consumer_group: str = Field(default="saga-operator", description="The reply consumer's group.")
     participants: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
-        description="Comma-separated participant names whose command topics are created at start-up. When set, "
-        "these are the only participants: a saga naming another is refused (phase Rejected, reason "
-        "UnknownParticipant). Empty: any name goes, its topic created on first use.",
+        description="Comma-separated participant names whose command and reply topics are created, and whose "
+        "reply topics are read, from start-up. When set, these are the only participants: a saga naming another "
+        "is refused (phase Rejected, reason UnknownParticipant). Empty: any name goes, its topics used from its "
+        "first command.",
+    )
+    reply_stall_seconds: float = Field(
+        default=60,
+        gt=0,
+        description="A reply read but not applied for this long (its saga's status writes hang or fail) makes "
+        "`/readyz` answer 503; `saga_operator_reply_lag_seconds` says how long the oldest one has waited.",
     )
     topic_partitions: int = Field(default=6, ge=1, description="Partitions of the topics the operator creates.")
     topic_replication_factor: int = Field(

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
-#: The v1 shared reply topic. v2 replies go to `reply_topic(participant)`; this name stays only until the
-#: operator reads the per-participant topics (and `saga.replies.dlq` is `dead_letter_topic(REPLY_TOPIC)`).
+#: The v1 shared reply topic. v2 replies go to `reply_topic(participant)` and the operator reads only those;
+#: the name stays for the SDK's test defaults until they move to `reply_topic(name)`.
 REPLY_TOPIC: Final = "saga.replies"
 #: Where the operator sets aside replies it cannot decode or attribute.
 REPLY_DEAD_LETTER_TOPIC: Final = "saga.replies.dlq"

@@ -30,7 +30,7 @@ from saga_harness.chaos.malformed import (
 )
 from saga_harness.chaos.probes import http_status, wait_until
 from saga_harness.chaos.world import ChaosWorld
-from saga_harness.topics import group_lag, read_topic
+from saga_harness.topics import group_lag, read_records, read_topic
 from saga_plumbing import DLQ_REASON
 from saga_protocol import dead_letter_topic, decode_reply
 from saga_testenv.kafka import run_sync
@@ -91,7 +91,8 @@ def test_malformed_replies_are_dead_lettered_counted_and_harm_nothing(make_world
         )
         for kind in REPLY_KINDS
     ]
-    stale = [r for r in run_sync(read_topic(bootstrap, world.reply_topic)) if (r.key or b"").decode() == uid]
+    replies = run_sync(read_records(bootstrap, world.reply_topics))
+    stale = [r for r in replies if (r.key or b"").decode() == uid]
     assert len(stale) >= 3  # one per step (more if the slow machine made the operator retry)
     world.apply([world.saga("bystander", purchase("v-bystander"))])
     injected = run_sync(_inject(bootstrap, sends))
@@ -101,13 +102,13 @@ def test_malformed_replies_are_dead_lettered_counted_and_harm_nothing(make_world
     bystander = world.wait_terminal(["bystander"], timeout=120)["bystander"]
     assert bystander["status"]["phase"] == "Succeeded"
     wait_until(
-        lambda: run_sync(group_lag(bootstrap, world.operator_group, [world.reply_topic])) == 0,
+        lambda: run_sync(group_lag(bootstrap, world.operator_group, world.reply_topics)) == 0,
         60,
         "the operator through the reply topic",
         every=1.0,
     )
 
-    dead = run_sync(read_topic(bootstrap, dead_letter_topic(world.reply_topic)))
+    dead = run_sync(read_topic(bootstrap, world.reply_dead_letter_topic))
     by_marker = {headers_of(r)[MARKER]: r for r in dead if headers_of(r).get(MARKER)}
     assert len(dead) == len(by_marker) == len(injected), "only the malformed ones, each once"
     reasons: dict[str, str] = {}

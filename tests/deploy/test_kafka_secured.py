@@ -274,8 +274,8 @@ async def test_the_jobs_create_the_topics_and_grant_the_acls(kind_jobs: dict[str
             f"saga.commands.{participant}",
             f"saga.commands.{participant}.dlq",
             f"saga.replies.{participant}",
-            f"saga.replies.{participant}.dlq",
         } <= listed
+    assert "saga.replies.dlq" in listed
     acls = kind_jobs["access"]
     print(acls)  # the broker's own account of every ACL (pytest -s shows it)
     assert "(principal=User:saga-operator, host=*, operation=WRITE, permissionType=ALLOW)" in acls
@@ -294,7 +294,7 @@ async def test_every_principal_does_its_part_and_nothing_else(
     await _produce(b, "saga-participant-videos", "saga.replies.videos")
     await _produce(b, "saga-participant-videos", "saga.commands.videos.dlq")
     assert await _consume(b, "saga-operator", "saga.replies.videos", "saga-operator") >= 1
-    await _produce(b, "saga-operator", "saga.replies.videos.dlq")
+    await _produce(b, "saga-operator", "saga.replies.dlq")
 
     # a participant cannot forge a command, nor another participant's reply, nor read another's commands
     with pytest.raises(TopicAuthorizationFailedError):

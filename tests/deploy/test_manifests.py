@@ -15,7 +15,7 @@ import yaml
 from saga_buyvideo import SERVICES, build
 from saga_buyvideo.demo import DEMO_AGENTS, DEMO_USERS
 from saga_operator import admission
-from saga_protocol import REPLY_TOPIC, CommandKind, command_topic, dead_letter_topic
+from saga_protocol import REPLY_DEAD_LETTER_TOPIC, CommandKind, command_topic, dead_letter_topic, reply_topic
 from saga_testenv import versions
 
 from .helpers import (
@@ -337,15 +337,14 @@ def test_topics_job_creates_the_protocols_topics() -> None:
     assert _job_participants("kafka-topics") == list(SERVICES)
     script = (MANIFESTS / "kafka" / "topics.sh").read_text()
     assert "for participant in $PARTICIPANTS; do" in script
+    assert f"create {REPLY_DEAD_LETTER_TOPIC} " in script
     # the loop body, expanded per participant, names the topics the way saga_protocol does; the reply
     # topic is one per participant (saga.replies.<participant>): the topic tells who replied
     for participant in SERVICES:
         expanded = script.replace("$participant", participant)
-        reply = f"{REPLY_TOPIC}.{participant}"
         assert f'create "{command_topic(participant)}" 6' in expanded
+        assert f'create "{reply_topic(participant)}" 6' in expanded
         assert f'create "{dead_letter_topic(command_topic(participant))}" 1' in expanded
-        assert f'create "{reply}" 6' in expanded
-        assert f'create "{dead_letter_topic(reply)}" 1' in expanded
 
 
 def test_access_job_grants_each_principal_its_part() -> None:
@@ -359,7 +358,7 @@ def test_access_job_grants_each_principal_its_part() -> None:
     assert f"{op} --operation Write --resource-pattern-type prefixed --topic saga.commands." in script
     assert f"{op} --operation Read --resource-pattern-type prefixed --topic saga.replies." in script
     assert f"{op} --operation Read --group saga-operator" in script
-    assert f'{op} --operation Write --topic "saga.replies.$participant.dlq"' in script
+    assert f"{op} --operation Write --topic {REPLY_DEAD_LETTER_TOPIC}" in script
     p = '--allow-principal "$principal"'
     assert 'principal="User:saga-participant-$participant"' in script
     assert (

@@ -145,7 +145,7 @@ class Saga:
     def apply(self, event: Event) -> list[Effect]:
         before = self.status
         frozen = before.model_dump()
-        new, effects = transition(self.spec, before, event)
+        new, effects = transition(self.spec, before, event, uid=SAGA_UID)
         assert before.model_dump() == frozen, "transition mutated its input status"
         if new.model_copy(update={"seq": before.seq}) == before:
             assert new.seq == before.seq, "seq moved although nothing changed"

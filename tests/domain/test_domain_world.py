@@ -241,7 +241,7 @@ class SagaWorld(RuleBasedStateMachine):
     def operate(self, event: Event, crash: Crash = Crash.NONE) -> bool:
         """Apply one event; True when the new status was written."""
         before = self.status
-        after, effects = transition(self.spec, before, event)
+        after, effects = transition(self.spec, before, event, uid=SAGA_UID)
         self.check_transition(event, before, after, effects)
         if crash == Crash.BEFORE_WRITE:
             self.restart()
@@ -258,7 +258,7 @@ class SagaWorld(RuleBasedStateMachine):
         """The operator comes back, reads the last written status and carries on."""
         self.history.restarts += 1
         before = self.status
-        after, effects = transition(self.spec, before, Resumed(self.clock))
+        after, effects = transition(self.spec, before, Resumed(self.clock), uid=SAGA_UID)
         self.check_transition(Resumed(self.clock), before, after, effects)
         if before.phase != Phase.PENDING:
             assert after == before, "Resumed changed a written status"
@@ -524,7 +524,7 @@ class SagaWorld(RuleBasedStateMachine):
             RetryRequested("one-more", far),
         ]
         for event in replays:
-            after, effects = transition(self.spec, final, event)
+            after, effects = transition(self.spec, final, event, uid=SAGA_UID)
             assert after == final, f"{event} changed a finished saga"
             assert all(isinstance(e, ReplyIgnored) and not e.invalid for e in effects), (event, effects)
 

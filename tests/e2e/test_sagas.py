@@ -201,9 +201,9 @@ def test_malformed_replies_are_set_aside_and_sagas_go_on(world: SagaWorld, saga_
         producer = AIOKafkaProducer(bootstrap_servers=world.endpoints.kafka_bootstrap)
         await producer.start()
         try:
-            await producer.send_and_wait(world.reply_topic, b"not json at all", key=b"x")
-            await producer.send_and_wait(world.reply_topic, b'{"sagaUid": "x"}', key=b"x")
-            await producer.send_and_wait(world.reply_topic, b"{" + b" " * 300_000 + b"}", key=b"x")
+            await producer.send_and_wait(world.reply_topic("users"), b"not json at all", key=b"x")
+            await producer.send_and_wait(world.reply_topic("users"), b'{"sagaUid": "x"}', key=b"x")
+            await producer.send_and_wait(world.reply_topic("users"), b"{" + b" " * 300_000 + b"}", key=b"x")
         finally:
             await producer.stop()
 

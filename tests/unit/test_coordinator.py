@@ -17,11 +17,12 @@ from fakes import FakeSender, FakeStore
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from saga_operator.adapters.kube import Gone, SagaRef
+from saga_operator.domain.events import ReplyIgnored
 from saga_operator.domain.model import FINALIZER, TERMINAL_PHASES, Phase, SagaSpec, StepSpec
 from saga_operator.runtime import coordinator as coordinator_module
 from saga_operator.runtime.coordinator import Coordinator, SagaEntry
 from saga_operator.runtime.metrics import Metrics
-from saga_protocol import Command, ErrorInfo, Outcome, Reply
+from saga_protocol import Command, ErrorInfo, Outcome, Reply, reply_topic
 from saga_protocol import answer as reply_for
 
 SPEC = SagaSpec(
@@ -49,7 +50,7 @@ class Shell:
 def make_shell(store: FakeStore) -> Shell:
     sender = FakeSender(store)
     metrics = Metrics()
-    coordinator = Coordinator(store, sender.send, sender.ensure_topics, metrics, "saga.replies", max_backoff_seconds=1)
+    coordinator = Coordinator(store, sender.send, sender.ensure_topics, metrics, max_backoff_seconds=1)
     return Shell(store, sender, coordinator, metrics)
 
 
@@ -67,8 +68,15 @@ def reply_to(command: Command, outcome: Outcome = Outcome.SUCCEEDED) -> Reply:
     )
 
 
+async def deliver(coordinator: Coordinator, reply: Reply) -> list[ReplyIgnored]:
+    """As the reply pump hands a reply over: read from its participant's topic, keyed by its saga uid."""
+    return await coordinator.apply_reply(
+        reply, received=0.0, topic=reply_topic(reply.participant), key=reply.saga_uid.encode()
+    )
+
+
 async def answer(shell: Shell, command: Command, outcome: Outcome = Outcome.SUCCEEDED) -> None:
-    ignored = await shell.coordinator.apply_reply(reply_to(command, outcome), received=0.0)
+    ignored = await deliver(shell.coordinator, reply_to(command, outcome))
     assert ignored == [], ignored
 
 
@@ -174,10 +182,10 @@ async def test_after_a_conflict_the_stored_status_wins_over_the_one_in_memory(sh
     reply = reply_to(shell.sender.sent[0].command)
     other = make_shell(shell.store)
     other.coordinator.sagas[ref.uid] = SagaEntry.from_body(shell.store.body(ref))
-    assert await other.coordinator.apply_reply(reply, received=0.0) == []
+    assert await deliver(other.coordinator, reply) == []
     assert other.sender.steps() == [("charge", "action", 1)]
 
-    ignored = await shell.coordinator.apply_reply(reply, received=0.0)
+    ignored = await deliver(shell.coordinator, reply)
 
     assert [e.invalid for e in ignored] == [False]  # a duplicate now, not an error
     assert shell.writes("conflict") == 1

@@ -42,7 +42,6 @@ def signed() -> Shell:
         shell.sender.send,
         shell.sender.ensure_topics,
         shell.metrics,
-        "saga.replies",
         max_backoff_seconds=1,
         status_key=KEY,
     )

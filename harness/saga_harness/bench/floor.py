@@ -22,6 +22,7 @@ from saga_harness.messages import action_command
 from saga_harness.topics import partitions_of
 from saga_plumbing import KafkaSettings
 from saga_protocol import command_topic, decode_reply
+from saga_protocol import reply_topic as saga_reply_topic
 
 from . import procinfo, stats
 from .kube import KubeError, load_configuration
@@ -131,7 +132,7 @@ async def floor_kafka(bench: Bench, round_trips: int) -> dict[str, Any]:
     server: the operator's producer settings (idempotent, acks=all, send_and_wait), C in flight."""
     bootstrap = bench.endpoints.kafka_bootstrap
     topic = command_topic(bench.floor_participant)
-    reply_topic = bench.reply_topic("floor")
+    reply_topic = saga_reply_topic(bench.floor_participant)
     producer = new_producer(KafkaSettings(bootstrap_servers=bootstrap))
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await producer.start()

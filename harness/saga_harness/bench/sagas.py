@@ -291,7 +291,7 @@ async def _message_timings(
 ) -> dict[str, Any]:
     """Per step, from the messages: reply sent -> next command sent (the coordinator's overhead)."""
     by_uid = {body["metadata"]["uid"]: body for body in bodies.values()}
-    topics = [*bench.command_topics(), bench.reply_topic("main")]
+    topics = [*bench.command_topics(), *bench.reply_topics()]
     records = await read_records(bench.endpoints.kafka_bootstrap, topics, patience=None)
     messages = [json.loads(record.value) for record in records]
     commands: dict[tuple[str, str], float] = {}

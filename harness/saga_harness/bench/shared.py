@@ -20,7 +20,7 @@ from typing import Any
 from saga_harness import manifests
 from saga_harness.messages import succeeded_reply
 from saga_harness.services import Service, module_service, operator_service
-from saga_protocol import command_topic
+from saga_protocol import REPLY_DEAD_LETTER_TOPIC, command_topic, reply_topic
 from saga_testenv.kafka import TopicSpec, ensure_topics
 from saga_testenv.stack import StackEndpoints
 
@@ -55,8 +55,9 @@ class Bench:
     def floor_participant(self) -> str:
         return f"bench-{self.run_id}-floor"
 
-    def reply_topic(self, phase: str) -> str:
-        return f"saga.replies.bench-{self.run_id}-{phase}"
+    def reply_topics(self) -> list[str]:
+        """Where the bench participants reply (the echo answers on a command's replyTopic): one per participant."""
+        return [reply_topic(p) for p in self.participants]
 
     def namespace(self, phase: str) -> str:
         return f"saga-bench-{self.run_id}-{phase}"
@@ -68,7 +69,9 @@ class Bench:
         return [
             *self.command_topics(),
             command_topic(self.floor_participant),
-            *(self.reply_topic(p) for p in ("floor", "main", "scale")),
+            *self.reply_topics(),
+            reply_topic(self.floor_participant),
+            REPLY_DEAD_LETTER_TOPIC,
         ]
 
     # ---- processes ----------------------------------------------------------------------------
@@ -99,7 +102,6 @@ class Bench:
             run_dir,
             self.endpoints.env(),
             SAGA_NAMESPACE=self.namespace(phase),
-            SAGA_REPLY_TOPIC=self.reply_topic(phase),
             SAGA_CONSUMER_GROUP=f"saga-bench-{self.run_id}-{phase}",
             SAGA_PARTICIPANTS=",".join(self.participants),
             SAGA_TOPIC_PARTITIONS=str(self.partitions),
@@ -205,11 +207,11 @@ def happy_path(manifest: dict[str, Any], now: datetime) -> list[SagaStatus]:
     """The statuses the operator writes for this saga on the happy path, from the pure core itself:
     step 1 dispatched, step 2 dispatched, step 3 dispatched, Succeeded."""
     spec = SagaSpec.model_validate(manifest["spec"])
-    status, _ = transition(spec, SagaStatus(), Start(now))
+    status, _ = transition(spec, SagaStatus(), Start(now), uid="0")
     out = [status]
     for step in spec.steps:
         reply = succeeded_reply("0", step.name, step.participant, sent_at=now)
-        status, _ = transition(spec, status, ReplyReceived(reply, now))
+        status, _ = transition(spec, status, ReplyReceived(reply, now), uid="0")
         out.append(status)
     for written in out:
         written.observed_generation = 1

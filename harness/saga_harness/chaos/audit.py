@@ -192,10 +192,22 @@ def _cause(phase: str, message: str, steps: Mapping[str, Mapping[str, Any]]) -> 
 
 
 def audit_dead_letters(
-    injected: Sequence[Injected], dead: Mapping[str, Sequence[Any]], uid_to_name: Mapping[str, str]
+    injected: Sequence[Injected],
+    dead: Mapping[str, Sequence[Any]],
+    uid_to_name: Mapping[str, str],
+    *,
+    reply_dead_letter_topic: str | None = None,
 ) -> tuple[list[Violation], dict[str, Any]]:
     """Every malformed message acknowledged by the broker is in its dead-letter topic with a right reason;
-    nothing else is, but for participants' undeliverable replies (a broker outage, not a malformation)."""
+    nothing else is, but for participants' undeliverable replies (a broker outage, not a malformation).
+    A command's dead-letter topic is `<topic>.dlq`; every reply topic's is the operator's one
+    (`reply_dead_letter_topic`; None: `<topic>.dlq` as well)."""
+
+    def dead_letter_topic_of(topic: str) -> str:
+        if reply_dead_letter_topic is not None and topic.startswith("saga.replies."):
+            return reply_dead_letter_topic
+        return dead_letter_topic(topic)
+
     violations: list[Violation] = []
     by_id = {i.id: i for i in injected}
     found: dict[str, set[str]] = defaultdict(set)
@@ -217,7 +229,7 @@ def audit_dead_letters(
                 violations.append(Violation(None, f"{topic} holds an injected message of another run"))
                 continue
             found[item.id].add(reason)
-            if dead_letter_topic(item.topic) != topic:
+            if dead_letter_topic_of(item.topic) != topic:
                 violations.append(Violation(None, f"malformed {item.kind} for {item.topic} ended up in {topic}"))
             if reason not in item.expected:
                 violations.append(

@@ -62,7 +62,7 @@ async def finish(storm: Storm) -> None:
             return
         await asyncio.sleep(2.0)
     storm.log(f"  every saga terminal at t={storm.elapsed():.1f}s; draining the topics")
-    groups = [(storm.cw.operator_group, [storm.cw.reply_topic])]
+    groups = [(storm.cw.operator_group, storm.cw.reply_topics)]
     groups += [(storm.cw.participant_group(s), [storm.cw.command_topic(s)]) for s in PARTICIPANTS]
     deadline = time.monotonic() + 180.0
     quiet = 0

@@ -58,11 +58,13 @@ def run_chaos(
         violations, figures = audit(plans, bodies, before, after)
         uid_to_name = {b["metadata"]["uid"]: n for n, b in bodies.items()}
         dlq_topics = [
-            dead_letter_topic(cw.reply_topic),
+            cw.reply_dead_letter_topic,
             *(dead_letter_topic(cw.command_topic(s)) for s in PARTICIPANTS),
         ]
         dead = {t: run_sync(read_topic(endpoints.kafka_bootstrap, t)) for t in dlq_topics}
-        dlq_violations, dlq_figures = audit_dead_letters(storm.injector.sent, dead, uid_to_name)
+        dlq_violations, dlq_figures = audit_dead_letters(
+            storm.injector.sent, dead, uid_to_name, reply_dead_letter_topic=cw.reply_dead_letter_topic
+        )
         violations += dlq_violations
         violations += [Violation(None, problem) for problem in storm.tally.problems]
         t = storm.tally

@@ -105,7 +105,7 @@ async def inject_malformed(storm: Storm) -> None:
                 made = make_malformed_reply(kind, saga, storm.cw.names["users"])
                 await storm.injector.send(storm.cw.reply_topic, kind, made, saga)
             else:
-                made = make_malformed_command(kind, storm.cw.names[target], storm.cw.reply_topic)
+                made = make_malformed_command(kind, storm.cw.names[target], storm.cw.trusted_reply_topic(target))
                 await storm.injector.send(storm.cw.command_topic(target), kind, made)
     finally:
         await storm.injector.stop()

@@ -75,7 +75,7 @@ class Storm:
         self.in_flight: dict[str, str] = {}
         self.redeliverer = Redeliverer(
             self.bootstrap,
-            {cw.reply_topic: "replies", **{cw.command_topic(s): "commands" for s in PARTICIPANTS}},
+            {**dict.fromkeys(cw.reply_topics, "replies"), **{cw.command_topic(s): "commands" for s in PARTICIPANTS}},
             random.Random(f"{config.seed}/redeliver"),
         )
         self.injector = Injector(self.bootstrap)

@@ -9,7 +9,7 @@ from typing import Any
 
 from saga_buyvideo import SCHEMAS, database_path
 from saga_participants import SqliteStore
-from saga_protocol import command_topic
+from saga_protocol import command_topic, reply_topic
 from saga_testenv.stack import StackEndpoints
 
 from ..manifests import buy_video_saga
@@ -19,9 +19,9 @@ from .plan import Accounts
 
 
 class ChaosWorld:
-    """A `SagaWorld` of its own: its namespace (the operator watches only that one), its reply topic and
+    """A `SagaWorld` of its own: its namespace (the operator watches only that one), its dead-letter topic and
     consumer group, and participants with their own names (`videos-<run id>`, ...), hence their own
-    command topics and consumer groups, so that nothing left over from another world reaches it."""
+    command and reply topics and consumer groups, so that nothing left over from another world reaches it."""
 
     def __init__(
         self,
@@ -66,7 +66,19 @@ class ChaosWorld:
 
     @property
     def reply_topic(self) -> str:
-        return self.world.reply_topic
+        """The reply topic malformed replies are injected on: that of users, the debit-buyer step's participant."""
+        return reply_topic(self.names["users"])
+
+    @property
+    def reply_topics(self) -> list[str]:
+        return [reply_topic(name) for name in self.names.values()]
+
+    @property
+    def reply_dead_letter_topic(self) -> str:
+        return self.world.reply_dead_letter_topic
+
+    def trusted_reply_topic(self, service: str) -> str:
+        return reply_topic(self.names[service])
 
     @property
     def operator_group(self) -> str:

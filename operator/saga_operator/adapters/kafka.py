@@ -13,7 +13,7 @@ from __future__ import annotations
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from saga_plumbing import KafkaSettings
-from saga_protocol import Command, encode_command
+from saga_protocol import Command, encode_command, operator_source
 
 
 def client_id(kafka: KafkaSettings) -> str:
@@ -31,9 +31,14 @@ def new_producer(kafka: KafkaSettings) -> AIOKafkaProducer:
     )
 
 
-def new_reply_consumer(kafka: KafkaSettings, topic: str, group: str) -> AIOKafkaConsumer:
+#: How often the consumer asks for the cluster's metadata: a reply topic the admin creates after the operator
+#: subscribed to it is read within this (and a rebalance) instead of the client's default five minutes.
+METADATA_MAX_AGE_MS = 5000
+
+
+def new_reply_consumer(kafka: KafkaSettings, group: str) -> AIOKafkaConsumer:
+    """Subscribed by the reply pump, to `saga.replies.<p>` for each participant it follows."""
     return AIOKafkaConsumer(
-        topic,
         **kafka.client_options(client_id(kafka)),
         group_id=group,
         enable_auto_commit=False,
@@ -41,9 +46,11 @@ def new_reply_consumer(kafka: KafkaSettings, topic: str, group: str) -> AIOKafka
         max_poll_records=500,
         # A slow API server must not cost the group membership.
         max_poll_interval_ms=600_000,
+        metadata_max_age_ms=METADATA_MAX_AGE_MS,
+        isolation_level="read_committed",
     )
 
 
 async def send_command(producer: AIOKafkaProducer, topic: str, command: Command) -> None:
-    key, value, headers = encode_command(command, source=f"/saga-operator/{command.saga_namespace}")
+    key, value, headers = encode_command(command, source=operator_source(command.saga_namespace))
     await producer.send_and_wait(topic, value, key=key, headers=headers)

@@ -78,6 +78,8 @@ class SendCommand:
     action: str
     kind: CommandKind
     attempt: int
+    #: The command's messageId: command_id(saga uid, step, kind, attempt), recorded in the step's status.
+    command_id: str
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ class ReplyIgnored:
 
     reason: str
     invalid: bool
+    #: For a person (a dead letter's dlq_detail); empty: the reason says it all.
+    detail: str = ""
 
 
 Effect = SendCommand | EmitEvent | ReplyIgnored

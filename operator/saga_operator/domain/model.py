@@ -270,6 +270,11 @@ class StepStatus(_Model):
     state: StepState = Field(default=StepState.PENDING, description="Where the step is.")
     attempt: int = Field(default=0, ge=0, description="Action commands sent so far.")
     compensation_attempt: int = Field(default=0, ge=0, description="Compensation commands sent so far.")
+    command_id: str | None = Field(
+        default=None,
+        description="The messageId of the latest command sent for this step (the same for every send of one "
+        "attempt): a reply answers it, or an earlier attempt of the same kind.",
+    )
     dispatched_at: datetime | None = Field(default=None, description="When the latest command was sent.")
     deadline: datetime | None = Field(
         default=None, description="When the operator stops waiting: the reply timeout, or the end of a backoff."

@@ -1,4 +1,4 @@
-"""The saga rules, as one pure function: `transition(spec, status, event) -> (status, effects)`.
+"""The saga rules, as one pure function: `transition(spec, status, event, uid=...) -> (status, effects)`.
 
 No I/O and no clock: the shell writes the returned status (compare-and-set) *before* it performs the
 effects, so the log always runs ahead of the world. That ordering is what makes recovery a matter of
@@ -47,15 +47,16 @@ from saga_operator.domain.model import (
     StepState,
     StepStatus,
 )
-from saga_protocol import CommandKind, Outcome, Reply
+from saga_protocol import CommandKind, Outcome, Reply, command_id
 from saga_protocol.limits import MAX_SAGA_RESULTS_BYTES, json_size
 
 
 class _Work:
     """The status being built and the effects collected while applying one event."""
 
-    def __init__(self, spec: SagaSpec, status: SagaStatus) -> None:
+    def __init__(self, spec: SagaSpec, status: SagaStatus, uid: str) -> None:
         self.spec = spec
+        self.uid = uid
         self.status = status
         self.effects: list[Effect] = []
         self.specs = {step.name: step for step in spec.steps}
@@ -87,13 +88,16 @@ class _Work:
         self.command(spec, record, CommandKind.COMPENSATION)
 
     def command(self, spec: StepSpec, record: StepStatus, kind: CommandKind) -> None:
-        """The command for the attempt the record holds now (a new one, or a re-send after a restart)."""
+        """The command for the attempt the record holds now (a new one, or a re-send after a restart). The one
+        place a command is made: its id, deterministic per (saga, step, kind, attempt), goes into the record
+        in the same status write that records the attempt, so a re-send carries the same id."""
         if kind == CommandKind.ACTION:
             action, attempt = spec.action, record.attempt
         else:
             assert spec.compensation is not None
             action, attempt = spec.compensation, record.compensation_attempt
-        self.effects.append(SendCommand(spec.name, spec.participant, action, kind, attempt))
+        record.command_id = command_id(self.uid, spec.name, kind, attempt)
+        self.effects.append(SendCommand(spec.name, spec.participant, action, kind, attempt, record.command_id))
 
     def action_attempts_allowed(self, spec: StepSpec) -> int:
         return (1 + spec.retry.limit) * (1 + self.status.retries_granted)
@@ -103,15 +107,15 @@ class _Work:
 
 
 def transition(
-    spec: SagaSpec, status: SagaStatus, event: Event, generation: int | None = None
+    spec: SagaSpec, status: SagaStatus, event: Event, generation: int | None = None, *, uid: str
 ) -> tuple[SagaStatus, list[Effect]]:
     """Apply one event. Returns the new status (`seq` bumped when it changed) and the effects to
     perform, in order, after that status is durably written.
 
     `generation` is the `metadata.generation` of `spec`. A changed status records it as its
     observedGeneration and on every condition; an unchanged one is not written, so it records nothing
-    (None: keep the generation already recorded)."""
-    work = _Work(spec, status.model_copy(deep=True))
+    (None: keep the generation already recorded). `uid` is the saga's `metadata.uid`: command ids are made of it."""
+    work = _Work(spec, status.model_copy(deep=True), uid)
     now = event.now
     problem = integrity.mismatch(spec, status)
     if problem is not None:
@@ -131,7 +135,7 @@ def transition(
     except IllegalStepMove as exc:
         # A bug in the core, or a status whose step states no real run produces: stop before anything is written
         # but this verdict, and send nothing.
-        work = _Work(spec, status.model_copy(deep=True))
+        work = _Work(spec, status.model_copy(deep=True), uid)
         _fail(work, integrity.ILLEGAL_STEP_MOVE, f"{exc} (nothing was sent)", now)
     return _finish(work, status, generation, now)
 

@@ -15,7 +15,6 @@ import contextlib
 import functools
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -24,8 +23,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from saga_operator.adapters import kafka
 from saga_operator.adapters.kube import TRANSIENT_API_ERRORS, KubeClient, ListingExpired
 from saga_operator.config import Settings, read_status_key
+from saga_operator.domain.model import TERMINAL_PHASES
 from saga_operator.runtime.coordinator import Coordinator
 from saga_operator.runtime.metrics import Metrics
+from saga_operator.runtime.replies import ReplyPump
 from saga_plumbing import (
     TRANSIENT_KAFKA_ERRORS,
     Backoff,
@@ -36,9 +37,10 @@ from saga_plumbing import (
     ensure_topics,
     retry_transient,
 )
-from saga_protocol import Command, DecodeError, Reply, command_topic, dead_letter_topic, decode_reply
+from saga_protocol import Command, command_topic, reply_topic
 
 T = TypeVar("T")
+COMMAND_TOPIC_PREFIX = command_topic("p").removesuffix("p")
 log = logging.getLogger(__name__)
 RESUME_CONCURRENCY = 64
 # Readiness follows the dependencies: each is asked every PROBE_INTERVAL seconds, and a probe that does
@@ -58,6 +60,7 @@ class OperatorApp:
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._dead_letters: DeadLetterWriter | None = None
+        self._pump: ReplyPump | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._probes = ProbeServer(
             settings.http_host,
@@ -73,8 +76,10 @@ class OperatorApp:
         # Set by the dependency probes (see _probe_dependencies).
         self._kafka_reachable = False
         self._api_reachable = False
-        self._dlq = dead_letter_topic(settings.reply_topic)
+        self._dlq = settings.reply_dead_letter_topic
         self.metrics.ready.set_function(lambda: 0.0 if self.not_ready() else 1.0)
+        self.metrics.reply_lag.set_function(lambda: self._pump.lag() if self._pump else 0.0)
+        self.metrics.replies_pending.set_function(lambda: self._pump.pending() if self._pump else 0)
         self.metrics.count_sagas(lambda: self.coordinator.phase_counts() if self.coordinator else {})
 
     # ---- life cycle ---------------------------------------------------------------------------
@@ -119,21 +124,24 @@ class OperatorApp:
         self.coordinator = Coordinator(
             self._kube,
             self._send,
-            self._ensure_topics,
+            self._ensure_command_topics,
             self.metrics,
-            settings.reply_topic,
             settings.max_backoff_seconds,
             participants=settings.participants,
             status_key=status_key,
         )
+        consumer = self._consumer = kafka.new_reply_consumer(brokers, settings.consumer_group)
+        # Created before the resume: every command re-sent meanwhile adds its participant's reply topic.
+        pump = self._pump = ReplyPump(consumer, self.coordinator, self._dead_letters, self.metrics, self._retry)
+        pump.follow(settings.participants)
         self._starting = "resuming the sagas"
         await self._resume_all()
-        consumer = self._consumer = kafka.new_reply_consumer(brokers, settings.reply_topic, settings.consumer_group)
+        pump.follow(self._participants_in_flight())
         await self._step("starting the reply consumer", consumer.start, TRANSIENT_KAFKA_ERRORS)
         self._kafka_healthy = True
         self._kafka_reachable = self._api_reachable = True  # both just answered the start-up
         self._tasks = [
-            asyncio.create_task(self._pump_replies(), name="reply-pump"),
+            asyncio.create_task(pump.run(), name="reply-pump"),
             asyncio.create_task(self._probe_dependencies(), name="probes"),
             asyncio.create_task(self.coordinator.run_deadlines(), name="deadlines"),
             asyncio.create_task(self.coordinator.post_events(), name="events"),
@@ -160,6 +168,8 @@ class OperatorApp:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._pump is not None:
+            await self._pump.stop()
         if self.coordinator is not None:
             await self.coordinator.drain()
         if self._consumer is not None:
@@ -179,10 +189,13 @@ class OperatorApp:
         stopped = [task.get_name() for task in self._tasks if task.done()]
         if stopped:
             return f"stopped: {', '.join(stopped)} (see the log)"
-        if not (self._kafka_healthy and self._kafka_reachable):
+        if not (self._kafka_healthy and self._kafka_reachable and (self._pump is None or self._pump.healthy)):
             return f"Kafka at {self.settings.kafka.bootstrap_servers} does not answer"
         if not (self._api_reachable and self.coordinator.api_healthy):
             return "the Kubernetes API server does not answer"
+        lag = self._pump.lag() if self._pump is not None else 0.0
+        if lag > self.settings.reply_stall_seconds:
+            return f"a reply read {lag:.0f}s ago is not applied yet (its saga's status writes hang or fail)"
         return None
 
     async def _probe_dependencies(self) -> None:
@@ -212,9 +225,30 @@ class OperatorApp:
     # ---- Kafka --------------------------------------------------------------------------------
 
     async def _ensure_base_topics(self) -> None:
-        names = [self.settings.reply_topic, self._dlq]
-        names += [command_topic(p) for p in self.settings.participants]
+        names = [self._dlq]
+        for participant in self.settings.participants:
+            names += [command_topic(participant), reply_topic(participant)]
         await self._ensure_topics(names)
+
+    async def _ensure_command_topics(self, names: list[str]) -> None:
+        """The coordinator's first command to a participant: its reply topic is read from now on (before the
+        command leaves, so its reply cannot be missed), and both topics are created where the operator may."""
+        participants = [name.removeprefix(COMMAND_TOPIC_PREFIX) for name in names]
+        if self._pump is not None:
+            self._pump.follow(participants)
+        await self._ensure_topics([*names, *(reply_topic(p) for p in participants)])
+
+    def _participants_in_flight(self) -> set[str]:
+        """Every participant named by a saga that is not finished: replies to it may be on their way."""
+        assert self.coordinator is not None
+        names: set[str] = set()
+        for entry in self.coordinator.sagas.values():
+            if entry.phase in TERMINAL_PHASES:
+                continue
+            spec = entry.spec
+            if spec is not None:
+                names.update(step.participant for step in spec.steps)
+        return names
 
     async def _ensure_topics(self, names: list[str]) -> None:
         settings = self.settings
@@ -224,68 +258,6 @@ class OperatorApp:
     async def _send(self, topic: str, command: Command) -> None:
         assert self._producer is not None
         await kafka.send_command(self._producer, topic, command)
-
-    async def _pump_replies(self) -> None:
-        """Read replies in batches; apply each saga's replies in order (sagas in parallel); commit the
-        offsets only after every status write of the batch: at-least-once, end to end."""
-        assert self._consumer is not None and self.coordinator is not None
-        consumer = self._consumer
-
-        async def read() -> dict[Any, list[Any]]:
-            try:
-                batch: dict[Any, list[Any]] = await consumer.getmany(timeout_ms=500, max_records=500)
-            except TRANSIENT_KAFKA_ERRORS:
-                self._kafka_healthy = False
-                raise
-            self._kafka_healthy = True
-            return batch
-
-        while True:
-            batch = await self._retry("reading replies", read, TRANSIENT_KAFKA_ERRORS)
-            if not batch:
-                continue
-            received = time.time()
-            by_saga: dict[str, list[tuple[Any, Reply]]] = defaultdict(list)
-            for messages in batch.values():
-                for message in messages:
-                    try:
-                        reply = decode_reply(message.value, message.headers)
-                    except DecodeError as exc:
-                        await self._set_aside(message, exc.reason, exc.detail)
-                        continue
-                    by_saga[reply.saga_uid].append((message, reply))
-            await asyncio.gather(*(self._apply_in_order(items, received) for items in by_saga.values()))
-            await self._retry("committing the replies' offsets", consumer.commit, TRANSIENT_KAFKA_ERRORS)
-
-    async def _apply_in_order(self, items: list[tuple[Any, Reply]], received: float) -> None:
-        assert self.coordinator is not None
-        for message, reply in items:
-            try:
-                ignored = await self.coordinator.apply_reply(reply, received)
-            except Exception as exc:
-                # Fix (chaos run, docs/chaos.md): an exception here (Gone: the saga was deleted after its
-                # finalizer was removed by hand; or any bug) used to end the reply pump for good while
-                # /healthz kept saying ok. Set the reply aside instead: the step's timeout asks again.
-                log.exception("reply for saga %s step %s could not be applied", reply.saga_uid, reply.step)
-                await self._set_aside(message, "NotApplied", f"{type(exc).__name__}: {exc}")
-                continue
-            for effect in ignored:
-                if effect.invalid:
-                    await self._set_aside(message, effect.reason, f"step {reply.step} attempt {reply.attempt}")
-
-    async def _set_aside(self, message: Any, reason: str, detail: str) -> None:
-        assert self._dead_letters is not None
-        self.metrics.malformed.labels(reason).inc()
-        log.warning(
-            "reply at %s[%d]@%d set aside to %s: %s (%s)",
-            message.topic,
-            message.partition,
-            message.offset,
-            self._dlq,
-            reason,
-            detail,
-        )
-        await self._dead_letters.write(message, reason, detail)
 
     # ---- Kubernetes ---------------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ import asyncio
 import heapq
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
@@ -52,7 +51,7 @@ from saga_operator.domain.transition import next_deadline, settle, transition
 from saga_operator.runtime.metrics import Metrics
 from saga_operator.runtime.ports import SagaStore
 from saga_plumbing import Backoff, retry_transient
-from saga_protocol import Command, CommandKind, Reply, command_topic, idempotency_key
+from saga_protocol import Command, CommandKind, Reply, command_topic, idempotency_key, reply_problem, reply_topic
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +248,23 @@ class SagaEntry:
         return verdict
 
 
+def _reply_refused(
+    spec: SagaSpec, status: SagaStatus, reply: Reply, topic: str, key: bytes | None
+) -> ReplyIgnored | None:
+    """Checks 4 to 10 of docs/protocol.md §12.3 (the saga has started, has the step, and the reply came from the
+    step's participant on its topic, for this saga and step, answering a command id of its own kind and attempt).
+    The log's checks (11 to 15: sent, still wanted) are the pure core's."""
+    if status.phase == Phase.PENDING:
+        return ReplyIgnored("SagaNotStarted", invalid=True)
+    step = next((s for s in spec.steps if s.name == reply.step), None)
+    if step is None or status.step(reply.step) is None:
+        return ReplyIgnored("UnknownStep", invalid=True)
+    problem = reply_problem(reply, topic=topic, participant=step.participant, key=key)
+    if problem is not None:
+        return ReplyIgnored(problem[0], invalid=True, detail=problem[1])
+    return None
+
+
 # Stands in for the status of a resting saga; never read (reads wake the saga first).
 _EMPTY_STATUS = SagaStatus()
 
@@ -271,7 +287,6 @@ class Coordinator:
         send: SendFn,
         ensure_topics: EnsureTopicsFn,
         metrics: Metrics,
-        reply_topic: str,
         max_backoff_seconds: float = 30.0,
         *,
         participants: Collection[str] = (),
@@ -281,7 +296,6 @@ class Coordinator:
         self._send = send
         self._ensure_topics = ensure_topics
         self.metrics = metrics
-        self.reply_topic = reply_topic
         self.max_backoff = max_backoff_seconds
         self.participants = frozenset(participants)
         # Signs every status written and verifies every status read (domain.digest); None: digests are off.
@@ -353,14 +367,22 @@ class Coordinator:
             self._emit(entry, EmitEvent("Warning", reason, f"{message}; nothing is sent. See docs/operations.md"))
         await self._after(entry)
 
-    async def apply_reply(self, reply: Reply, received: float) -> list[ReplyIgnored]:
+    async def apply_reply(self, reply: Reply, received: float, *, topic: str, key: bytes | None) -> list[ReplyIgnored]:
+        """Apply one decoded reply read from `topic` with record key `key`, after the checks of
+        docs/protocol.md §12.3 in their order. Returns why it changed nothing (empty: applied): `invalid`
+        ones are the caller's to dead-letter, the others to count as ignored. Counting is the caller's,
+        once per reply (the reply pump, runtime/replies.py)."""
         entry = self.sagas.get(reply.saga_uid)
         if entry is None:
             return [ReplyIgnored("UnknownSaga", invalid=True)]
         try:
             async with entry.lock:
-                if entry.spec is None:
+                spec = entry.spec
+                if spec is None:
                     return [ReplyIgnored("InvalidSaga", invalid=True)]
+                refused = _reply_refused(spec, entry.status, reply, topic, key)
+                if refused is not None:
+                    return [refused]
                 started = entry.sent_at.pop((reply.step, reply.kind.value), None)
                 effects = await self._apply(entry, ReplyReceived(reply, _now()), received=received)
                 ignored = [e for e in effects if isinstance(e, ReplyIgnored)]
@@ -505,7 +527,7 @@ class Coordinator:
     async def _apply(self, entry: SagaEntry, event: Event, received: float | None = None) -> list[Effect]:
         assert entry.spec is not None
         for _ in range(10):
-            new, effects = transition(entry.spec, entry.status, event, entry.generation)
+            new, effects = transition(entry.spec, entry.status, event, entry.generation, uid=entry.ref.uid)
             if new.seq == entry.status.seq:
                 await self._perform(entry, effects, received)
                 return effects
@@ -618,8 +640,8 @@ class Coordinator:
                         refused.append(refusal)
                 case EmitEvent():
                     self._emit(entry, effect)
-                case ReplyIgnored(reason=reason):
-                    self.metrics.replies_ignored.labels(reason).inc()
+                case ReplyIgnored():
+                    pass  # returned by apply_reply; the reply pump dead-letters or counts it, once
         for refusal in refused:
             await self._apply(entry, refusal)  # the step fails now: waiting for its timeout would only retry it
 
@@ -630,7 +652,7 @@ class Coordinator:
         never be sent, so the step fails (CommandTooLarge) instead of timing out and retrying."""
         topic = command_topic(effect.participant)
         command = Command(
-            message_id=str(uuid.uuid4()),
+            message_id=effect.command_id,
             saga_uid=entry.ref.uid,
             saga_namespace=entry.ref.namespace,
             saga_name=entry.ref.name,
@@ -640,7 +662,7 @@ class Coordinator:
             attempt=effect.attempt,
             idempotency_key=idempotency_key(entry.ref.uid, effect.step),
             payload=spec.payload,
-            reply_topic=self.reply_topic,
+            reply_topic=reply_topic(effect.participant),
             sent_at=_now(),
         )
         try:

@@ -76,6 +76,18 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r,
         )
+        # Read at each scrape (set_function, by the app): the reply pump's backlog.
+        self.reply_lag = Gauge(
+            "saga_operator_reply_lag_seconds",
+            "How long the oldest reply read and not yet applied (nor dead-lettered, nor ignored) has waited; "
+            "0 when there is none.",
+            registry=r,
+        )
+        self.replies_pending = Gauge(
+            "saga_operator_replies_pending",
+            "Replies read and not yet applied, dead-lettered or ignored.",
+            registry=r,
+        )
         # Both read at each scrape: `ready` through set_function, `saga_operator_sagas` through count_sagas.
         self.ready = Gauge("saga_operator_ready", "1 when the operator can do its work.", registry=r)
 
