@@ -46,6 +46,7 @@ RETRY_PAUSE: Final = 5.0
 class LoopConfig:
     participant: str
     command_topic: str
+    reply_topic: str
     dead_letter_topic: str
     group_id: str
     client_id: str
@@ -281,10 +282,11 @@ class KafkaLoop:
             await self._delivery.dead_letter(record, refusal.reason, refusal.detail)
             refused = self._pipeline.refusal_reply(command, refusal)
             if refused is not None:
-                await self._delivery.reply(record, refused, command.reply_topic)
+                await self._delivery.reply(record, refused, self.config.reply_topic)
             return
         reply = await self._pipeline.process(command)
-        await self._delivery.reply(record, reply, command.reply_topic)
+        # The trusted topic, never the command's: command_problem refused any other (UntrustedReplyTopic).
+        await self._delivery.reply(record, reply, self.config.reply_topic)
 
     async def _commit(self, tp: TopicPartition, offsets: PartitionOffsets) -> None:
         if self._offsets.get(tp) is not offsets:

@@ -162,6 +162,7 @@ async def test_run_serves_probes_and_metrics_handles_commands_and_stops_on_sigte
         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "SAGA_HTTP_PORT": str(port),
         "SAGA_PARTICIPANT_NAME": name,
+        "SAGA_REPLY_TOPIC": kafka.reply_topic,
     }
     log = (tmp_path / "users.log").open("wb")
     process = await asyncio.create_subprocess_exec(
@@ -219,7 +220,12 @@ async def test_run_serves_probes_and_metrics_handles_commands_and_stops_on_sigte
 async def test_a_participant_started_before_its_topic_exists_creates_it(tmp_path: Path, kafka: KafkaHarness) -> None:
     from saga_buyvideo import agents
 
-    p = agents.participant(tmp_path / "agents.db", name=unique("agents"), bootstrap_servers=kafka.bootstrap_servers)
+    p = agents.participant(
+        tmp_path / "agents.db",
+        name=unique("agents"),
+        bootstrap_servers=kafka.bootstrap_servers,
+        reply_topic=kafka.reply_topic,
+    )
     await kafka.start(p)  # returns once consuming: its topic exists, it has the partition
     await until(lambda: p.ready, what="ready")
     command = kafka.with_reply_topic(make_command(action="credit", step="credit-agent", payload=order(agent="nobody")))
