@@ -9,12 +9,16 @@ test_participants_concurrency.py).
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 import sqlite3
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiokafka.codec
 import pytest
 from participants_support import (
     BUY_VIDEO_STEPS,
@@ -338,3 +342,55 @@ async def test_stopped_between_the_database_commit_and_the_reply_the_redelivery_
     assert reply.result == {"buyer": "alice", "debitedCents": 1500, "balanceCents": 8500}
     assert ledger_users(tmp_path)["alice"] == 8500
     assert debit_rows(tmp_path) == 1
+
+
+def kcat_produce(bootstrap: str, topic: str, codec: str, record: tuple[bytes, bytes, list[tuple[str, bytes]]]) -> None:
+    """Produce one record as another client would: kcat, compressed with `codec`, in a batch of its own."""
+    key, value, headers = record
+    argv = ["kcat", "-P", "-b", bootstrap, "-t", topic, "-z", codec, "-K", "\t", "-c", "1"]
+    for name, header in headers:
+        argv += ["-H", f"{name}={header.decode()}"]
+    subprocess.run(argv, input=key + b"\t" + value + b"\n", check=True, timeout=60)
+
+
+needs_kcat = pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat is not installed")
+
+
+@needs_kcat
+async def test_commands_compressed_with_any_codec_are_applied(tmp_path: Path, kafka: KafkaHarness) -> None:
+    p = await kafka.start(users_service(tmp_path, kafka))
+    commands = {codec: debit(p, kafka, price=100) for codec in ("gzip", "snappy", "lz4", "zstd")}
+    for codec, command in commands.items():
+        await asyncio.to_thread(kcat_produce, kafka.bootstrap_servers, p.command_topic, codec, encode_command(command))
+
+    for codec, command in commands.items():
+        reply = await kafka.reply_to(command)
+        assert reply.outcome is Outcome.SUCCEEDED and not reply.duplicate, codec
+    assert ledger_users(tmp_path)["alice"] == 10_000 - 400
+
+
+@needs_kcat
+async def test_a_record_that_cannot_be_decompressed_is_dead_lettered_undecodable_and_skipped(
+    tmp_path: Path, kafka: KafkaHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker keeps a valid snappy batch; this participant's client cannot decompress it (as if its
+    snappy library were missing): it must not stall the partition."""
+    monkeypatch.setattr(aiokafka.codec, "has_snappy", lambda: False)
+    p = await kafka.start(users_service(tmp_path, kafka))
+    before, unreadable, after = (debit(p, kafka, price=price) for price in (100, 200, 400))
+    await kafka.send(before, p.command_topic)
+    assert (await kafka.reply_to(before)).outcome is Outcome.SUCCEEDED
+    await asyncio.to_thread(
+        kcat_produce, kafka.bootstrap_servers, p.command_topic, "snappy", encode_command(unreadable)
+    )
+    await kafka.send(after, p.command_topic)
+
+    assert (await kafka.reply_to(after)).outcome is Outcome.SUCCEEDED
+    (dead,) = await kafka.read_topic(p.dead_letter_topic, 1)
+    headers = headers_of(dead)
+    assert headers[DLQ_REASON] == "Undecodable" and headers[DLQ_SOURCE] == p.name
+    assert (headers[DLQ_ORIGINAL_TOPIC], headers[DLQ_ORIGINAL_OFFSET]) == (p.command_topic, "1")
+    assert "snappy" in headers["dlq_detail"] and dead.value == b""
+    assert ledger_users(tmp_path)["alice"] == 10_000 - 500  # the unreadable debit applied nothing
+    assert not [r for r in kafka.replies if r.idempotency_key == unreadable.idempotency_key]
+    assert p.metrics.value("saga_participant_malformed_messages_total", reason="Undecodable") == 1

@@ -293,7 +293,7 @@ async def test_the_checks_come_in_the_protocols_order(tmp_path: Path) -> None:
 
 async def test_a_namespace_allow_list_refuses_other_namespaces(tmp_path: Path) -> None:
     p = participant(tmp_path, allowed_namespaces=["shop", "billing"])
-    assert p.allowed_namespaces == {"shop", "billing"}
+    assert p.allowed_namespaces == frozenset({"shop", "billing"})
     async with p:
         action = make_command(action="do", step="one", namespace="intruder")
         refused = await run_command(p, action)
@@ -319,7 +319,7 @@ def test_the_reply_topic_and_the_allow_list_come_from_the_environment(
     monkeypatch.setenv("SAGA_REPLY_TOPIC", "replies.of.things")
     monkeypatch.setenv("SAGA_ALLOWED_NAMESPACES", "shop, billing,")
     p = participant(tmp_path, settings=ParticipantSettings())
-    assert (p.reply_topic, p.allowed_namespaces) == ("replies.of.things", {"shop", "billing"})
+    assert (p.reply_topic, p.allowed_namespaces) == ("replies.of.things", frozenset({"shop", "billing"}))
     assert participant(tmp_path, settings=ParticipantSettings(), reply_topic="mine").reply_topic == "mine"
     monkeypatch.setenv("SAGA_ALLOWED_NAMESPACES", "Not A Namespace")
     with pytest.raises(ValueError, match="namespace"):
