@@ -81,6 +81,19 @@ def test_flags_win_over_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert flagged.max_in_flight == 4
 
 
+def test_the_reply_topic_and_the_namespace_allow_list_have_flags(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SAGA_ALLOWED_NAMESPACES", "shop")
+    assert settings_for("run", "users").allowed_namespaces == ("shop",)
+    flagged = settings_for("run", "users", "--reply-topic", "r.users", "--allowed-namespaces", "shop,billing")
+    assert (flagged.reply_topic, flagged.allowed_namespaces) == ("r.users", ("shop", "billing"))
+    p = build("users", tmp_path, settings=flagged, name="u3")
+    assert (p.reply_topic, p.allowed_namespaces) == ("r.users", frozenset({"shop", "billing"}))
+    everyone = settings_for("run", "users", "--allowed-namespaces", "")
+    assert build("users", tmp_path, settings=everyone, name="u3").allowed_namespaces is None  # empty: all
+
+
 def test_invalid_settings_exit_with_a_message(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
