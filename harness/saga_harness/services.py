@@ -122,9 +122,13 @@ def module_service(
     return Service(name, argv, dict(environment), run_dir, port)
 
 
-def participant_service(name: str, data_dir: Path, run_dir: Path, environment: Mapping[str, str]) -> Service:
-    """A buy-video participant process with its database in `data_dir`. Fault injection is on: the
-    end-to-end tests, the demo and the chaos run make participants slow or flaky through a saga's
-    `simulate` payload (off in a real deployment)."""
+def participant_service(
+    name: str, data_dir: Path, run_dir: Path, environment: Mapping[str, str], *, reply_topic: str | None = None
+) -> Service:
+    """A buy-video participant process with its database in `data_dir`, replying to `reply_topic` (default
+    its own saga.replies.<name>). Fault injection is on: the end-to-end tests, the demo and the chaos run
+    make participants slow or flaky through a saga's `simulate` payload (off in a real deployment)."""
     args = ["run", name, "--data-dir", str(data_dir), "--allow-fault-injection"]
+    if reply_topic is not None:
+        args += ["--reply-topic", reply_topic]
     return module_service(f"participant-{name}", "saga_buyvideo.cli", args, run_dir, environment)

@@ -149,7 +149,9 @@ class SagaWorld:
         }
         self.operator: Service = operator_service(run_dir, env, **settings)
         self.participants: dict[str, Service] = {
-            name: participant_service(name, self.data_dir, run_dir, env) for name in PARTICIPANTS
+            # The operator (still) names one reply topic for all: the participants must trust it.
+            name: participant_service(name, self.data_dir, run_dir, env, reply_topic=self.reply_topic)
+            for name in PARTICIPANTS
         }
 
     def reply_topic(self, participant: str) -> str:

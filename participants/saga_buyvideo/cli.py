@@ -2,6 +2,7 @@
 
     saga-participant run videos|users|agents [--data-dir DIR] [--bootstrap-servers HOST:PORT] [--http-port N]
                      [--http-host H] [--name NAME] [--max-in-flight N] [--allow-fault-injection]
+                     [--reply-topic TOPIC] [--allowed-namespaces NS[,NS...]]
     saga-participant seed [--data-dir DIR] [--reset]
     saga-participant ledger [--data-dir DIR] [--json]
 
@@ -73,6 +74,17 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="obey a saga payload's `simulate` block: tests, demos and chaos runs only "
         "(env SAGA_ALLOW_FAULT_INJECTION, default off)",
+    )
+
+    run.add_argument(
+        "--reply-topic",
+        help="the only topic it replies to (env SAGA_REPLY_TOPIC, default saga.replies.<name>); commands naming "
+        "another are dead-lettered UntrustedReplyTopic",
+    )
+    run.add_argument(
+        "--allowed-namespaces",
+        help="comma-separated namespaces whose sagas may command it (env SAGA_ALLOWED_NAMESPACES, default: all); "
+        "others are refused NamespaceNotAllowed",
     )
 
     seed_cmd = commands.add_parser("seed", help="create the three databases with demo users and agents")

@@ -11,10 +11,11 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeAlias, TypeVar
 
-from saga_protocol import Command, ErrorInfo
+from saga_protocol import Command, ErrorInfo, result_problem
 
-#: A handler's result goes into the reply, which must stay well under the protocol's message limit.
-MAX_RESULT_BYTES: Final = 64 * 1024
+#: The reason of the answer to a handler whose result breaks the protocol's limits (16 KiB, 32 levels).
+RESULT_TOO_LARGE: Final = "ResultTooLarge"
+
 REASON_LENGTH: Final = 128
 MESSAGE_LENGTH: Final = 4096
 
@@ -56,14 +57,24 @@ def error_info(exc: BaseException) -> ErrorInfo:
     return ErrorInfo(reason=truncate(type(exc).__name__, REASON_LENGTH), message=truncate(str(exc), MESSAGE_LENGTH))
 
 
+class ResultTooLarge(Exception):
+    """A handler returned a result over the protocol's limits: not stored, answered ResultTooLarge (an action
+    `failed` with its effect rolled back, a compensation `error`). The same command would do it again."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
 def normalize_result(value: object) -> dict[str, Any]:
-    """A handler's return value as the JSON object the reply carries; anything else is a programming error."""
+    """A handler's return value as the JSON object the reply carries. Raises ResultTooLarge for one over the
+    protocol's limits, TypeError or ValueError for anything that is not a JSON object (a programming error)."""
     if value is None:
         return {}
     if not isinstance(value, Mapping):
         raise TypeError(f"a handler returns a mapping or None, not {type(value).__name__}")
-    encoded = json.dumps(dict(value), separators=(",", ":"))
-    if len(encoded) > MAX_RESULT_BYTES:
-        raise ValueError(f"a handler result is {len(encoded)} bytes, the limit is {MAX_RESULT_BYTES}")
-    decoded: dict[str, Any] = json.loads(encoded)
+    problem = result_problem(dict(value))  # depth first: it is safe at any depth, json.dumps is not
+    if problem is not None:
+        raise ResultTooLarge(problem[1])
+    decoded: dict[str, Any] = json.loads(json.dumps(dict(value), separators=(",", ":"), allow_nan=False))
     return decoded

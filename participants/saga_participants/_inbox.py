@@ -24,8 +24,10 @@ from typing import Any, Final, Protocol
 
 from saga_participants._handlers import (
     MESSAGE_LENGTH,
+    RESULT_TOO_LARGE,
     BusinessError,
     Handler,
+    ResultTooLarge,
     error_info,
     normalize_result,
     truncate,
@@ -139,6 +141,16 @@ def invoke(call: Callable[[], object]) -> Decision:
     started = time.perf_counter()
     try:
         result = normalize_result(call())
+    except ResultTooLarge as exc:
+        # Not transient: the same command would return the same result. Like a business refusal, the
+        # action's writes are undone and the refusal stored; a compensation is answered error instead.
+        return Decision(
+            Disposition.BUSINESS_FAILED,
+            Outcome.FAILED,
+            error=ErrorInfo(reason=RESULT_TOO_LARGE, message=truncate(exc.detail, MESSAGE_LENGTH)),
+            exception=exc,
+            handler_seconds=time.perf_counter() - started,
+        )
     except BusinessError as exc:
         return Decision(
             Disposition.BUSINESS_FAILED,
@@ -228,6 +240,24 @@ def _compensation(txn: Transaction, command: Command, handler: Handler) -> Decis
     else:
         action_result = action.result or {}
         decision = txn.run_handler(command, lambda: handler(txn.connection, command, action_result))  # type: ignore[call-arg]
+        if decision.disposition is Disposition.BUSINESS_FAILED and isinstance(decision.exception, ResultTooLarge):
+            # Its undoing cannot be recorded with a result it cannot carry: roll it back, answer error.
+            log.error(
+                "compensation %s for %s returned a result over the protocol's limits (%s); replying error "
+                "ResultTooLarge, nothing stored. Fix the handler.",
+                command.action,
+                command.idempotency_key,
+                decision.exception.detail,
+            )
+            raise Rollback(
+                Decision(
+                    Disposition.TRANSIENT,
+                    Outcome.ERROR,
+                    error=decision.error,
+                    exception=decision.exception,
+                    handler_seconds=decision.handler_seconds,
+                )
+            )
         if decision.disposition is Disposition.BUSINESS_FAILED:
             # A compensation that "fails for a business reason" would strand the saga half-undone. It is a
             # bug in the participant: log it loudly and let the operator retry it.

@@ -13,6 +13,14 @@ Commands of different sagas are handled concurrently; commands of one saga in or
 A record is finished when its reply was acknowledged (or it was dead-lettered). A record whose handling
 raises (a bug, an outage the retries did not absorb) is tried again in place after a pause, holding its
 slot and its lane: skipping it would lose a saga step.
+
+A record the client cannot read (its batch does not decompress, a CRC mismatch) must not stall its
+partition (docs/protocol.md, "Compression"). aiokafka raises such a batch out of `getmany`, naming no
+partition, and may already have moved its position past records of other partitions that this call then
+never returned. So the loop rewinds every partition to the offset after the last record it handed out,
+finds the partition whose next record cannot be read by fetching each alone, one record at a time, and
+dead-letters that offset `Undecodable` (no key, empty value) and skips it; inside a compressed batch each
+of its records is found, dead-lettered and skipped in turn.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import ConsumerStoppedError, CorruptRecordException, KafkaError, UnsupportedCodecError
 
 from saga_participants._delivery import Delivery
 from saga_participants._metrics import ParticipantMetrics
@@ -40,12 +48,37 @@ log = logging.getLogger(__name__)
 REVOKE_GRACE: Final = 10.0
 #: Pause before handling a record again whose handling raised.
 RETRY_PAUSE: Final = 5.0
+#: The dead-letter reason of a record that cannot be read.
+UNDECODABLE: Final = "Undecodable"
+#: How long to wait for one partition's next record while looking for an unreadable one.
+PROBE_TIMEOUT_MS: Final = 1000
+
+
+def unreadable(exc: BaseException) -> bool:
+    """Whether `getmany` raised `exc` because a fetched batch cannot be read: a corrupt batch or CRC, an
+    unknown codec, or a decompressor's own error (cramjam's, zlib's, ...: anything not a Kafka error)."""
+    if isinstance(exc, CorruptRecordException | UnsupportedCodecError):
+        return True
+    return isinstance(exc, Exception) and not isinstance(exc, KafkaError | ConsumerStoppedError)
+
+
+@dataclass(frozen=True)
+class UnreadableRecord:
+    """What is known of a record that could not be read: where it is. Dead-lettered as such."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = None
+    value: bytes | None = b""  # (a producer refuses a record with neither key nor value)
+    headers: tuple[tuple[str, bytes | None], ...] = ()
 
 
 @dataclass(frozen=True)
 class LoopConfig:
     participant: str
     command_topic: str
+    reply_topic: str
     dead_letter_topic: str
     group_id: str
     client_id: str
@@ -215,13 +248,63 @@ class KafkaLoop:
             if free <= 0:
                 await asyncio.wait(set(self._inflight), timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            batch = await consumer.getmany(timeout_ms=500, max_records=free)
+            try:
+                batch = await consumer.getmany(timeout_ms=500, max_records=free)
+            except Exception as exc:
+                if not unreadable(exc):
+                    raise
+                await self._skip_unreadable(exc)
+                continue
             if not self._ready and consumer.assignment():
                 log.info("participant %s ready: assigned %s", self.config.participant, sorted(consumer.assignment()))
                 self._set_ready(True)
             for tp, records in batch.items():
                 for record in records:
                     self._dispatch(tp, record)
+
+    async def _skip_unreadable(self, exc: Exception) -> None:
+        consumer = self._consumer
+        log.warning("participant %s: a fetched batch cannot be read (%r); looking for it", self.config.participant, exc)
+        assigned = sorted(consumer.assignment())
+        for tp in assigned:
+            # Back to what was handed out: the failed getmany may have consumed records it never returned.
+            offsets = self._offsets.get(tp)
+            if offsets is not None and offsets.fetched_up_to is not None:
+                consumer.seek(tp, offsets.fetched_up_to)
+            else:
+                committed = await consumer.committed(tp)
+                if committed is not None:
+                    consumer.seek(tp, committed)
+                else:
+                    await consumer.seek_to_beginning(tp)
+        found = False
+        for tp in assigned:
+            while not self._stop.is_set():
+                try:
+                    batch = await consumer.getmany(tp, timeout_ms=PROBE_TIMEOUT_MS, max_records=1)
+                except Exception as again:
+                    if not unreadable(again):
+                        raise
+                    found = True
+                    await self._dead_letter_unreadable(tp, await consumer.position(tp), again)
+                    continue  # the next offset may be in the same batch
+                for record in batch.get(tp, ()):
+                    self._dispatch(tp, record)
+                break
+        if not found:
+            # Not reproducible per partition (a transient fault, or not a batch at all): try again shortly.
+            log.warning("participant %s: no unreadable record found; fetching again", self.config.participant)
+            await asyncio.sleep(1.0)
+
+    async def _dead_letter_unreadable(self, tp: TopicPartition, offset: int, exc: Exception) -> None:
+        assert self._delivery is not None
+        offsets = self._offsets.setdefault(tp, PartitionOffsets())
+        offsets.started(offset)
+        detail = f"the record at {tp.topic}:{tp.partition}@{offset} cannot be read: {type(exc).__name__}: {exc}"
+        await self._delivery.dead_letter(UnreadableRecord(tp.topic, tp.partition, offset), UNDECODABLE, detail[:4096])
+        offsets.finished(offset)
+        self._consumer.seek(tp, offset + 1)
+        await self._commit(tp, offsets)
 
     def _dispatch(self, tp: TopicPartition, record: Any) -> None:
         offsets = self._offsets.setdefault(tp, PartitionOffsets())
@@ -281,10 +364,11 @@ class KafkaLoop:
             await self._delivery.dead_letter(record, refusal.reason, refusal.detail)
             refused = self._pipeline.refusal_reply(command, refusal)
             if refused is not None:
-                await self._delivery.reply(record, refused, command.reply_topic)
+                await self._delivery.reply(record, refused, self.config.reply_topic)
             return
         reply = await self._pipeline.process(command)
-        await self._delivery.reply(record, reply, command.reply_topic)
+        # The trusted topic, never the command's: command_problem refused any other (UntrustedReplyTopic).
+        await self._delivery.reply(record, reply, self.config.reply_topic)
 
     async def _commit(self, tp: TopicPartition, offsets: PartitionOffsets) -> None:
         if self._offsets.get(tp) is not offsets:

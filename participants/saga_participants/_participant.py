@@ -27,7 +27,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
@@ -37,11 +37,12 @@ from saga_participants._inbox import InboxStore
 from saga_participants._kafka_loop import KafkaLoop, LoopConfig
 from saga_participants._metrics import ParticipantMetrics
 from saga_participants._pipeline import Interceptor, Pipeline
-from saga_participants._settings import ParticipantSettings, RetryPolicy
+from saga_participants._settings import ParticipantSettings, RetryPolicy, check_namespaces, split_namespaces
 from saga_participants._sqlite import SqliteStore
 from saga_plumbing import KafkaSettings, ProbeServer
 from saga_plumbing.retry import Stopped
 from saga_protocol import CommandKind, command_topic, dead_letter_topic
+from saga_protocol import reply_topic as default_reply_topic
 
 log = logging.getLogger("saga_participants")
 
@@ -67,6 +68,11 @@ def _store(store: InboxStore | None, database: str | os.PathLike[str] | None, sc
     return SqliteStore(database, schema=schema)
 
 
+def _namespaces(given: Iterable[str] | str) -> frozenset[str] | None:
+    names = split_namespaces(given) if isinstance(given, str) else tuple(given)
+    return frozenset(check_namespaces(names)) or None  # empty: every namespace
+
+
 def _kafka(
     kafka: KafkaSettings | None, bootstrap_servers: str | None, settings: ParticipantSettings | None
 ) -> KafkaSettings:
@@ -87,6 +93,11 @@ class Participant:
     (`saga-participant-<name>`). The inbox lives in `store` (or the SQLite file `database`, with your
     `schema`). Options left out (None) come from `settings` when given, else their defaults
     (docs/participants.md has the table).
+
+    It replies only to `reply_topic` (default `saga.replies.<name>`, the topic only its principal may write),
+    never to a topic a command names: a command naming another is dead-lettered `UntrustedReplyTopic` and
+    not answered. `allowed_namespaces` (default: every namespace) are the namespaces whose sagas may command
+    it; a command from another is refused `NamespaceNotAllowed`.
     """
 
     def __init__(
@@ -101,6 +112,8 @@ class Participant:
         bootstrap_servers: str | None = None,
         retry: RetryPolicy | None = None,
         interceptors: Sequence[Interceptor] = (),
+        reply_topic: str | None = None,
+        allowed_namespaces: Iterable[str] | None = None,
         http_host: str | None = None,
         http_port: int | None = None,
         max_in_flight: int | None = None,
@@ -122,6 +135,10 @@ class Participant:
         def option(value: Any, key: str) -> Any:
             return value if value is not None else given[key]
 
+        #: The only topic this participant replies to.
+        self.reply_topic: str = option(reply_topic, "reply_topic") or default_reply_topic(name)
+        #: The namespaces whose sagas may command it; None: every namespace.
+        self.allowed_namespaces: frozenset[str] | None = _namespaces(option(allowed_namespaces, "allowed_namespaces"))
         self._http_host: str = option(http_host, "http_host")
         self._http_port: int | None = option(http_port, "http_port")
         self.max_in_flight: int = option(max_in_flight, "max_in_flight")
@@ -134,11 +151,20 @@ class Participant:
         self._actions: dict[str, ActionHandler[Any]] = {}
         self._compensations: dict[str, CompensationHandler[Any]] = {}
         self._pipeline = Pipeline(
-            name, self.handler_for, self._names, self.store, retry or RetryPolicy(), interceptors, self.metrics
+            name,
+            self.handler_for,
+            self._names,
+            self.store,
+            retry or RetryPolicy(),
+            interceptors,
+            self.metrics,
+            trusted_reply_topic=self.reply_topic,
+            allowed_namespaces=self.allowed_namespaces,
         )
         self._loop_config = LoopConfig(
             participant=name,
             command_topic=self.command_topic,
+            reply_topic=self.reply_topic,
             dead_letter_topic=self.dead_letter_topic,
             group_id=self.group_id,
             client_id=client_id or f"saga-participant-{name}",
@@ -256,12 +282,15 @@ class Participant:
             try:
                 async with self:
                     log.info(
-                        "participant %s: store %r, actions %s, compensations %s, up to %d commands at once",
+                        "participant %s: store %r, actions %s, compensations %s, up to %d commands at once, "
+                        "replies to %s, namespaces %s",
                         self.name,
                         self.store,
                         sorted(self._actions),
                         sorted(self._compensations),
                         self.max_in_flight,
+                        self.reply_topic,
+                        sorted(self.allowed_namespaces) if self.allowed_namespaces else "all",
                     )
                     await kafka_loop.run()
             except Stopped:

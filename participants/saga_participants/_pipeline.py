@@ -11,26 +11,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from saga_participants._handlers import Handler
+from saga_participants._handlers import MESSAGE_LENGTH, Handler, ResultTooLarge, truncate
 from saga_participants._inbox import Decision, Disposition, InboxStore
 from saga_participants._metrics import ParticipantMetrics
 from saga_participants._settings import RetryPolicy
-from saga_protocol import Command, CommandKind, ErrorInfo, Outcome, Reply, answer, idempotency_key
+from saga_protocol import (
+    ANSWERED_REFUSALS,
+    Command,
+    CommandKind,
+    ErrorInfo,
+    Reply,
+    answer,
+    command_problem,
+    refusal_outcome,
+)
 
 log = logging.getLogger(__name__)
 
-#: Dead-letter reasons the SDK adds to those of `DecodeError` (NotJson, SchemaViolation, Oversized, ...).
+#: Refusal reasons (docs/protocol.md, "Checks, in this order"), besides those of `DecodeError`.
+UNTRUSTED_REPLY_TOPIC: Final = "UntrustedReplyTopic"
 UNKNOWN_ACTION: Final = "UnknownAction"
 IDEMPOTENCY_KEY_MISMATCH: Final = "IdempotencyKeyMismatch"
 KEY_MISMATCH: Final = "KeyMismatch"
-INVALID_REPLY_TOPIC: Final = "InvalidReplyTopic"
-
-_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+NAMESPACE_NOT_ALLOWED: Final = "NamespaceNotAllowed"
 
 #: What an interceptor calls to go on: the store (with the in-process retries) and the given handler.
 Proceed = Callable[[Handler], Awaitable[Decision]]
@@ -62,8 +69,13 @@ class Pipeline:
         retry: RetryPolicy,
         interceptors: Sequence[Interceptor],
         metrics: ParticipantMetrics,
+        *,
+        trusted_reply_topic: str,
+        allowed_namespaces: Collection[str] | None = None,
     ) -> None:
         self.participant = participant
+        self.trusted_reply_topic = trusted_reply_topic
+        self.allowed_namespaces = allowed_namespaces
         self._handlers = handlers
         self._known = known
         self.store = store
@@ -71,26 +83,17 @@ class Pipeline:
         self.interceptors = tuple(interceptors)
         self.metrics = metrics
 
-    def refusal(self, command: Command, key: bytes | None = None) -> Refusal | None:
-        """Why a decoded command cannot be processed here, or None."""
-        if self._handlers(command.kind, command.action) is None:
-            known = sorted(self._known(command.kind))
-            return Refusal(
-                UNKNOWN_ACTION, f"{self.participant} has no {command.kind.value} {command.action!r} (it has {known})"
-            )
-        expected = idempotency_key(command.saga_uid, command.step)
-        if command.idempotency_key != expected:
-            # The key is what dedupe and tombstones hang on; a foreign one could pair an action with
-            # another step's compensation.
-            return Refusal(
-                IDEMPOTENCY_KEY_MISMATCH, f"idempotencyKey {command.idempotency_key!r}, expected {expected!r}"
-            )
-        if key is not None and key != command.saga_uid.encode():
-            # Per-saga ordering (a compensation queued behind its action) rests on this key.
-            return Refusal(KEY_MISMATCH, f"message key {key!r} is not the saga uid {command.saga_uid!r}")
-        if not _TOPIC_NAME.match(command.reply_topic) or command.reply_topic in (".", ".."):
-            return Refusal(INVALID_REPLY_TOPIC, f"replyTopic {command.reply_topic!r} is not a Kafka topic name")
-        return None
+    def refusal(self, command: Command, key: bytes | None) -> Refusal | None:
+        """Why a decoded command that came with record key `key` cannot be processed here, or None: the
+        protocol's checks in its order (`saga_protocol.command_problem`)."""
+        problem = command_problem(
+            command,
+            key=key,
+            trusted_reply_topic=self.trusted_reply_topic,
+            allowed_namespaces=self.allowed_namespaces,
+            handlers=self._known(command.kind),
+        )
+        return Refusal(*problem) if problem is not None else None
 
     def refusal_reply(self, command: Command, refusal: Refusal) -> Reply | None:
         """Tell the operator at once, rather than letting the step time out and retry in vain.
@@ -98,14 +101,17 @@ class Pipeline:
         An action is answered `failed` (it will never apply: the message is wrong, not the moment); a
         compensation `error`, because compensations cannot fail: the operator retries it and, past its
         cap, parks the saga as Failed for a person to look at. Nothing is stored: it never ran. A command
-        with an unusable reply topic cannot be answered at all.
+        naming an untrusted reply topic is answered on no topic at all (None).
         """
-        if refusal.reason == INVALID_REPLY_TOPIC:
+        if refusal.reason not in ANSWERED_REFUSALS:
             return None
-        outcome = Outcome.FAILED if command.kind is CommandKind.ACTION else Outcome.ERROR
+        outcome = refusal_outcome(command.kind)
         self.metrics.commands.labels(self.participant, command.kind.value, outcome.value).inc()
         return answer(
-            command, self.participant, outcome, error=ErrorInfo(reason=refusal.reason, message=refusal.detail[:4096])
+            command,
+            self.participant,
+            outcome,
+            error=ErrorInfo(reason=refusal.reason, message=truncate(refusal.detail, MESSAGE_LENGTH)),
         )
 
     async def process(self, command: Command) -> Reply:
@@ -146,8 +152,8 @@ class Pipeline:
                 self.metrics.handler_latency.labels(self.participant, command.kind.value, command.action).observe(
                     decision.handler_seconds
                 )
-            if decision.disposition is not Disposition.TRANSIENT:
-                return decision
+            if decision.disposition is not Disposition.TRANSIENT or isinstance(decision.exception, ResultTooLarge):
+                return decision  # (a result too large would be as large again: not worth a retry)
             last = run == self.retry.attempts
             log.warning(
                 "%s %s of %s (attempt %d) raised on run %d/%d%s",

@@ -5,10 +5,12 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from saga_plumbing import KafkaSettings
 
@@ -47,6 +49,16 @@ class ParticipantSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SAGA_", frozen=True, extra="ignore")
 
+    reply_topic: str | None = Field(
+        default=None,
+        description="The only topic replies go to (the one this participant's principal may write); unset: "
+        "saga.replies.<name>. A command naming another replyTopic is dead-lettered UntrustedReplyTopic, unanswered.",
+    )
+    allowed_namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Namespaces whose sagas may command this participant, comma-separated; empty: every "
+        "namespace. Others are refused NamespaceNotAllowed (dead-lettered and answered).",
+    )
     http_host: str = Field(
         default="127.0.0.1", description="Address of /healthz, /readyz, /metrics (0.0.0.0 in a pod)."
     )
@@ -72,3 +84,29 @@ class ParticipantSettings(BaseSettings):
     )
     max_fault_delay: float = Field(default=60.0, ge=0, description="Cap on a `simulate` delay, in seconds.")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="The brokers, from KAFKA_*.")
+
+    @field_validator("allowed_namespaces", mode="before")
+    @classmethod
+    def _split_namespaces(cls, value: Any) -> Any:
+        return split_namespaces(value) if isinstance(value, str) else value
+
+    @field_validator("allowed_namespaces")
+    @classmethod
+    def _check_namespaces(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return check_namespaces(value)
+
+
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def split_namespaces(text: str) -> tuple[str, ...]:
+    """`"a, b,,c"` -> ("a", "b", "c"): the comma-separated form of SAGA_ALLOWED_NAMESPACES and the flag."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def check_namespaces(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The names, each a Kubernetes namespace name (a DNS label); ValueError naming the first that is not."""
+    for name in names:
+        if not _NAMESPACE.match(name):
+            raise ValueError(f"{name!r} is not a namespace name (a DNS label)")
+    return names

@@ -13,26 +13,34 @@
             undo = await run_command(p, compensation_of(debit, "refund"))
 
 `run_command` runs everything the participant does with a command but the transport: the checks it
-answers at once (an unknown action, a foreign idempotency key), its interceptors, the store's inbox in one
-transaction with the handler, the in-process retries. It returns the Reply the participant would produce.
+answers at once (an unknown action, a foreign idempotency key, a namespace it does not admit), its
+interceptors, the store's inbox in one transaction with the handler, the in-process retries. It returns the
+Reply the participant would produce. A command made without `reply_topic=` (or `participant=`) is
+addressed to whichever participant runs it, as the operator would address it; one naming another reply
+topic than the participant trusts is dead-lettered unanswered: `run_command` raises `Unanswered`.
 """
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from saga_participants._faults import FaultInjection
 from saga_participants._participant import Participant
-from saga_protocol import REPLY_TOPIC, Command, CommandKind, Reply
+from saga_protocol import Command, CommandKind, Reply
 from saga_protocol import idempotency_key as key_of
+from saga_protocol import reply_topic as reply_topic_of
 
-__all__ = ["FaultInjection", "Unanswered", "compensation_of", "make_command", "run_command"]
+__all__ = ["UNADDRESSED", "FaultInjection", "Unanswered", "compensation_of", "make_command", "run_command"]
+
+#: The replyTopic of a command made without `reply_topic=` or `participant=`: `run_command` addresses it
+#: to the participant that runs it (its trusted reply topic). No participant's own (names have no dots).
+UNADDRESSED: Final = "saga.replies.unaddressed.command"
 
 
 class Unanswered(Exception):
-    """The participant would dead-letter the command without replying (its replyTopic is unusable)."""
+    """The participant would dead-letter the command without replying (it names an untrusted replyTopic)."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -50,12 +58,16 @@ def make_command(
     attempt: int = 1,
     namespace: str = "default",
     saga_name: str | None = None,
-    reply_topic: str = REPLY_TOPIC,
+    participant: str | None = None,
+    reply_topic: str | None = None,
     idempotency_key: str | None = None,
 ) -> Command:
     """A command as the operator sends it: a fresh saga uid unless given, the idempotency key
-    `<sagaUid>/<step>` unless given (a wrong one is refused: IdempotencyKeyMismatch)."""
+    `<sagaUid>/<step>` unless given (a wrong one is refused: IdempotencyKeyMismatch), the reply topic
+    `reply_topic`, else `saga.replies.<participant>`, else UNADDRESSED (run_command's participant's own)."""
     uid = saga_uid or str(uuid.uuid4())
+    if reply_topic is None:
+        reply_topic = reply_topic_of(participant) if participant is not None else UNADDRESSED
     return Command(
         message_id=str(uuid.uuid4()),
         saga_uid=uid,
@@ -90,9 +102,11 @@ async def run_command(participant: Participant, command: Command, *, key: bytes 
 
     Uses the participant's store if it is open (`async with participant:`), else opens it for this call.
     A command refused before the inbox (no such handler, wrong key) gets the refusal the participant would
-    send. Raises Unanswered for a command the participant would only dead-letter.
+    send. Raises Unanswered for a command the participant would only dead-letter (UntrustedReplyTopic).
     """
     pipeline = participant._pipeline
+    if command.reply_topic == UNADDRESSED:
+        command = command.model_copy(update={"reply_topic": participant.reply_topic})
     refusal = pipeline.refusal(command, key if key is not None else command.saga_uid.encode())
     if refusal is not None:
         reply = pipeline.refusal_reply(command, refusal)

@@ -31,8 +31,10 @@ def make_command(
     step: str = "debit-buyer",
     attempt: int = 1,
     payload: dict[str, Any] | None = None,
-    reply_topic: str = "saga.replies",
+    reply_topic: str | None = None,
     key: str | None = None,
+    participant: str | None = None,
+    namespace: str = "default",
 ) -> Command:
     """saga_participants.testing.make_command with this suite's defaults (a debit); `key`: the idempotency key."""
     return testing.make_command(
@@ -43,6 +45,8 @@ def make_command(
         attempt=attempt,
         payload=payload,
         reply_topic=reply_topic,
+        participant=participant,
+        namespace=namespace,
         idempotency_key=key,
         saga_name=f"buy-{(saga_uid or uuid.uuid4().hex)[:8]}",
     )

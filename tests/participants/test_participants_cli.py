@@ -81,6 +81,19 @@ def test_flags_win_over_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert flagged.max_in_flight == 4
 
 
+def test_the_reply_topic_and_the_namespace_allow_list_have_flags(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SAGA_ALLOWED_NAMESPACES", "shop")
+    assert settings_for("run", "users").allowed_namespaces == ("shop",)
+    flagged = settings_for("run", "users", "--reply-topic", "r.users", "--allowed-namespaces", "shop,billing")
+    assert (flagged.reply_topic, flagged.allowed_namespaces) == ("r.users", ("shop", "billing"))
+    p = build("users", tmp_path, settings=flagged, name="u3")
+    assert (p.reply_topic, p.allowed_namespaces) == ("r.users", frozenset({"shop", "billing"}))
+    everyone = settings_for("run", "users", "--allowed-namespaces", "")
+    assert build("users", tmp_path, settings=everyone, name="u3").allowed_namespaces is None  # empty: all
+
+
 def test_invalid_settings_exit_with_a_message(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -162,6 +175,7 @@ async def test_run_serves_probes_and_metrics_handles_commands_and_stops_on_sigte
         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "SAGA_HTTP_PORT": str(port),
         "SAGA_PARTICIPANT_NAME": name,
+        "SAGA_REPLY_TOPIC": kafka.reply_topic,
     }
     log = (tmp_path / "users.log").open("wb")
     process = await asyncio.create_subprocess_exec(
@@ -219,7 +233,12 @@ async def test_run_serves_probes_and_metrics_handles_commands_and_stops_on_sigte
 async def test_a_participant_started_before_its_topic_exists_creates_it(tmp_path: Path, kafka: KafkaHarness) -> None:
     from saga_buyvideo import agents
 
-    p = agents.participant(tmp_path / "agents.db", name=unique("agents"), bootstrap_servers=kafka.bootstrap_servers)
+    p = agents.participant(
+        tmp_path / "agents.db",
+        name=unique("agents"),
+        bootstrap_servers=kafka.bootstrap_servers,
+        reply_topic=kafka.reply_topic,
+    )
     await kafka.start(p)  # returns once consuming: its topic exists, it has the partition
     await until(lambda: p.ready, what="ready")
     command = kafka.with_reply_topic(make_command(action="credit", step="credit-agent", payload=order(agent="nobody")))

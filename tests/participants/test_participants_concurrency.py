@@ -42,12 +42,15 @@ def sql(tx: Any, query: str, *params: Any) -> Any:
 
 
 def participant(
-    kind: str, name: str, tmp_path: Path, request: pytest.FixtureRequest, bootstrap: str, **options: Any
+    kind: str, name: str, tmp_path: Path, request: pytest.FixtureRequest, kafka: KafkaHarness, **options: Any
 ) -> Participant:
     """A participant whose action `work` takes SLOW seconds when the payload says {"slow": true}."""
+    bootstrap, reply = kafka.bootstrap_servers, kafka.reply_topic
     if kind == "postgres":
         dsn: str = request.getfixturevalue("postgres_dsn")  # one database per test: a restart finds it again
-        p = Participant(name, store=PostgresStore(dsn, schema=SCHEMA), bootstrap_servers=bootstrap, **options)
+        p = Participant(
+            name, store=PostgresStore(dsn, schema=SCHEMA), bootstrap_servers=bootstrap, reply_topic=reply, **options
+        )
     else:
         # SQLite runs one handler at a time: the slow part is a delay before the handler, as a slow
         # dependency called first would be.
@@ -56,6 +59,7 @@ def participant(
             database=tmp_path / "work.db",
             schema=SCHEMA,
             bootstrap_servers=bootstrap,
+            reply_topic=reply,
             interceptors=[FaultInjection(max_delay=SLOW)],
             **options,
         )
@@ -97,7 +101,7 @@ async def test_a_slow_saga_does_not_delay_another_and_keeps_its_own_order(
     kind: str, tmp_path: Path, kafka: KafkaHarness, request: pytest.FixtureRequest
 ) -> None:
     name = unique("work")
-    p = await kafka.start(participant(kind, name, tmp_path, request, kafka.bootstrap_servers))
+    p = await kafka.start(participant(kind, name, tmp_path, request, kafka))
 
     slow, slow_sent = await send(kafka, p, make_command(action="work", step="slow", payload=slow_payload(kind, name)))
     undo, _ = await send(kafka, p, compensation_of(slow, "undo"))  # the same saga: must wait for its action
@@ -126,7 +130,7 @@ async def test_max_in_flight_bounds_what_is_handled_at_once(
 ) -> None:
     """With one slot, the other saga waits for the slow one: the bound is what limits concurrency."""
     name = unique("work")
-    p = await kafka.start(participant("sqlite", name, tmp_path, request, kafka.bootstrap_servers, max_in_flight=1))
+    p = await kafka.start(participant("sqlite", name, tmp_path, request, kafka, max_in_flight=1))
 
     slow, slow_sent = await send(
         kafka, p, make_command(action="work", step="slow", payload=slow_payload("sqlite", name))
@@ -146,14 +150,14 @@ async def test_the_committed_offset_never_passes_an_unfinished_command(
     """Stopped while the slow command (offset 0) is in hand and a later one (offset 1) is finished: the
     commit stays at 0, so the restarted participant gets both again; the finished one is a replay."""
     name = unique("work")
-    first = await kafka.start(participant(kind, name, tmp_path, request, kafka.bootstrap_servers))
+    first = await kafka.start(participant(kind, name, tmp_path, request, kafka))
     slow, _ = await send(kafka, first, make_command(action="work", step="slow", payload=slow_payload(kind, name)))
     fast, _ = await send(kafka, first, make_command(action="work", step="fast"))
     fast_reply = await kafka.reply_to(fast)
     assert not fast_reply.duplicate
     await kafka.stop(first)  # the slow command is still in hand: abandoned, not committed
 
-    await kafka.start(participant(kind, name, tmp_path, request, kafka.bootstrap_servers))
+    await kafka.start(participant(kind, name, tmp_path, request, kafka))
     slow_reply = await kafka.reply_to(slow)
     fast_again = (await kafka.replies_for(fast, count=2))[1]
 

@@ -14,7 +14,7 @@ import pytest
 from participants_support import compensation_of, make_command, order
 
 from saga_participants import BusinessError, Decision, Disposition, InboxStore, PostgresStore, SqliteStore
-from saga_protocol import Command, CommandKind, Outcome
+from saga_protocol import MAX_RESULT_BYTES, MAX_RESULT_DEPTH, Command, CommandKind, Outcome, result_problem
 
 # Portable SQL: both stores take it as it is (the handlers below swap the parameter style).
 SCHEMA = """
@@ -331,6 +331,60 @@ async def test_a_result_that_is_not_a_json_object_is_a_programming_error(backend
     decision = await backend.apply(debit_command(), lambda tx, command: result)
 
     assert decision.disposition is Disposition.TRANSIENT
+
+
+def too_large(kind: str) -> dict[str, Any]:
+    """A result over the protocol's limits: 16 KiB serialized, or 32 levels."""
+    if kind == "bytes":
+        return {"blob": "x" * MAX_RESULT_BYTES}
+    nested: dict[str, Any] = {}
+    for _ in range(MAX_RESULT_DEPTH):
+        nested = {"n": nested}
+    return nested
+
+
+def test_the_limits_are_the_protocols() -> None:
+    assert result_problem({"blob": "x" * (MAX_RESULT_BYTES - 11)}) is None  # {"blob":"..."} is 11 bytes more
+    assert result_problem(too_large("bytes")) is not None and result_problem(too_large("depth")) is not None
+
+
+@pytest.mark.parametrize("kind", ["bytes", "depth"])
+async def test_an_action_whose_result_is_too_large_fails_is_rolled_back_and_the_refusal_is_stored(
+    backend: Backend, kind: str
+) -> None:
+    command = debit_command()
+    counted = Counted(lambda tx, command: {**debit(tx, command), **too_large(kind)})
+
+    first = await backend.apply(command, counted)
+    again = await backend.apply(command.model_copy(update={"attempt": 2}), counted)
+
+    assert (first.disposition, first.outcome) == (Disposition.BUSINESS_FAILED, Outcome.FAILED)
+    assert first.error is not None and first.error.reason == "ResultTooLarge" and first.result is None
+    assert again.duplicate and again.outcome is Outcome.FAILED and again.error == first.error
+    assert counted.calls == 1  # permanent: not run again
+    assert (backend.balance("alice"), backend.count("debits")) == (10_000, 0)  # the effect was rolled back
+    assert backend.inbox_row(command) == (2, 1)
+    # Its compensation finds a failed action: nothing to undo.
+    undo = await backend.apply(compensation_of(command, "refund"), refund)
+    assert undo.disposition is Disposition.NOOP
+
+
+async def test_a_compensation_whose_result_is_too_large_answers_error_and_stores_nothing(backend: Backend) -> None:
+    action = debit_command()
+    await backend.apply(action, debit)
+    undo = compensation_of(action, "refund")
+
+    decision = await backend.apply(
+        undo, lambda tx, command, debited: {**refund(tx, command, debited), **too_large("bytes")}
+    )
+
+    assert (decision.disposition, decision.outcome) == (Disposition.TRANSIENT, Outcome.ERROR)
+    assert decision.error is not None and decision.error.reason == "ResultTooLarge"
+    assert backend.inbox_row(action, CommandKind.COMPENSATION) is None
+    assert backend.balance("alice") == 10_000 - 1500  # the refund was rolled back
+    # A fixed handler's next delivery undoes the action.
+    assert (await backend.apply(undo, refund)).disposition is Disposition.APPLIED
+    assert backend.balance("alice") == 10_000
 
 
 async def test_an_action_returning_nothing_gives_its_compensation_an_empty_result(backend: Backend) -> None:

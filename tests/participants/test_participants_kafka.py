@@ -9,12 +9,16 @@ test_participants_concurrency.py).
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 import sqlite3
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiokafka.codec
 import pytest
 from participants_support import (
     BUY_VIDEO_STEPS,
@@ -42,9 +46,12 @@ async def kafka(participants_kafka: str) -> AsyncIterator[KafkaHarness]:
         yield harness
 
 
-def users_service(tmp_path: Path, bootstrap: str, **options: Any) -> Participant:
+def users_service(tmp_path: Path, kafka: KafkaHarness, **options: Any) -> Participant:
     seed(tmp_path)
-    return users.participant(tmp_path / "users.db", name=unique("users"), bootstrap_servers=bootstrap, **options)
+    options.setdefault("reply_topic", kafka.reply_topic)
+    return users.participant(
+        tmp_path / "users.db", name=unique("users"), bootstrap_servers=kafka.bootstrap_servers, **options
+    )
 
 
 def debit(p: Participant, kafka: KafkaHarness, buyer: str = "alice", price: int = 1500, **kw: Any) -> Command:
@@ -70,7 +77,7 @@ def debit_rows(tmp_path: Path) -> int:
 async def test_a_command_delivered_twice_is_applied_once_and_the_second_reply_is_a_replay(
     tmp_path: Path, kafka: KafkaHarness
 ) -> None:
-    p = await kafka.start(users_service(tmp_path, kafka.bootstrap_servers))
+    p = await kafka.start(users_service(tmp_path, kafka))
     command = debit(p, kafka)
 
     await kafka.send(command, p.command_topic)
@@ -89,7 +96,7 @@ async def test_a_command_delivered_twice_is_applied_once_and_the_second_reply_is
 async def test_a_compensation_that_overtakes_its_action_leaves_a_tombstone_and_the_late_action_is_refused(
     tmp_path: Path, kafka: KafkaHarness
 ) -> None:
-    p = await kafka.start(users_service(tmp_path, kafka.bootstrap_servers))
+    p = await kafka.start(users_service(tmp_path, kafka))
     action = debit(p, kafka)
     compensation = compensation_of(action, "refund")
 
@@ -108,7 +115,7 @@ async def test_a_compensation_that_overtakes_its_action_leaves_a_tombstone_and_t
 
 
 async def test_insufficient_funds_replies_failed_and_changes_nothing(tmp_path: Path, kafka: KafkaHarness) -> None:
-    p = await kafka.start(users_service(tmp_path, kafka.bootstrap_servers))
+    p = await kafka.start(users_service(tmp_path, kafka))
     command = debit(p, kafka, buyer="bob", price=1500)
 
     await kafka.send(command, p.command_topic)
@@ -130,6 +137,7 @@ async def test_an_unexpected_exception_is_retried_then_replied_error_and_a_redel
         database=tmp_path / "flaky.db",
         schema="CREATE TABLE IF NOT EXISTS effects (key TEXT PRIMARY KEY);",
         bootstrap_servers=kafka.bootstrap_servers,
+        reply_topic=kafka.reply_topic,
         retry=RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.05),
     )
 
@@ -162,7 +170,7 @@ async def test_an_unexpected_exception_is_retried_then_replied_error_and_a_redel
 async def test_malformed_commands_are_dead_lettered_and_the_next_good_command_is_processed(
     tmp_path: Path, kafka: KafkaHarness
 ) -> None:
-    p = await kafka.start(users_service(tmp_path, kafka.bootstrap_servers))
+    p = await kafka.start(users_service(tmp_path, kafka))
     unknown = debit(p, kafka).model_copy(update={"action": "launch-rockets"})
     wrong_key = debit(p, kafka)
     oversized = b'{"padding": "' + b"x" * MAX_MESSAGE_BYTES + b'"}'
@@ -200,17 +208,16 @@ async def test_malformed_commands_are_dead_lettered_and_the_next_good_command_is
 async def test_a_reply_that_cannot_be_produced_sends_the_command_to_the_dead_letter_topic(
     tmp_path: Path, kafka: KafkaHarness
 ) -> None:
-    p = await kafka.start(users_service(tmp_path, kafka.bootstrap_servers, reply_timeout=2.0))
-    lost = debit(p, kafka).model_copy(update={"reply_topic": unique("no.such.topic")})
-    key, value, headers = encode_command(lost)
-    await kafka.send_raw(p.command_topic, value, key=key, headers=headers)
-    good = debit(p, kafka, price=100)
-    await kafka.send(good, p.command_topic)
+    missing = unique("no.such.topic")
+    p = await kafka.start(users_service(tmp_path, kafka, reply_timeout=2.0, reply_topic=missing))
+    for price in (1500, 100):  # the second is not held up behind the first for ever
+        command = debit(p, kafka, price=price).model_copy(update={"reply_topic": missing})
+        key, value, headers = encode_command(command)
+        await kafka.send_raw(p.command_topic, value, key=key, headers=headers)
 
-    assert (await kafka.reply_to(good)).outcome is Outcome.SUCCEEDED
-    (dead,) = await kafka.read_topic(p.dead_letter_topic, 1)
-    assert headers_of(dead)[DLQ_REASON] == "ReplyUndeliverable"
-    # The outcome was stored before the reply failed: the debit stands, and a re-send would replay it.
+    dead = await kafka.read_topic(p.dead_letter_topic, 2)
+    assert [headers_of(d)[DLQ_REASON] for d in dead] == ["ReplyUndeliverable"] * 2
+    # The outcomes were stored before the replies failed: the debits stand, and a re-send would replay them.
     assert ledger_users(tmp_path)["alice"] == 10_000 - 1500 - 100
 
 
@@ -220,7 +227,9 @@ async def test_a_restarted_participant_resumes_after_the_last_answered_command(
     name = unique("users")
     seed(tmp_path)
     first = await kafka.start(
-        users.participant(tmp_path / "users.db", name=name, bootstrap_servers=kafka.bootstrap_servers)
+        users.participant(
+            tmp_path / "users.db", name=name, bootstrap_servers=kafka.bootstrap_servers, reply_topic=kafka.reply_topic
+        )
     )
     before = debit(first, kafka, price=100)
     await kafka.send(before, first.command_topic)
@@ -228,7 +237,9 @@ async def test_a_restarted_participant_resumes_after_the_last_answered_command(
     await kafka.stop(first)
 
     second = await kafka.start(
-        users.participant(tmp_path / "users.db", name=name, bootstrap_servers=kafka.bootstrap_servers)
+        users.participant(
+            tmp_path / "users.db", name=name, bootstrap_servers=kafka.bootstrap_servers, reply_topic=kafka.reply_topic
+        )
     )
     after = debit(second, kafka, price=200)
     await kafka.send(after, second.command_topic)
@@ -249,7 +260,12 @@ async def test_three_services_over_kafka_conserve_money_whatever_the_saga_outcom
     names = {service: unique(service) for service, *_ in BUY_VIDEO_STEPS}
     services = {
         service: await kafka.start(
-            factory(tmp_path / f"{service}.db", name=names[service], bootstrap_servers=kafka.bootstrap_servers)
+            factory(
+                tmp_path / f"{service}.db",
+                name=names[service],
+                bootstrap_servers=kafka.bootstrap_servers,
+                reply_topic=kafka.reply_topic,
+            )
         )
         for service, factory in SERVICES.items()
     }
@@ -302,7 +318,11 @@ async def test_stopped_between_the_database_commit_and_the_reply_the_redelivery_
 
     def service() -> Participant:
         return users.participant(
-            tmp_path / "users.db", name=name, bootstrap_servers=kafka.bootstrap_servers, reply_timeout=600.0
+            tmp_path / "users.db",
+            name=name,
+            bootstrap_servers=kafka.bootstrap_servers,
+            reply_topic=late_topic,
+            reply_timeout=600.0,
         )
 
     first = await kafka.start(service())
@@ -322,3 +342,55 @@ async def test_stopped_between_the_database_commit_and_the_reply_the_redelivery_
     assert reply.result == {"buyer": "alice", "debitedCents": 1500, "balanceCents": 8500}
     assert ledger_users(tmp_path)["alice"] == 8500
     assert debit_rows(tmp_path) == 1
+
+
+def kcat_produce(bootstrap: str, topic: str, codec: str, record: tuple[bytes, bytes, list[tuple[str, bytes]]]) -> None:
+    """Produce one record as another client would: kcat, compressed with `codec`, in a batch of its own."""
+    key, value, headers = record
+    argv = ["kcat", "-P", "-b", bootstrap, "-t", topic, "-z", codec, "-K", "\t", "-c", "1"]
+    for name, header in headers:
+        argv += ["-H", f"{name}={header.decode()}"]
+    subprocess.run(argv, input=key + b"\t" + value + b"\n", check=True, timeout=60)
+
+
+needs_kcat = pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat is not installed")
+
+
+@needs_kcat
+async def test_commands_compressed_with_any_codec_are_applied(tmp_path: Path, kafka: KafkaHarness) -> None:
+    p = await kafka.start(users_service(tmp_path, kafka))
+    commands = {codec: debit(p, kafka, price=100) for codec in ("gzip", "snappy", "lz4", "zstd")}
+    for codec, command in commands.items():
+        await asyncio.to_thread(kcat_produce, kafka.bootstrap_servers, p.command_topic, codec, encode_command(command))
+
+    for codec, command in commands.items():
+        reply = await kafka.reply_to(command)
+        assert reply.outcome is Outcome.SUCCEEDED and not reply.duplicate, codec
+    assert ledger_users(tmp_path)["alice"] == 10_000 - 400
+
+
+@needs_kcat
+async def test_a_record_that_cannot_be_decompressed_is_dead_lettered_undecodable_and_skipped(
+    tmp_path: Path, kafka: KafkaHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker keeps a valid snappy batch; this participant's client cannot decompress it (as if its
+    snappy library were missing): it must not stall the partition."""
+    monkeypatch.setattr(aiokafka.codec, "has_snappy", lambda: False)
+    p = await kafka.start(users_service(tmp_path, kafka))
+    before, unreadable, after = (debit(p, kafka, price=price) for price in (100, 200, 400))
+    await kafka.send(before, p.command_topic)
+    assert (await kafka.reply_to(before)).outcome is Outcome.SUCCEEDED
+    await asyncio.to_thread(
+        kcat_produce, kafka.bootstrap_servers, p.command_topic, "snappy", encode_command(unreadable)
+    )
+    await kafka.send(after, p.command_topic)
+
+    assert (await kafka.reply_to(after)).outcome is Outcome.SUCCEEDED
+    (dead,) = await kafka.read_topic(p.dead_letter_topic, 1)
+    headers = headers_of(dead)
+    assert headers[DLQ_REASON] == "Undecodable" and headers[DLQ_SOURCE] == p.name
+    assert (headers[DLQ_ORIGINAL_TOPIC], headers[DLQ_ORIGINAL_OFFSET]) == (p.command_topic, "1")
+    assert "snappy" in headers["dlq_detail"] and dead.value == b""
+    assert ledger_users(tmp_path)["alice"] == 10_000 - 500  # the unreadable debit applied nothing
+    assert not [r for r in kafka.replies if r.idempotency_key == unreadable.idempotency_key]
+    assert p.metrics.value("saga_participant_malformed_messages_total", reason="Undecodable") == 1

@@ -244,7 +244,7 @@ async def test_the_knob_for_another_participant_is_not_ours(tmp_path: Path) -> N
 
 async def test_checks_name_what_cannot_be_processed(tmp_path: Path) -> None:
     """Commands the participant refuses before the inbox are answered at once (an action `failed`, a
-    compensation `error`) and apply nothing; one with an unusable reply topic cannot be answered."""
+    compensation `error`) and apply nothing; one naming an untrusted reply topic is not answered at all."""
     p = participant(tmp_path)
     good = make_command(action="do", step="one")
 
@@ -261,10 +261,90 @@ async def test_checks_name_what_cannot_be_processed(tmp_path: Path) -> None:
         wrong_key = make_command(action="do", step="one", key="someone/else")
         assert await refused(wrong_key) == (Outcome.FAILED, "IdempotencyKeyMismatch")
         assert await refused(make_command(action="do", step="two"), b"another-saga") == (Outcome.FAILED, "KeyMismatch")
+        for topic in ("saga.replies", "saga.replies.someone-else", "no spaces"):
+            with pytest.raises(Unanswered) as unanswered:
+                await run_command(p, make_command(action="do", step="three", reply_topic=topic))
+            assert unanswered.value.reason == "UntrustedReplyTopic"
+        trusted = make_command(action="do", step="four", participant=p.name)
+        assert trusted.reply_topic == p.reply_topic == f"saga.replies.{p.name}"
+        assert (await run_command(p, trusted)).outcome is Outcome.SUCCEEDED
+    assert effects(tmp_path) == 2  # only the good ones
+
+
+async def test_the_checks_come_in_the_protocols_order(tmp_path: Path) -> None:
+    """docs/protocol.md: reply topic, record key, idempotency key, namespace, handler; the first names it."""
+    p = participant(tmp_path, allowed_namespaces=["shop"])
+    bad = make_command(action="fly", step="one", namespace="elsewhere", key="x/y", reply_topic="saga.replies.other")
+    async with p:
         with pytest.raises(Unanswered) as unanswered:
-            await run_command(p, make_command(action="do", step="three", reply_topic="no spaces"))
-        assert unanswered.value.reason == "InvalidReplyTopic"
-    assert effects(tmp_path) == 1  # only the good one
+            await run_command(p, bad, key=b"not-the-uid")
+        assert unanswered.value.reason == "UntrustedReplyTopic"
+        for changes, key, reason in [
+            ({}, b"not-the-uid", "KeyMismatch"),
+            ({}, None, "IdempotencyKeyMismatch"),
+            ({"idempotency_key": f"{bad.saga_uid}/one"}, None, "NamespaceNotAllowed"),
+            ({"idempotency_key": f"{bad.saga_uid}/one", "saga_namespace": "shop"}, None, "UnknownAction"),
+        ]:
+            command = bad.model_copy(update={"reply_topic": p.reply_topic, **changes})
+            reply = await run_command(p, command, key=key)
+            assert reply.error is not None and reply.error.reason == reason, (changes, reply)
+    assert effects(tmp_path) == 0
+
+
+async def test_a_namespace_allow_list_refuses_other_namespaces(tmp_path: Path) -> None:
+    p = participant(tmp_path, allowed_namespaces=["shop", "billing"])
+    assert p.allowed_namespaces == frozenset({"shop", "billing"})
+    async with p:
+        action = make_command(action="do", step="one", namespace="intruder")
+        refused = await run_command(p, action)
+        assert refused.outcome is Outcome.FAILED and refused.error is not None
+        assert refused.error.reason == "NamespaceNotAllowed" and "intruder" in refused.error.message
+        undo = await run_command(p, compensation_of(action, "undo"))
+        assert undo.outcome is Outcome.ERROR and undo.error is not None
+        assert undo.error.reason == "NamespaceNotAllowed"
+        for namespace in ("shop", "billing"):
+            admitted = await run_command(p, make_command(action="do", step="one", namespace=namespace))
+            assert admitted.outcome is Outcome.SUCCEEDED
+    assert effects(tmp_path) == 2
+    # Nothing was stored for the refused ones: admitted later (the list changed), the action applies.
+    everyone = participant(tmp_path, allowed_namespaces=[])
+    assert everyone.allowed_namespaces is None
+    async with everyone:
+        assert (await run_command(everyone, action)).outcome is Outcome.SUCCEEDED
+
+
+def test_the_reply_topic_and_the_allow_list_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SAGA_REPLY_TOPIC", "replies.of.things")
+    monkeypatch.setenv("SAGA_ALLOWED_NAMESPACES", "shop, billing,")
+    p = participant(tmp_path, settings=ParticipantSettings())
+    assert (p.reply_topic, p.allowed_namespaces) == ("replies.of.things", frozenset({"shop", "billing"}))
+    assert participant(tmp_path, settings=ParticipantSettings(), reply_topic="mine").reply_topic == "mine"
+    monkeypatch.setenv("SAGA_ALLOWED_NAMESPACES", "Not A Namespace")
+    with pytest.raises(ValueError, match="namespace"):
+        ParticipantSettings()
+    with pytest.raises(ValueError, match="namespace"):
+        participant(tmp_path, allowed_namespaces=["UPPER"])
+
+
+async def test_a_result_too_large_is_answered_once_and_not_retried(tmp_path: Path) -> None:
+    p = participant(tmp_path)
+    runs: list[int] = []
+
+    @p.action("big")
+    def big(tx: sqlite3.Connection, command: Command) -> dict[str, Any]:
+        runs.append(1)
+        tx.execute("INSERT INTO effects VALUES (?, ?)", (command.idempotency_key, "big"))
+        return {"blob": "x" * 20_000}
+
+    async with p:
+        command = make_command(action="big", step="one")
+        reply = roundtrip(await run_command(p, command))
+        again = await run_command(p, command)
+    assert reply.outcome is Outcome.FAILED and reply.error is not None and reply.error.reason == "ResultTooLarge"
+    assert again.duplicate and again.outcome is Outcome.FAILED
+    assert runs == [1] and effects(tmp_path) == 0
 
 
 def test_registration_rejects_duplicates_and_bad_names(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ PUBLIC = [
     "RetryPolicy",
     "SqliteStore",
 ]
-TESTING = ["FaultInjection", "Unanswered", "compensation_of", "make_command", "run_command"]
+TESTING = ["UNADDRESSED", "FaultInjection", "Unanswered", "compensation_of", "make_command", "run_command"]
 
 
 def test_the_top_level_exports_exactly_the_curated_names() -> None:
