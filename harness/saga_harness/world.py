@@ -149,8 +149,8 @@ class SagaWorld:
         }
         self.operator: Service = operator_service(run_dir, env, **settings)
         self.participants: dict[str, Service] = {
-            # The operator (still) names one reply topic for all: the participants must trust it.
-            name: participant_service(name, self.data_dir, run_dir, env, reply_topic=self.reply_topic)
+            # Each participant replies only to its own saga.replies.<name> (the default, said out loud).
+            name: participant_service(name, self.data_dir, run_dir, env, reply_topic=self.reply_topic(name))
             for name in PARTICIPANTS
         }
 
