@@ -10,6 +10,6 @@ TESTS = Path(__file__).resolve().parents[1]
 
 
 def test_every_test_module_has_a_basename_of_its_own() -> None:
-    names = Counter(path.name for path in TESTS.rglob("*.py") if path.name.startswith(("test_", "conftest")) is True)
-    clashes = {name: count for name, count in names.items() if count > 1 and name.startswith("test_")}
+    names = Counter(path.name for path in TESTS.rglob("test_*.py"))
+    clashes = {name: count for name, count in names.items() if count > 1}
     assert clashes == {}
