@@ -149,8 +149,9 @@ class SagaWorld:
         }
         self.operator: Service = operator_service(run_dir, env, **settings)
         self.participants: dict[str, Service] = {
-            # Each participant replies only to its own saga.replies.<name> (the default, said out loud).
-            name: participant_service(name, self.data_dir, run_dir, env, reply_topic=self.reply_topic(name))
+            # Each participant replies only to its trusted saga.replies.<name>: the default, which follows the
+            # name it runs under (a chaos world renames them).
+            name: participant_service(name, self.data_dir, run_dir, env)
             for name in PARTICIPANTS
         }
 
