@@ -35,6 +35,8 @@ PARTICIPANT_CRD_FILE = "saga.dev_participants.yaml"
 REGISTRATION_DIR = REPO / "manifests" / "participants" / "registration"
 POLICY_API = "MutatingAdmissionPolicy v1"
 PARTICIPANTS = ("videos", "users", "agents")
+#: A participant no process of the world serves: tests play it from outside (kcat), on its own topics.
+WIRE_PARTICIPANT = "wire"
 TERMINAL = ("Succeeded", "Compensated", "Failed", "Rejected")
 
 
@@ -140,7 +142,7 @@ class SagaWorld:
             "SAGA_STATUS_KEY_FILE": str(self.status_key_file),
             "SAGA_REPLY_DEAD_LETTER_TOPIC": self.reply_dead_letter_topic,
             "SAGA_CONSUMER_GROUP": f"saga-operator-{self.run_id}",
-            "SAGA_PARTICIPANTS": ",".join(PARTICIPANTS),
+            "SAGA_PARTICIPANTS": ",".join((*PARTICIPANTS, WIRE_PARTICIPANT)),
             "SAGA_TOPIC_PARTITIONS": "3",
             # One namespace (the caller may name another): tests that run an operator of their own in
             # another namespace are not driven by this one.

@@ -1,5 +1,6 @@
-"""Replies on the wire, from a client that is not ours: kcat (librdkafka) plays a participant the operator has
-never heard of, so the operator must start reading `saga.replies.<it>` on its first command to it.
+"""Replies on the wire, from a client that is not ours: kcat (librdkafka) plays the participant `wire`, which
+the test world lists in SAGA_PARTICIPANTS (its topics exist, the operator reads `saga.replies.wire`) and which
+no process of ours serves.
 
 - Replies compressed with gzip, snappy, lz4 and zstd are applied (one step each).
 - A record the operator's client cannot read (a header name that is not UTF-8: the broker accepts it, aiokafka
@@ -22,7 +23,7 @@ from aiokafka import AIOKafkaConsumer
 
 from saga_harness.manifests import saga_manifest
 from saga_harness.topics import read_topic
-from saga_harness.world import SagaWorld
+from saga_harness.world import WIRE_PARTICIPANT, SagaWorld
 from saga_protocol import Command, Outcome, answer, command_topic, decode_command, encode_reply, reply_topic
 from saga_testenv.kafka import run_sync
 
@@ -79,9 +80,9 @@ def test_replies_in_every_codec_from_another_client_are_applied_and_an_unreadabl
     world: SagaWorld,
 ) -> None:
     bootstrap = world.endpoints.kafka_bootstrap
-    participant = f"wire-{uuid.uuid4().hex[:8]}"
+    participant = WIRE_PARTICIPANT
     steps = [(f"step-{codec}", participant, "do", "undo") for codec in CODECS]
-    name = world.apply(saga_manifest(f"wire-{participant}", {"n": 1}, steps, timeout_seconds=120))
+    name = world.apply(saga_manifest(f"wire-{uuid.uuid4().hex[:8]}", {"n": 1}, steps, timeout_seconds=120))
     uid = world.get(name)["metadata"]["uid"]
     before = world.operator.metric("saga_operator_malformed_messages_total", reason="Undecodable")
 
@@ -111,19 +112,3 @@ def test_replies_in_every_codec_from_another_client_are_applied_and_an_unreadabl
     assert dead[0].value == b""
     assert world.operator.metric("saga_operator_malformed_messages_total", reason="Undecodable") == before + 1
     assert world.operator.metric("saga_operator_replies_pending") == 0
-
-
-def test_a_participant_named_only_by_a_saga_gets_its_reply_topic_read(world: SagaWorld) -> None:
-    """Not in SAGA_PARTICIPANTS: the operator creates and reads its reply topic on the first command to it."""
-    bootstrap = world.endpoints.kafka_bootstrap
-    participant = f"late-{uuid.uuid4().hex[:8]}"
-    name = world.apply(
-        saga_manifest(f"wire-{participant}", {}, [("only", participant, "do", "undo")], timeout_seconds=120)
-    )
-    uid = world.get(name)["metadata"]["uid"]
-    [command] = run_sync(_commands(bootstrap, command_topic(participant), uid, 1))
-    key, value, headers = _reply_record(command, participant)
-    started = time.monotonic()
-    kcat_produce(bootstrap, reply_topic(participant), key, value, headers, "zstd")
-    _wait_phase(world, name, "Succeeded", timeout=30)
-    assert time.monotonic() - started < 20
