@@ -29,7 +29,7 @@ import logging
 import struct
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -64,21 +64,6 @@ STEP_LIMIT = 500
 _NO_SAGA = ""
 
 Retry = Callable[[str, Callable[[], Awaitable[T]], tuple[type[BaseException], ...]], Awaitable[T]]
-
-
-class Record(Protocol):
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
-    @property
-    def headers(self) -> Sequence[tuple[str, bytes | None]]: ...
 
 
 class DeadLetters(Protocol):
