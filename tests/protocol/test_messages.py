@@ -182,6 +182,10 @@ def test_a_reply_without_command_id_or_with_a_result_on_failure_is_refused() -> 
         (b"NaN", "NotJson"),
         (b'{"a": 1, "a": 2}', "NotJson"),
         (b"{} {}", "NotJson"),
+        (b'{"price": 1e400}', "NotJson"),  # beyond a double: it would read as Infinity
+        (b'{"price": -1e400}', "NotJson"),
+        (b'{"a": ["\\ud800"]}', "NotJson"),  # an unpaired surrogate: no UTF-8 text carries it
+        (b'{"\\udc00": 1}', "NotJson"),
         (b"[]", "NotAnObject"),
         (b"[" * 100_000, "TooDeep"),
         (b'{"a":' * 70 + b"1" + b"}" * 70, "TooDeep"),
