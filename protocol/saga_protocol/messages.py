@@ -23,6 +23,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from saga_protocol.ids import idempotency_key
 from saga_protocol.kinds import CommandKind, Outcome
 from saga_protocol.limits import (
+    MAX_ATTEMPT,
     MAX_JSON_DEPTH,
     MAX_MESSAGE_BYTES,
     MAX_MESSAGE_LENGTH,
@@ -75,7 +76,9 @@ class Command(_Wire):
     action: str = Field(
         min_length=1, max_length=128, description="The participant's handler: the step's action or compensation."
     )
-    attempt: int = Field(ge=1, description="Counts sends of this kind for this step; the reply echoes it.")
+    attempt: int = Field(
+        ge=1, le=MAX_ATTEMPT, description="Counts sends of this kind for this step; the reply echoes it."
+    )
     idempotency_key: str = Field(alias="idempotencyKey", min_length=1, max_length=320)
     payload: dict[str, Any] = Field(default_factory=dict, description="The saga's spec.payload, unchanged.")
     reply_topic: str = Field(
@@ -113,7 +116,7 @@ class Reply(_Wire):
     saga_uid: str = Field(alias="sagaUid", min_length=1, max_length=64)
     step: str = Field(pattern=_NAME)
     kind: CommandKind
-    attempt: int = Field(ge=1, description="The attempt of the command this answers.")
+    attempt: int = Field(ge=1, le=MAX_ATTEMPT, description="The attempt of the command this answers.")
     idempotency_key: str = Field(alias="idempotencyKey", min_length=1, max_length=320)
     participant: str = Field(pattern=_NAME)
     outcome: Outcome
