@@ -85,7 +85,9 @@ class DeadLetterWriter:
 
     async def write(self, record: Record, reason: str, detail: str) -> None:
         # A null value (a tombstone, an empty message) stays null: the bytes are the original's, unchanged.
-        value = record.value
+        # Without a key too, zero bytes: a producer refuses a record with neither (aiokafka asserts), and
+        # the write would fail for ever, stalling the partition behind it.
+        value = b"" if record.value is None and record.key is None else record.value
         headers = dead_letter_headers(record, reason, detail, self.source)
 
         async def send() -> None:

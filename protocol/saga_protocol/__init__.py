@@ -16,6 +16,7 @@ from saga_protocol.checks import (
 from saga_protocol.ids import COMMAND_ID_NAMESPACE, command_id, idempotency_key
 from saga_protocol.kinds import CommandKind, Outcome
 from saga_protocol.limits import (
+    MAX_ATTEMPT,
     MAX_JSON_DEPTH,
     MAX_MESSAGE_BYTES,
     MAX_PAYLOAD_BYTES,
@@ -66,6 +67,7 @@ __all__ = [
     "CONTENT_TYPE",
     "DEAD_LETTER_PARTITIONS",
     "DEFAULT_PARTITIONS",
+    "MAX_ATTEMPT",
     "MAX_JSON_DEPTH",
     "MAX_MESSAGE_BYTES",
     "MAX_PAYLOAD_BYTES",

@@ -27,6 +27,10 @@ MAX_RESULT_BYTES: Final = 16 * 1024
 MAX_RESULT_DEPTH: Final = 32
 #: All step results of one saga together, as the operator records them in the Saga's status.
 MAX_SAGA_RESULTS_BYTES: Final = 256 * 1024
+#: A command's (and so a reply's) `attempt`, at most: 2^31-1, so that every reader (a Go int32 or int64,
+#: a Java int, Python's unbounded int) reads the same range. The operator sends far fewer (its retry and
+#: compensation limits), so no conforming message is near it.
+MAX_ATTEMPT: Final = 2**31 - 1
 #: A reply's error.reason and error.message, at most (characters).
 MAX_REASON_LENGTH: Final = 128
 MAX_MESSAGE_LENGTH: Final = 4096

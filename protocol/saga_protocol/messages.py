@@ -12,6 +12,7 @@ version), but refuse known fields of the wrong JSON type (no coercion: `"1"` is 
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from saga_protocol.ids import idempotency_key
 from saga_protocol.kinds import CommandKind, Outcome
 from saga_protocol.limits import (
+    MAX_ATTEMPT,
     MAX_JSON_DEPTH,
     MAX_MESSAGE_BYTES,
     MAX_MESSAGE_LENGTH,
@@ -74,7 +76,9 @@ class Command(_Wire):
     action: str = Field(
         min_length=1, max_length=128, description="The participant's handler: the step's action or compensation."
     )
-    attempt: int = Field(ge=1, description="Counts sends of this kind for this step; the reply echoes it.")
+    attempt: int = Field(
+        ge=1, le=MAX_ATTEMPT, description="Counts sends of this kind for this step; the reply echoes it."
+    )
     idempotency_key: str = Field(alias="idempotencyKey", min_length=1, max_length=320)
     payload: dict[str, Any] = Field(default_factory=dict, description="The saga's spec.payload, unchanged.")
     reply_topic: str = Field(
@@ -112,7 +116,7 @@ class Reply(_Wire):
     saga_uid: str = Field(alias="sagaUid", min_length=1, max_length=64)
     step: str = Field(pattern=_NAME)
     kind: CommandKind
-    attempt: int = Field(ge=1, description="The attempt of the command this answers.")
+    attempt: int = Field(ge=1, le=MAX_ATTEMPT, description="The attempt of the command this answers.")
     idempotency_key: str = Field(alias="idempotencyKey", min_length=1, max_length=320)
     participant: str = Field(pattern=_NAME)
     outcome: Outcome
@@ -229,6 +233,33 @@ def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return body
 
 
+def _finite_number(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        # 1e400 parses as Infinity, which no reader can carry on (and json_size could not measure).
+        raise ValueError(f"the number {text[:40]} is beyond a double's range")
+    return number
+
+
+def _unpaired_surrogate(body: Any) -> str | None:
+    """A string (or key) of `body` holding an unpaired surrogate escape (`"\\ud800"`): no UTF-8 text can
+    carry it. Iterative, as `nested_deeper_than`: it runs before the depth check."""
+    pending: list[Any] = [body]
+    while pending:
+        node = pending.pop()
+        texts = [node] if isinstance(node, str) else list(node) if isinstance(node, dict) else []
+        for text in texts:
+            try:
+                text.encode()
+            except UnicodeEncodeError:
+                return f"the string {text[:40]!r} holds an unpaired surrogate"
+        if isinstance(node, dict):
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return None
+
+
 def header(headers: WireHeaders | None, name: str) -> bytes | None:
     """The first value of header `name` (None when absent or null)."""
     return next((raw for key, raw in headers or () if key == name), None)
@@ -248,12 +279,18 @@ def _load(value: bytes | None, headers: WireHeaders | None, expected_type: str) 
             raise DecodeError("WrongType", f"ce_type is {ce_type!r}, expected {expected_type!r}")
     try:
         body = json.loads(
-            value.decode("utf-8"), parse_constant=_refuse_constant, object_pairs_hook=_refuse_repeated_keys
+            value.decode("utf-8"),
+            parse_constant=_refuse_constant,
+            parse_float=_finite_number,
+            object_pairs_hook=_refuse_repeated_keys,
         )
     except RecursionError:
         raise DecodeError("TooDeep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise DecodeError("NotJson", str(exc)) from None
+    surrogate = _unpaired_surrogate(body)
+    if surrogate is not None:
+        raise DecodeError("NotJson", surrogate)
     if not isinstance(body, dict):
         raise DecodeError("NotAnObject", f"the body is a JSON {type(body).__name__}")
     if nested_deeper_than(body, MAX_JSON_DEPTH):

@@ -59,7 +59,8 @@ REASONS: Final[tuple[Reason, ...]] = (
         "both",
         "dead-lettered",
         "none",
-        "The value is not one UTF-8 JSON text (RFC 8259): also NaN or Infinity, a repeated key, trailing bytes.",
+        "The value is not one UTF-8 JSON text (RFC 8259): also NaN or Infinity, a number beyond a double's "
+        "range (`1e400`), an unpaired surrogate escape (`\\ud800`), a repeated key, trailing bytes.",
     ),
     Reason("NotAnObject", "both", "dead-lettered", "none", "The value is JSON but not an object."),
     Reason(

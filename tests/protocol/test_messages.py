@@ -11,6 +11,7 @@ from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
 from saga_protocol import (
     COMMAND_TYPE,
+    MAX_ATTEMPT,
     MAX_PAYLOAD_BYTES,
     MAX_PAYLOAD_DEPTH,
     MAX_RESULT_BYTES,
@@ -145,6 +146,11 @@ def test_readers_ignore_unknown_fields_and_accept_any_offset() -> None:
         ("sentAt", 1767225600),
         ("sentAt", "2026-01-01T00:00:00"),  # no offset
         ("payload", []),
+        ("payload", None),  # OPTIONAL means absent, not null
+        ("payload", "x"),
+        ("sagaName", None),  # a null field is the wrong type, not a missing one
+        ("attempt", 0),
+        ("attempt", 2**31),  # above MAX_ATTEMPT
     ],
 )
 def test_known_fields_of_the_wrong_type_are_refused(field: str, value: Any) -> None:
@@ -160,6 +166,32 @@ def test_python_field_names_are_not_wire_names() -> None:
     body["saga_uid"] = body.pop("sagaUid")
     with pytest.raises(DecodeError, match="sagaUid"):
         decode_command(json.dumps(body).encode())
+
+
+def test_field_names_match_exactly_and_a_differently_cased_one_is_an_unknown_field() -> None:
+    body = body_of(command())
+    body["SAGAUID"] = "someone-else"  # ignored, as any unknown field
+    assert decode_command(json.dumps(body).encode()).saga_uid == UID
+    body["SAGAUID"] = body.pop("sagaUid")
+    with pytest.raises(DecodeError, match="sagaUid"):
+        decode_command(json.dumps(body).encode())
+
+
+def test_the_attempt_bound_and_an_absent_payload() -> None:
+    body = body_of(command(attempt=MAX_ATTEMPT))
+    assert decode_command(json.dumps(body).encode()).attempt == 2**31 - 1
+    del body["payload"]
+    assert decode_command(json.dumps(body).encode()).payload == {}
+
+
+def test_every_ce_type_header_counts_and_header_names_are_exact() -> None:
+    _, value, headers = encode_command(command())
+    for extra in [("ce_type", b"dev.saga.command.v1"), ("ce_type", None)]:
+        with pytest.raises(DecodeError) as caught:
+            decode_command(value, [*headers, extra])
+        assert caught.value.reason == "WrongType"
+    assert decode_command(value, [*headers, ("ce_type", COMMAND_TYPE.encode())]).attempt == 1
+    assert decode_command(value, [*headers, ("CE_TYPE", b"anything")]).attempt == 1  # another header
 
 
 def test_a_reply_without_command_id_or_with_a_result_on_failure_is_refused() -> None:
@@ -182,6 +214,10 @@ def test_a_reply_without_command_id_or_with_a_result_on_failure_is_refused() -> 
         (b"NaN", "NotJson"),
         (b'{"a": 1, "a": 2}', "NotJson"),
         (b"{} {}", "NotJson"),
+        (b'{"price": 1e400}', "NotJson"),  # beyond a double: it would read as Infinity
+        (b'{"price": -1e400}', "NotJson"),
+        (b'{"a": ["\\ud800"]}', "NotJson"),  # an unpaired surrogate: no UTF-8 text carries it
+        (b'{"\\udc00": 1}', "NotJson"),
         (b"[]", "NotAnObject"),
         (b"[" * 100_000, "TooDeep"),
         (b'{"a":' * 70 + b"1" + b"}" * 70, "TooDeep"),

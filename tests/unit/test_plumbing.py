@@ -175,3 +175,13 @@ async def test_a_dead_letter_keeps_a_null_value_null() -> None:
     (_, value, headers) = producer.sent[-1]
     assert value is None
     assert headers is not None and dict(headers)[DLQ_REASON] == b"EmptyMessage"
+
+
+async def test_a_dead_letter_without_key_or_value_gets_zero_bytes() -> None:
+    """A producer refuses a record with neither key nor value: the dead letter of one has zero bytes."""
+    producer = _TooLargeOnce()
+    await DeadLetterWriter(producer, "saga.commands.users.dlq", "users").write(
+        _Record(key=None, value=None), "EmptyMessage", "the message has no value"
+    )
+    (_, value, _) = producer.sent[-1]
+    assert value == b""
