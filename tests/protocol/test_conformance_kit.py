@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kit_support import run_kit
 
 from saga_conformance.rules import RULES
 
@@ -23,8 +24,6 @@ pytestmark = pytest.mark.stack
 PAYLOAD = {"buyer": "alice", "video": "v-kit", "price": 100, "agent": "bob-agency"}
 FAILING = {"buyer": "dave", "video": "v-kit", "price": 100, "agent": "bob-agency"}  # dave has 0 cents
 
-#: Rules the SDK does not meet (strict xfails naming the missing feature): none today.
-MISSING_IN_TODAYS_SDK: dict[str, str] = {}
 #: The kit's commands come from NAMESPACE; the participant admits only it, so FOREIGN is refused.
 NAMESPACE, FOREIGN = "conformance", "conformance-foreign"
 
@@ -71,19 +70,11 @@ def verdicts(protocol_kafka: str, tmp_path_factory: pytest.TempPathFactory) -> d
         "--json",
         str(report),
     ]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=540)
-    print(done.stdout)
-    assert done.returncode in (0, 1), f"the kit could not run ({done.returncode}):\n{done.stderr[-4000:]}"
-    assert done.returncode == (1 if '"fail"' in report.read_text() else 0)
-    return {v["rule"]: v for v in json.loads(report.read_text())}
+    found: dict[str, dict[str, Any]] = run_kit(argv, report)
+    return found
 
 
-def _case(rule: str) -> Any:
-    reason = MISSING_IN_TODAYS_SDK.get(rule)
-    return pytest.param(rule, marks=pytest.mark.xfail(strict=True, reason=reason)) if reason else rule
-
-
-@pytest.mark.parametrize("rule", [_case(rule.name) for rule in RULES])
+@pytest.mark.parametrize("rule", [rule.name for rule in RULES])
 def test_the_python_participant_meets_the_rule(rule: str, verdicts: dict[str, dict[str, Any]]) -> None:
     verdict = verdicts[rule]
     assert verdict["status"] == "pass", f"{rule}: {verdict['status']}: {verdict['detail']}"
