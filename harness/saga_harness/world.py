@@ -19,8 +19,10 @@ from typing import Any
 
 import yaml
 
+from saga_testenv import Acl, TopicSpec, run_sync
 from saga_testenv.stack import StackEndpoints
 
+from . import kafka_access
 from .manifests import buy_video_saga
 from .services import Service, operator_service, participant_service
 
@@ -92,21 +94,71 @@ class SagaWorld:
         self.data_dir = run_dir / "data"
         self.run_id = uuid.uuid4().hex[:8]
         self.reply_topic = f"saga.replies.{self.run_id}"
-        env = endpoints.env()
+        self.consumer_group = f"saga-operator-{self.run_id}"
         settings = {
             "SAGA_REPLY_TOPIC": self.reply_topic,
-            "SAGA_CONSUMER_GROUP": f"saga-operator-{self.run_id}",
+            "SAGA_CONSUMER_GROUP": self.consumer_group,
             "SAGA_PARTICIPANTS": ",".join(PARTICIPANTS),
             "SAGA_TOPIC_PARTITIONS": "3",
             # One namespace (the caller may name another): tests that run an operator of their own in
             # another namespace are not driven by this one.
             "SAGA_NAMESPACE": "default",
+            # The topics are the admin's to create (create_topics, before anything starts).
+            "SAGA_CREATE_TOPICS": "false",
             **(operator_env or {}),
         }
-        self.operator: Service = operator_service(run_dir, env, **settings)
+        self.operator: Service = operator_service(run_dir, self._env(kafka_access.OPERATOR), **settings)
         self.participants: dict[str, Service] = {
-            name: participant_service(name, self.data_dir, run_dir, env) for name in PARTICIPANTS
+            name: participant_service(
+                name,
+                self.data_dir,
+                run_dir,
+                {**self._env(kafka_access.participant_principal(name)), "SAGA_CREATE_TOPICS": "false"},
+            )
+            for name in PARTICIPANTS
         }
+
+    # ---- Kafka: principals, ACLs, topics ------------------------------------------------------
+
+    def _env(self, principal: str) -> dict[str, str]:
+        """The stack's variables with ``principal``'s KAFKA_* (a principal the stack lacks yet is made by
+        ``provision_kafka``: its password file is read when the process starts)."""
+        return kafka_access.service_env(self.endpoints, principal)
+
+    def reply_topics_of(self, participant: str) -> list[str]:
+        """Where a participant of this world replies: the operator's reply topic of this world."""
+        return [self.reply_topic]
+
+    @property
+    def reply_dead_letter_topics(self) -> list[str]:
+        return [f"{self.reply_topic}.dlq"]
+
+    def kafka_topics(self) -> list[TopicSpec]:
+        """Every topic this world's processes use, created by the admin before they start."""
+        partitions = int(self.operator.env.get("SAGA_TOPIC_PARTITIONS", "3"))
+        topics = [TopicSpec(t, partitions) for p in PARTICIPANTS for t in [f"saga.commands.{p}"]]
+        topics += [TopicSpec(f"saga.commands.{p}.dlq", 1) for p in PARTICIPANTS]
+        topics += [TopicSpec(t, partitions) for p in PARTICIPANTS for t in self.reply_topics_of(p)]
+        topics += [TopicSpec(t, 1) for t in self.reply_dead_letter_topics]
+        return list({t.name: t for t in topics}.values())
+
+    def kafka_grants(self) -> dict[str, list[Acl]]:
+        """docs/operations.md's ACL table for this world's principals."""
+        grants = {
+            kafka_access.OPERATOR: kafka_access.operator_acls(
+                group=self.consumer_group, reply_dead_letter_topics=self.reply_dead_letter_topics
+            )
+        }
+        for name in PARTICIPANTS:
+            grants[kafka_access.participant_principal(name)] = kafka_access.participant_acls(
+                name, reply_topics=self.reply_topics_of(name)
+            )
+        return grants
+
+    def provision_kafka(self) -> None:
+        """As the admin: the principals, their ACLs, the topics."""
+        kafka_access.provision(self.endpoints, self.kafka_grants())
+        run_sync(kafka_access.create_topics(self.endpoints, self.kafka_topics()))
 
     # ---- life cycle ---------------------------------------------------------------------------
 
@@ -124,6 +176,7 @@ class SagaWorld:
     def start(self) -> SagaWorld:
         self.install_crd()
         self.seed()
+        self.provision_kafka()
         for service in self.participants.values():
             service.start(wait=False)
         self.operator.start(wait=False)

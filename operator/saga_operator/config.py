@@ -40,10 +40,18 @@ class Settings(BaseSettings):
     consumer_group: str = Field(default="saga-operator", description="The reply consumer's group.")
     participants: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
-        description="Comma-separated participant names whose command topics are created at start-up "
-        "(the others are created on first use).",
+        description="Comma-separated participant names whose command topics are created at start-up with "
+        "SAGA_CREATE_TOPICS (the others are created on first use).",
     )
-    topic_partitions: int = Field(default=6, ge=1, description="Partitions of the topics the operator creates.")
+    create_topics: bool = Field(
+        default=False,
+        description="`true`: create the reply topic, its dead-letter topic and the command topics at start-up and "
+        "on first use (a development broker; the principal then needs Create). Off: an admin creates them "
+        "beforehand (the Job `kafka-topics`), and the operator needs no right to create topics.",
+    )
+    topic_partitions: int = Field(
+        default=6, ge=1, description="Partitions of the topics the operator creates (with SAGA_CREATE_TOPICS)."
+    )
     topic_replication_factor: int = Field(
         default=1, ge=1, description="Their replication factor (3 on a real Kafka cluster)."
     )

@@ -106,14 +106,15 @@ class OperatorApp:
             lambda: check_authentication(brokers),
             TRANSIENT_KAFKA_ERRORS,
         )
-        await self._step("creating the Kafka topics", self._ensure_base_topics, TRANSIENT_KAFKA_ERRORS)
+        if settings.create_topics:
+            await self._step("creating the Kafka topics", self._ensure_base_topics, TRANSIENT_KAFKA_ERRORS)
         producer = self._producer = kafka.new_producer(brokers)
         await self._step("starting the Kafka producer", producer.start, TRANSIENT_KAFKA_ERRORS)
         self._dead_letters = DeadLetterWriter(producer, self._dlq, source="saga-operator")
         self.coordinator = Coordinator(
             self._kube,
             self._send,
-            self._ensure_topics,
+            self._ensure_topics if settings.create_topics else _topics_exist,
             self.metrics,
             settings.reply_topic,
             settings.max_backoff_seconds,
@@ -209,6 +210,7 @@ class OperatorApp:
         await self._ensure_topics(names)
 
     async def _ensure_topics(self, names: list[str]) -> None:
+        """Create the topics that are missing (SAGA_CREATE_TOPICS only)."""
         settings = self.settings
         topics = [TopicSpec(n, settings.topic_partitions, settings.topic_replication_factor) for n in names]
         await ensure_topics(settings.kafka, topics, client_id=kafka.client_id(settings.kafka))
@@ -315,3 +317,8 @@ def _log_end(task: asyncio.Task[Any]) -> None:
         return
     exc = task.exception()
     log.error("%s stopped: %s", task.get_name(), f"{type(exc).__name__}: {exc}" if exc else "returned", exc_info=exc)
+
+
+async def _topics_exist(names: list[str]) -> None:
+    """Without SAGA_CREATE_TOPICS an admin has created every topic: a command to a participant whose topic
+    is missing fails at the send and is retried by the step's timeout, like a broker that is away."""
