@@ -95,6 +95,9 @@ class SagaWorld:
         self.run_id = uuid.uuid4().hex[:8]
         self.reply_topic = f"saga.replies.{self.run_id}"
         self.consumer_group = f"saga-operator-{self.run_id}"
+        # The name each participant service runs under (a chaos world gives them names of their own); its
+        # principal is saga-participant-<service> whatever the name.
+        self.participant_names: dict[str, str] = {service: service for service in PARTICIPANTS}
         settings = {
             "SAGA_REPLY_TOPIC": self.reply_topic,
             "SAGA_CONSUMER_GROUP": self.consumer_group,
@@ -136,9 +139,10 @@ class SagaWorld:
     def kafka_topics(self) -> list[TopicSpec]:
         """Every topic this world's processes use, created by the admin before they start."""
         partitions = int(self.operator.env.get("SAGA_TOPIC_PARTITIONS", "3"))
-        topics = [TopicSpec(t, partitions) for p in PARTICIPANTS for t in [f"saga.commands.{p}"]]
-        topics += [TopicSpec(f"saga.commands.{p}.dlq", 1) for p in PARTICIPANTS]
-        topics += [TopicSpec(t, partitions) for p in PARTICIPANTS for t in self.reply_topics_of(p)]
+        names = self.participant_names.values()
+        topics = [TopicSpec(f"saga.commands.{p}", partitions) for p in names]
+        topics += [TopicSpec(f"saga.commands.{p}.dlq", 1) for p in names]
+        topics += [TopicSpec(t, partitions) for p in names for t in self.reply_topics_of(p)]
         topics += [TopicSpec(t, 1) for t in self.reply_dead_letter_topics]
         return list({t.name: t for t in topics}.values())
 
@@ -149,8 +153,8 @@ class SagaWorld:
                 group=self.consumer_group, reply_dead_letter_topics=self.reply_dead_letter_topics
             )
         }
-        for name in PARTICIPANTS:
-            grants[kafka_access.participant_principal(name)] = kafka_access.participant_acls(
+        for service, name in self.participant_names.items():
+            grants[kafka_access.participant_principal(service)] = kafka_access.participant_acls(
                 name, reply_topics=self.reply_topics_of(name)
             )
         return grants
