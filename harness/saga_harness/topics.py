@@ -7,20 +7,29 @@ topics and its drain before the audit, the benchmark's timings from the messages
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+
+#: Where and as whom the readers connect: a bootstrap ("host:port", no authentication) or aiokafka's
+#: client settings with ``bootstrap_servers`` (``kafka_access.client_options(endpoints)``: the admin).
+KafkaClient = str | Mapping[str, Any]
+
+
+def options(kafka: KafkaClient) -> dict[str, Any]:
+    """aiokafka keyword arguments for ``kafka``."""
+    return {"bootstrap_servers": kafka} if isinstance(kafka, str) else dict(kafka)
 
 
 class TopicError(RuntimeError):
     """A topic cannot be described, or reading it back takes too long."""
 
 
-async def partitions_of(bootstrap: str, topics: Sequence[str]) -> list[TopicPartition]:
+async def partitions_of(kafka: KafkaClient, topics: Sequence[str]) -> list[TopicPartition]:
     """Every partition of `topics` (which must exist), from a Metadata request."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**options(kafka))
     await admin.start()
     try:
         described = await admin.describe_topics(list(topics))
@@ -34,13 +43,13 @@ async def partitions_of(bootstrap: str, topics: Sequence[str]) -> list[TopicPart
     return sorted(out)
 
 
-async def read_records(bootstrap: str, topics: Sequence[str], *, patience: float | None = 60.0) -> list[Any]:
+async def read_records(kafka: KafkaClient, topics: Sequence[str], *, patience: float | None = 60.0) -> list[Any]:
     """Every record of `topics` from the beginning up to their end offsets now (no consumer group).
     `patience`: seconds before giving up with TopicError (None: no limit)."""
-    tps = await partitions_of(bootstrap, topics)
+    tps = await partitions_of(kafka, topics)
     if not tps:
         return []
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**options(kafka), enable_auto_commit=False)
     await consumer.start()
     try:
         consumer.assign(tps)
@@ -61,16 +70,16 @@ async def read_records(bootstrap: str, topics: Sequence[str], *, patience: float
         await consumer.stop()
 
 
-async def read_topic(bootstrap: str, topic: str, patience: float = 60.0) -> list[Any]:
+async def read_topic(kafka: KafkaClient, topic: str, patience: float = 60.0) -> list[Any]:
     """Every record of `topic` from the beginning up to its end offsets now (no consumer group)."""
-    return await read_records(bootstrap, [topic], patience=patience)
+    return await read_records(kafka, [topic], patience=patience)
 
 
-async def group_lag(bootstrap: str, group: str, topics: Sequence[str]) -> int:
+async def group_lag(kafka: KafkaClient, group: str, topics: Sequence[str]) -> int:
     """Records on `topics` that `group` has not committed yet (a group that never committed: all)."""
-    tps = await partitions_of(bootstrap, topics)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    tps = await partitions_of(kafka, topics)
+    consumer = AIOKafkaConsumer(**options(kafka), enable_auto_commit=False)
+    admin = AIOKafkaAdminClient(**options(kafka))
     await consumer.start()
     await admin.start()
     try:

@@ -20,9 +20,11 @@ from typing import Any
 
 import yaml
 
-from saga_protocol import REPLY_DEAD_LETTER_TOPIC, reply_topic
+from saga_protocol import REPLY_DEAD_LETTER_TOPIC, command_topic, reply_topic
+from saga_testenv import Acl, TopicSpec, run_sync
 from saga_testenv.stack import StackEndpoints
 
+from . import kafka_access
 from .manifests import buy_video_saga
 from .services import Service, operator_service, participant_service
 
@@ -127,11 +129,13 @@ class SagaWorld:
         self.run_dir = run_dir
         self.data_dir = run_dir / "data"
         self.run_id = uuid.uuid4().hex[:8]
-        # Participants reply on saga.replies.<name>, which the operator creates for SAGA_PARTICIPANTS. Its
-        # dead-letter topic is this world's own (saga.replies.dlq in a cluster), so that worlds sharing a
-        # broker do not read each other's dead letters.
+        # Participants reply on saga.replies.<name>. The replies' dead-letter topic is this world's own
+        # (saga.replies.dlq in a cluster), so that worlds sharing a broker do not read each other's dead letters.
         self.reply_dead_letter_topic = f"{REPLY_DEAD_LETTER_TOPIC}.{self.run_id}"
-        env = endpoints.env()
+        self.consumer_group = f"saga-operator-{self.run_id}"
+        # The name each participant service runs under (a chaos world gives them names of their own); its
+        # principal is saga-participant-<name>.
+        self.participant_names: dict[str, str] = {service: service for service in PARTICIPANTS}
         # The status digest's key, as a mounted Secret would give it: every status the operator writes is signed.
         run_dir.mkdir(parents=True, exist_ok=True)
         self.status_key_file = run_dir / "status-key"
@@ -141,21 +145,33 @@ class SagaWorld:
         settings = {
             "SAGA_STATUS_KEY_FILE": str(self.status_key_file),
             "SAGA_REPLY_DEAD_LETTER_TOPIC": self.reply_dead_letter_topic,
-            "SAGA_CONSUMER_GROUP": f"saga-operator-{self.run_id}",
+            "SAGA_CONSUMER_GROUP": self.consumer_group,
             "SAGA_PARTICIPANTS": ",".join((*PARTICIPANTS, WIRE_PARTICIPANT)),
             "SAGA_TOPIC_PARTITIONS": "3",
             # One namespace (the caller may name another): tests that run an operator of their own in
             # another namespace are not driven by this one.
             "SAGA_NAMESPACE": "default",
+            # The topics are the admin's to create (create_topics, before anything starts).
+            "SAGA_CREATE_TOPICS": "false",
             **(operator_env or {}),
         }
-        self.operator: Service = operator_service(run_dir, env, **settings)
+        self.operator: Service = operator_service(run_dir, self._env(kafka_access.OPERATOR), **settings)
         self.participants: dict[str, Service] = {
-            # Each participant replies only to its trusted saga.replies.<name>: the default, which follows the
-            # name it runs under (a chaos world renames them).
-            name: participant_service(name, self.data_dir, run_dir, env)
+            name: participant_service(
+                name,
+                self.data_dir,
+                run_dir,
+                {**self._env(kafka_access.participant_principal(name)), "SAGA_CREATE_TOPICS": "false"},
+            )
             for name in PARTICIPANTS
         }
+
+    # ---- Kafka: principals, ACLs, topics ------------------------------------------------------
+
+    def _env(self, principal: str) -> dict[str, str]:
+        """The stack's variables with ``principal``'s KAFKA_* (a principal the stack lacks yet is made by
+        ``provision_kafka``: its password file is read when the process starts)."""
+        return kafka_access.service_env(self.endpoints, principal)
 
     def reply_topic(self, participant: str) -> str:
         """Where a participant of this world replies (the name it runs under)."""
@@ -163,7 +179,48 @@ class SagaWorld:
 
     @property
     def reply_topics(self) -> list[str]:
-        return [reply_topic(name) for name in PARTICIPANTS]
+        return [reply_topic(name) for name in self.participant_names.values()]
+
+    def reply_topics_of(self, participant: str) -> list[str]:
+        """The topics participant ``participant`` may write its replies to: its trusted one."""
+        return [reply_topic(participant)]
+
+    @property
+    def reply_dead_letter_topics(self) -> list[str]:
+        return [self.reply_dead_letter_topic]
+
+    def operator_participants(self) -> list[str]:
+        """SAGA_PARTICIPANTS of the operator: the served participants and any played from outside."""
+        listed = self.operator.env.get("SAGA_PARTICIPANTS", "")
+        return list(dict.fromkeys([*self.participant_names.values(), *(n for n in listed.split(",") if n)]))
+
+    def kafka_topics(self) -> list[TopicSpec]:
+        """Every topic this world's processes use, created by the admin before they start."""
+        partitions = int(self.operator.env.get("SAGA_TOPIC_PARTITIONS", "3"))
+        names = self.operator_participants()
+        topics = [TopicSpec(command_topic(p), partitions) for p in names]
+        topics += [TopicSpec(f"{command_topic(p)}.dlq", 1) for p in names]
+        topics += [TopicSpec(t, partitions) for p in names for t in self.reply_topics_of(p)]
+        topics += [TopicSpec(t, 1) for t in self.reply_dead_letter_topics]
+        return list({t.name: t for t in topics}.values())
+
+    def kafka_grants(self) -> dict[str, list[Acl]]:
+        """docs/operations.md's ACL table for this world's principals."""
+        grants = {
+            kafka_access.OPERATOR: kafka_access.operator_acls(
+                group=self.consumer_group, reply_dead_letter_topics=self.reply_dead_letter_topics
+            )
+        }
+        for service, name in self.participant_names.items():
+            grants[kafka_access.participant_principal(service)] = kafka_access.participant_acls(
+                name, reply_topics=self.reply_topics_of(name)
+            )
+        return grants
+
+    def provision_kafka(self) -> None:
+        """As the admin: the principals, their ACLs, the topics."""
+        kafka_access.provision(self.endpoints, self.kafka_grants())
+        run_sync(kafka_access.create_topics(self.endpoints, self.kafka_topics()))
 
     # ---- life cycle ---------------------------------------------------------------------------
 
@@ -181,6 +238,7 @@ class SagaWorld:
     def start(self) -> SagaWorld:
         self.install_crd()
         self.seed()
+        self.provision_kafka()
         for service in self.participants.values():
             service.start(wait=False)
         self.operator.start(wait=False)

@@ -42,9 +42,9 @@ class Settings(BaseSettings):
     consumer_group: str = Field(default="saga-operator", description="The reply consumer's group.")
     participants: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
-        description="Comma-separated participant names whose command and reply topics are created, and whose "
-        "reply topics are read, from start-up. When set, these are the only participants: a saga naming another "
-        "is refused (phase Rejected, reason UnknownParticipant). Empty: any name goes, its topics used from its "
+        description="Comma-separated participant names whose command and reply topics are read (and, with "
+        "SAGA_CREATE_TOPICS, created) from start-up. When set, these are the only participants: a saga naming another "
+        "is refused (phase Rejected, reason UnknownParticipant). Empty: any name goes, its reply topic read from its "
         "first command.",
     )
     reply_stall_seconds: float = Field(
@@ -53,7 +53,15 @@ class Settings(BaseSettings):
         description="A reply read but not applied for this long (its saga's status writes hang or fail) makes "
         "`/readyz` answer 503; `saga_operator_reply_lag_seconds` says how long the oldest one has waited.",
     )
-    topic_partitions: int = Field(default=6, ge=1, description="Partitions of the topics the operator creates.")
+    create_topics: bool = Field(
+        default=False,
+        description="`true`: create the dead-letter topic and each participant's command and reply topics at "
+        "start-up and on first use (a development broker; the principal then needs Create). Off: an admin creates "
+        "them beforehand (the Job `kafka-topics`), and the operator needs no right to create topics.",
+    )
+    topic_partitions: int = Field(
+        default=6, ge=1, description="Partitions of the topics the operator creates (with SAGA_CREATE_TOPICS)."
+    )
     topic_replication_factor: int = Field(
         default=1, ge=1, description="Their replication factor (3 on a real Kafka cluster)."
     )

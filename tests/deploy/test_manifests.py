@@ -276,6 +276,41 @@ def test_participants() -> None:
         assert {m["mountPath"]: m["name"] for m in seed["volumeMounts"]}[config["SAGA_DATA_DIR"]] == volume["name"]
 
 
+@pytest.mark.parametrize(
+    ("workload", "principal"),
+    [("saga-operator", "saga-operator"), *[(s, f"saga-participant-{s}") for s in SERVICES]],
+)
+def test_each_kafka_client_authenticates_as_its_own_principal(workload: str, principal: str) -> None:
+    """SASL_SSL with SCRAM-SHA-512 as the principal, its password from its Secret (made by
+    kind/kafka-secrets.sh) as a mounted file readable by the pod's group only, the broker's
+    CA from the ConfigMap kafka-ca; and no topic creation (the Job kafka-topics does that, as the admin)."""
+    docs = objects("overlays/kind")
+    spec = pod_spec(find(docs, "Deployment", workload))
+    container = next(c for c in spec["containers"] if c["name"] in ("operator", workload))
+    env = {e["name"]: e for e in container["env"]}
+    assert env["KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
+    assert env["KAFKA_SASL_MECHANISM"]["value"] == "SCRAM-SHA-512"
+    assert env["KAFKA_SASL_USERNAME"]["value"] == principal
+    assert "KAFKA_SASL_PASSWORD" not in env  # never the password itself in the environment
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    password, ca = env["KAFKA_SASL_PASSWORD_FILE"]["value"], env["KAFKA_SSL_CA_FILE"]["value"]
+    secret_mount = mounts[password.rsplit("/", 1)[0]]
+    assert secret_mount["readOnly"] is True
+    secret = volumes[secret_mount["name"]]["secret"]
+    assert secret["secretName"] == f"kafka-user-{principal}"
+    assert secret["items"] == [{"key": "password", "path": password.rsplit("/", 1)[1]}]
+    assert (
+        secret["defaultMode"] == 0o440 and spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"]
+    )
+    ca_mount = mounts[ca.rsplit("/", 1)[0]]
+    assert volumes[ca_mount["name"]]["configMap"]["name"] == "kafka-ca"
+    config = find(docs, "ConfigMap", container["envFrom"][0]["configMapRef"]["name"])["data"]
+    assert config["SAGA_CREATE_TOPICS"] == "false"
+    script = (REPO / "kind" / "kafka-secrets.sh").read_text()
+    assert "kafka-user-$principal" in script and "create configmap kafka-ca" in script
+
+
 def test_kafka() -> None:
     docs = objects("kafka")
     statefulset = find(docs, "StatefulSet", "kafka")

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from saga_harness import kafka_access
 from saga_harness.world import REPO, install_crd
 from saga_testenv import versions
 from saga_testenv.stack import Stack, StackEndpoints
@@ -28,7 +29,7 @@ from .floor import floor_kafka, floor_status_patches
 from .kube import Kube
 from .sagas import run_sagas
 from .scale import run_scale
-from .shared import STEPS, Bench
+from .shared import SAGA_PHASES, STEPS, Bench
 
 DEFAULT_OUT = REPO / "harness" / "bench-results"
 MB_IN_MIB = 1e6 / 2**20  # the issue's 250 MB, in the MiB /proc reports
@@ -55,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
         "--floor-round-trips", type=int, default=0, help="Kafka request/reply round trips (default: 3 x --sagas)"
     )
     parser.add_argument("--skip-floor", action="store_true", help="measure the operator only")
+    parser.add_argument(
+        "--kafka-security",
+        choices=("on", "off", "both"),
+        default="on",
+        help="the processes on the broker's SASL_SSL listener, each as its own principal (on, the default), "
+        "on its plaintext listener (off), or the saga phase once each way in the same run, secured first "
+        "(both: the cost of TLS and SASL per step)",
+    )
     parser.add_argument("--partitions", type=int, default=3, help="partitions of the bench's topics (default 3)")
     parser.add_argument(
         "--profile", action="store_true", help="sample the operator with py-spy (installed separately) while measuring"
@@ -70,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _endpoints(stack_dir: Path) -> tuple[StackEndpoints, Stack | None, Stack | None]:
+def _endpoints(stack_dir: Path, plaintext: bool) -> tuple[StackEndpoints, Stack | None, Stack | None]:
     """(endpoints, the stack we started or None, the local stack behind the endpoints if known)."""
     external = StackEndpoints.from_environment()
     if external is not None:
@@ -83,8 +92,27 @@ def _endpoints(stack_dir: Path) -> tuple[StackEndpoints, Stack | None, Stack | N
         _log(f"using the local stack that is up in {stack_dir}")
         return attached, None, attached
     _log("no stack named: starting a fresh local stack for this run")
-    stack = Stack(Path(tempfile.mkdtemp(prefix="saga-bench-stack-")), detached=False, log=_log).start()
+    directory = Path(tempfile.mkdtemp(prefix="saga-bench-stack-"))
+    stack = Stack(directory, detached=False, log=_log, plaintext_listener=plaintext or None).start()
     return stack, stack, stack
+
+
+def security_cost(secured: dict[str, Any], plain: dict[str, Any]) -> dict[str, Any]:
+    """The saga phase secured and plain, side by side, and secured/plain for each figure."""
+
+    def row(sagas: dict[str, Any]) -> dict[str, Any]:
+        overhead = sagas["overhead_seconds"]["reply_to_next_command"]
+        return {
+            "steps_per_second": sagas["steps_per_second"],
+            "saga_p50_seconds": sagas["latency_seconds"]["end_to_end"]["p50"],
+            "step_overhead_p50_seconds": overhead["p50"],
+            "step_overhead_p99_seconds": overhead["p99"],
+            "operator_cpu_ms_per_step": sagas["operator"]["cpu_ms_per_step"],
+        }
+
+    a, b = row(secured), row(plain)
+    ratio = {k: (round(a[k] / b[k], 3) if a[k] is not None and b[k] else None) for k in a}
+    return {"secured": a, "plain": b, "ratio_secured_to_plain": ratio}
 
 
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -184,6 +212,22 @@ def print_report(result: dict[str, Any]) -> None:
         )
         if sagas.get("apiserver_cpu_ms_per_write") is not None:
             print(f"  API server           {sagas['apiserver_cpu_ms_per_write']} CPU ms per write request")
+    cost = result.get("kafka_security_cost")
+    if cost:
+        print("Kafka security, the same saga phase both ways in this run (K, C as above)")
+        for key, label in (("secured", "SASL_SSL+SCRAM"), ("plain", "PLAINTEXT")):
+            row = cost[key]
+            print(
+                f"  {label:<15}  {row['steps_per_second']} steps/s, saga p50 {_fmt(row['saga_p50_seconds'])}s, "
+                f"overhead per step p50 {_fmt(row['step_overhead_p50_seconds'])}s "
+                f"p99 {_fmt(row['step_overhead_p99_seconds'])}s, operator {row['operator_cpu_ms_per_step']} CPU ms/step"
+            )
+        r = cost["ratio_secured_to_plain"]
+        print(
+            f"  ratio secured/plain  steps/s {_fmt(r['steps_per_second'])}, saga p50 {_fmt(r['saga_p50_seconds'])}, "
+            f"overhead p50 {_fmt(r['step_overhead_p50_seconds'])}, "
+            f"operator CPU/step {_fmt(r['operator_cpu_ms_per_step'])}"
+        )
     if floor:
         lean = floor["status_patch"]["aiohttp"]
         gen = floor["status_patch"]["kubernetes_asyncio"]
@@ -226,9 +270,17 @@ async def run(
 ) -> dict[str, Any]:
     """One whole benchmark against `endpoints`; `local` is the local stack behind them (for its pids),
     `owned` says the stack is ours alone (then nothing is cleaned up: it is about to be stopped)."""
+    modes = {"on": [True], "off": [False], "both": [True, False]}[getattr(args, "kafka_security", "on")]
     kube = await Kube.connect(endpoints.kubeconfig, connections=args.concurrency + 20)
     run_dir = Path(tempfile.mkdtemp(prefix="saga-bench-run-"))
     bench = Bench(endpoints, kube, run_dir, args.concurrency, args.partitions, _log, profile=args.profile)
+    if False in modes and bench.plaintext_bootstrap() is None:
+        await kube.close()
+        raise SystemExit("--kafka-security off/both: this broker has no plaintext listener to compare with")
+    if True in modes and not kafka_access.secured(endpoints):
+        await kube.close()
+        raise SystemExit("--kafka-security on/both: the broker's secured listener and credentials are not known")
+    bench.secured = modes[0]
     bench.roles[os.getpid()] = "bench driver"
     for record in local.records if local is not None else []:
         bench.roles[record.pid] = record.name
@@ -253,6 +305,7 @@ async def run(
             "steps_per_saga": STEPS,
             "scale_sagas": args.scale_sagas,
             "partitions": args.partitions,
+            "kafka_security": getattr(args, "kafka_security", "on"),
         },
     }
     main_operator = scale_operator = None
@@ -274,6 +327,21 @@ async def run(
             await bench.clean_namespace("main", main_operator)
         await bench.stop(main_operator)
         main_operator = None
+        if len(modes) > 1:
+            # The same phase the other way: a fresh operator and echo on the plaintext listener.
+            await bench.stop(bench.echo)
+            bench.secured = modes[1]
+            await bench.start_echo()
+            plain, main_operator = await run_sagas(bench, args.sagas, phase="plain")
+            result["sagas_plain"] = plain
+            result["kafka_security_cost"] = security_cost(sagas, plain)
+            if not owned:
+                await bench.clean_namespace("plain", main_operator)
+            await bench.stop(main_operator)
+            main_operator = None
+            await bench.stop(bench.echo)
+            bench.secured = modes[0]
+            await bench.start_echo()
         if args.scale_sagas > 0:
             scale, scale_operator = await run_scale(bench, args.scale_sagas)
             result["scale"] = scale
@@ -284,7 +352,7 @@ async def run(
         await bench.stop(scale_operator)
         await bench.stop(bench.echo)
         if not owned:
-            for phase in ("floor", "main", "scale"):
+            for phase in ("floor", *SAGA_PHASES, "scale"):
                 await bench.clean_namespace(phase, None, wait_seconds=0)
             await bench.delete_topics()
         await kube.close()
@@ -298,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sagas < 1 or args.concurrency < 1:
         print("--sagas and --concurrency must be at least 1", file=sys.stderr)
         return 2
-    endpoints, started, local = _endpoints(args.stack_dir.absolute())
+    endpoints, started, local = _endpoints(args.stack_dir.absolute(), plaintext=args.kafka_security != "on")
     try:
         result = asyncio.run(run(args, endpoints, local, owned=started is not None))
     finally:

@@ -1,7 +1,9 @@
 """A participant that answers every command at once: `succeeded`, empty result, to the command's replyTopic.
 
-    python -m saga_harness.bench.echo --bootstrap HOST:PORT --topics saga.commands.a,saga.commands.b \
-        --group GROUP --http-port PORT
+    python -m saga_harness.bench.echo --topics saga.commands.a,saga.commands.b --group GROUP --http-port PORT
+
+It connects like the operator and the SDK: saga_plumbing's KafkaSettings from the `KAFKA_*` variables
+(security included; `--bootstrap` overrides KAFKA_BOOTSTRAP_SERVERS).
 
 Built on raw aiokafka and the protocol models (docs/protocol.md), not on the participant SDK: the SDK
 handles one record at a time through SQLite, which is right for money and wrong for a benchmark whose
@@ -25,6 +27,7 @@ from typing import Any
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from saga_plumbing import KafkaSettings
 from saga_protocol import DecodeError, Outcome, answer, decode_command, encode_reply
 
 log = logging.getLogger("saga_bench_echo")
@@ -36,17 +39,17 @@ def participant_of(topic: str) -> str:
 
 
 class Echo:
-    def __init__(self, bootstrap: str, topics: list[str], group: str) -> None:
+    def __init__(self, kafka: KafkaSettings, topics: list[str], group: str) -> None:
         self.topics = topics
         self.consumer = AIOKafkaConsumer(
             *topics,
-            bootstrap_servers=bootstrap,
+            **kafka.client_options("saga-bench-echo"),
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=1000,
         )
-        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+        self.producer = AIOKafkaProducer(**kafka.client_options("saga-bench-echo"), enable_idempotence=True, acks="all")
         self.replied = 0
         self.undecodable = 0
         self._stopping = asyncio.Event()
@@ -92,7 +95,8 @@ class Echo:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    echo = Echo(args.bootstrap, [t for t in args.topics.split(",") if t], args.group)
+    kafka = KafkaSettings(bootstrap_servers=args.bootstrap) if args.bootstrap else KafkaSettings()
+    echo = Echo(kafka, [t for t in args.topics.split(",") if t], args.group)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, echo.stop)
@@ -119,7 +123,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="saga_harness.bench.echo", description=__doc__.splitlines()[0])
-    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--bootstrap", help="host:port (default: KAFKA_BOOTSTRAP_SERVERS)")
     parser.add_argument("--topics", required=True, help="comma-separated command topics")
     parser.add_argument("--group", required=True)
     parser.add_argument("--http-port", type=int, required=True)

@@ -20,7 +20,6 @@ from aiokafka import AIOKafkaConsumer
 
 from saga_harness.messages import action_command
 from saga_harness.topics import partitions_of
-from saga_plumbing import KafkaSettings
 from saga_protocol import command_topic, decode_reply
 from saga_protocol import reply_topic as saga_reply_topic
 
@@ -130,11 +129,11 @@ async def floor_status_patches(bench: Bench, objects: int) -> dict[str, Any]:
 async def floor_kafka(bench: Bench, round_trips: int) -> dict[str, Any]:
     """Request/reply through Kafka and the echo participant, as one saga step would go without the API
     server: the operator's producer settings (idempotent, acks=all, send_and_wait), C in flight."""
-    bootstrap = bench.endpoints.kafka_bootstrap
+    kafka = bench.kafka_options()
     topic = command_topic(bench.floor_participant)
     reply_topic = saga_reply_topic(bench.floor_participant)
-    producer = new_producer(KafkaSettings(bootstrap_servers=bootstrap))
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    producer = new_producer(bench.kafka_settings())
+    consumer = AIOKafkaConsumer(**kafka, enable_auto_commit=False)
     await producer.start()
     await consumer.start()
     waiting: dict[str, asyncio.Future[float]] = {}
@@ -151,7 +150,7 @@ async def floor_kafka(bench: Bench, round_trips: int) -> dict[str, Any]:
                         future.set_result(now)
 
     try:
-        partitions = await partitions_of(bootstrap, [reply_topic])
+        partitions = await partitions_of(kafka, [reply_topic])
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
         for tp in partitions:

@@ -142,12 +142,13 @@ async def _operator_snapshot(operator: Service) -> dict[str, Any]:
     }
 
 
-async def run_sagas(bench: Bench, count: int, warmup: int = 10) -> tuple[dict[str, Any], Service]:
-    """K sagas, C in flight (a closed loop: each worker creates its next saga when its last one is done).
-    Returns the figures and the operator, still running (the caller cleans up with it, then stops it)."""
-    namespace = bench.namespace("main")
+async def run_sagas(bench: Bench, count: int, warmup: int = 10, phase: str = "main") -> tuple[dict[str, Any], Service]:
+    """K sagas, C in flight (a closed loop: each worker creates its next saga when its last one is done),
+    in the Kafka mode of ``bench.secured``. Returns the figures and the operator, still running (the
+    caller cleans up with it, then stops it)."""
+    namespace = bench.namespace(phase)
     await bench.kube.create_namespace(namespace)
-    operator = bench.operator("main")
+    operator = bench.operator(phase)
     await bench._start(operator, "operator")
     assert operator.record is not None
     idle = procinfo.memory_mib(operator.record.pid)
@@ -191,7 +192,7 @@ async def run_sagas(bench: Bench, count: int, warmup: int = 10) -> tuple[dict[st
         async def all_workers() -> None:
             await asyncio.gather(*(worker() for _ in range(bench.concurrency)))
 
-        profiler = bench.profiler(operator.record.pid, "main")
+        profiler = bench.profiler(operator.record.pid, phase)
         started = time.time()
         guard = asyncio.create_task(stall_guard())
         workers = asyncio.create_task(all_workers())
@@ -215,8 +216,8 @@ async def run_sagas(bench: Bench, count: int, warmup: int = 10) -> tuple[dict[st
     bodies = {name: watcher.futures[name].result() for name in created}
     phases: dict[str, int] = {}
     for body in bodies.values():
-        phase = body["status"]["phase"]
-        phases[phase] = phases.get(phase, 0) + 1
+        ended_in = body["status"]["phase"]
+        phases[ended_in] = phases.get(ended_in, 0) + 1
     wall = ended - started
     steps = STEPS * count
     e2e, queued, running, from_creation = [], [], [], []
@@ -229,12 +230,13 @@ async def run_sagas(bench: Bench, count: int, warmup: int = 10) -> tuple[dict[st
         running.append(finished_at - started_at)
         from_creation.append(finished_at - (ts(body["metadata"]["creationTimestamp"]) or 0.0))
 
-    overhead = await _message_timings(bench, bodies, created)
+    overhead = await _message_timings(bench, bodies, created, phase)
     op_overhead = stats.bucket_delta(after_op["overhead"], before_op["overhead"])
     op_latency = stats.bucket_delta(after_op["step_latency"], before_op["step_latency"])
     cpu = after_op["cpu"] - before_op["cpu"]
     result: dict[str, Any] = {
         "sagas": count,
+        "kafka_security": "SASL_SSL (SCRAM-SHA-512)" if bench.secured else "PLAINTEXT",
         "steps_per_saga": STEPS,
         "concurrency": bench.concurrency,
         "warmup_sagas": min(warmup, count),
@@ -287,12 +289,12 @@ def _round(value: float | None) -> float | None:
 
 
 async def _message_timings(
-    bench: Bench, bodies: dict[str, dict[str, Any]], created: dict[str, float]
+    bench: Bench, bodies: dict[str, dict[str, Any]], created: dict[str, float], phase: str
 ) -> dict[str, Any]:
     """Per step, from the messages: reply sent -> next command sent (the coordinator's overhead)."""
     by_uid = {body["metadata"]["uid"]: body for body in bodies.values()}
     topics = [*bench.command_topics(), *bench.reply_topics()]
-    records = await read_records(bench.endpoints.kafka_bootstrap, topics, patience=None)
+    records = await read_records(bench.kafka_options(), topics, patience=None)
     messages = [json.loads(record.value) for record in records]
     commands: dict[tuple[str, str], float] = {}
     replies: dict[tuple[str, str], float] = {}

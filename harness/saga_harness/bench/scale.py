@@ -25,9 +25,9 @@ from .shared import STEPS, Bench, gather_limited, happy_path, saga_manifest, ts
 class CommandTracker:
     """Reads the command topics from their current end and notes, per saga uid, the first command."""
 
-    def __init__(self, bootstrap: str, topics: list[str]) -> None:
-        self.bootstrap = bootstrap
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    def __init__(self, kafka: dict[str, Any], topics: list[str]) -> None:
+        self.kafka = kafka
+        self.consumer = AIOKafkaConsumer(**kafka, enable_auto_commit=False)
         self.topics = topics
         self.first: dict[str, float] = {}
         self.wanted: set[str] = set()
@@ -36,7 +36,7 @@ class CommandTracker:
 
     async def start(self) -> None:
         await self.consumer.start()
-        partitions = await partitions_of(self.bootstrap, self.topics)
+        partitions = await partitions_of(self.kafka, self.topics)
         self.consumer.assign(partitions)
         await self.consumer.seek_to_end(*partitions)
         for tp in partitions:
@@ -101,7 +101,7 @@ async def run_scale(bench: Bench, count: int) -> tuple[dict[str, Any], Service]:
     mix = {k: sum(1 for v in kinds.values() if v == k) for k in ("finished", "running", "pending")}
     bench.log(f"scale: {count} Sagas created in {setup_seconds:.1f}s ({mix}); starting the operator")
 
-    tracker = CommandTracker(bench.endpoints.kafka_bootstrap, bench.command_topics())
+    tracker = CommandTracker(bench.kafka_options(), bench.command_topics())
     tracker.wanted = set(unfinished)
     await tracker.start()
     operator = bench.operator("scale")

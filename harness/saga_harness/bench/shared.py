@@ -17,11 +17,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from saga_harness import manifests
+from saga_harness import kafka_access, manifests
 from saga_harness.messages import succeeded_reply
 from saga_harness.services import Service, module_service, operator_service
+from saga_plumbing import KafkaSettings
 from saga_protocol import REPLY_DEAD_LETTER_TOPIC, command_topic, reply_topic
-from saga_testenv.kafka import TopicSpec, ensure_topics
+from saga_testenv import Acl
+from saga_testenv.kafka import TopicSpec
 from saga_testenv.stack import StackEndpoints
 
 from .kube import Kube, KubeError
@@ -29,6 +31,10 @@ from .operator_internals import ReplyReceived, SagaSpec, SagaStatus, Start, tran
 
 Log = Callable[[str], None]
 STEPS = 3
+#: The echo participant's principal (it answers for every participant of the run).
+ECHO_PRINCIPAL = "saga-bench-echo"
+#: The saga phases: "main" with the run's first Kafka mode, "plain" the other one under --kafka-security both.
+SAGA_PHASES = ("main", "plain")
 PAYLOAD = {"buyer": "user-1", "video": "video-1", "agent": "agent-1", "priceCents": 499}
 
 
@@ -46,6 +52,10 @@ class Bench:
     roles: dict[int, str] = field(default_factory=dict)  # pid -> role, for the CPU table
     echo: Service | None = None
     profile: bool = False  # sample the operator with py-spy during the measured parts
+    #: The processes and the driver connect over SASL_SSL, each as its own principal (else: the broker's
+    #: plaintext listener, no authentication: the baseline --kafka-security off measures against).
+    secured: bool = True
+    _provisioned: bool = False
 
     @property
     def participants(self) -> tuple[str, ...]:
@@ -56,8 +66,14 @@ class Bench:
         return f"bench-{self.run_id}-floor"
 
     def reply_topics(self) -> list[str]:
-        """Where the bench participants reply (the echo answers on a command's replyTopic): one per participant."""
-        return [reply_topic(p) for p in self.participants]
+        """Where the bench participants reply (the echo answers on a command's replyTopic): one per participant
+        and the floor's. Every phase's operator reads them (each as its own group)."""
+        return [reply_topic(p) for p in (*self.participants, self.floor_participant)]
+
+    @property
+    def reply_dead_letter_topic(self) -> str:
+        """The run's own dead-letter topic of replies (deleted with the run's topics)."""
+        return f"{REPLY_DEAD_LETTER_TOPIC}.bench-{self.run_id}"
 
     def namespace(self, phase: str) -> str:
         return f"saga-bench-{self.run_id}-{phase}"
@@ -66,13 +82,58 @@ class Bench:
         return [command_topic(p) for p in self.participants]
 
     def all_topics(self) -> list[str]:
-        return [
-            *self.command_topics(),
-            command_topic(self.floor_participant),
-            *self.reply_topics(),
-            reply_topic(self.floor_participant),
-            REPLY_DEAD_LETTER_TOPIC,
-        ]
+        return [*self.command_topics(), command_topic(self.floor_participant), *self.reply_topics()]
+
+    # ---- Kafka: who connects how --------------------------------------------------------------
+
+    def plaintext_bootstrap(self) -> str | None:
+        """The broker's listener without authentication, if it has one."""
+        if not kafka_access.secured(self.endpoints):
+            return self.endpoints.kafka_bootstrap
+        return self.endpoints.kafka_plaintext_bootstrap
+
+    def kafka_env(self, principal: str) -> dict[str, str]:
+        """The environment of a process of ours that connects as ``principal`` (in the current mode)."""
+        if self.secured:
+            return kafka_access.service_env(self.endpoints, principal)
+        plaintext = self.plaintext_bootstrap()
+        assert plaintext is not None
+        env = {k: v for k, v in self.endpoints.env().items() if not k.startswith("KAFKA_")}
+        return {**env, "KAFKA_BOOTSTRAP_SERVERS": plaintext}
+
+    def kafka_settings(self, principal: str = kafka_access.ADMIN) -> KafkaSettings:
+        """The same as the operator's KafkaSettings, for the driver's own clients that mimic it."""
+        env = self.kafka_env(principal)
+        fields: dict[str, Any] = {k.removeprefix("KAFKA_").lower(): v for k, v in env.items() if k.startswith("KAFKA_")}
+        return KafkaSettings.model_validate(fields)
+
+    def kafka_options(self) -> dict[str, Any]:
+        """aiokafka settings of the driver's own readers: the admin, or the plaintext listener."""
+        if self.secured:
+            return kafka_access.client_options(self.endpoints, kafka_access.ADMIN)
+        return {"bootstrap_servers": self.plaintext_bootstrap()}
+
+    def provision(self) -> None:
+        """The ACL table for the run's principals (the operator, the echo), as the admin; topics are made by
+        ``start_echo``. Once per run; nothing on a broker whose security is not known."""
+        if self._provisioned:
+            return
+        self._provisioned = True
+        dead_letters = [self.reply_dead_letter_topic]
+        echo_reads = [*self.command_topics(), command_topic(self.floor_participant)]
+        kafka_access.provision(
+            self.endpoints,
+            {
+                kafka_access.OPERATOR: kafka_access.operator_acls(
+                    group=f"saga-bench-{self.run_id}", group_prefixed=True, reply_dead_letter_topics=dead_letters
+                ),
+                ECHO_PRINCIPAL: [
+                    *(Acl.topic(t, "Read") for t in echo_reads),
+                    Acl.group(f"saga-bench-echo-{self.run_id}", "Read", prefixed=True),
+                    *(Acl.topic(t, "Write") for t in self.reply_topics()),
+                ],
+            },
+        )
 
     # ---- processes ----------------------------------------------------------------------------
 
@@ -80,19 +141,16 @@ class Bench:
         return Profiler(pid, self.run_dir / f"py-spy-{name}.txt", self.log) if self.profile else None
 
     async def start_echo(self) -> None:
+        """The echo participant in the current mode (the topics and ACLs first, by the admin)."""
+        await asyncio.to_thread(self.provision)
         topics = [*self.all_topics()[: STEPS + 1]]
-        await ensure_topics(
-            self.endpoints.kafka_bootstrap, [TopicSpec(t, partitions=self.partitions) for t in self.all_topics()]
-        )
-        args = [
-            "--bootstrap",
-            self.endpoints.kafka_bootstrap,
-            "--topics",
-            ",".join(topics),
-            "--group",
-            f"saga-bench-echo-{self.run_id}",
-        ]
-        self.echo = module_service("echo", "saga_harness.bench.echo", args, self.run_dir, self.endpoints.env())
+        specs = [TopicSpec(t, partitions=self.partitions) for t in self.all_topics()]
+        specs += [TopicSpec(self.reply_dead_letter_topic, partitions=1)]
+        await kafka_access.create_topics(self.endpoints, specs)
+        mode = "secured" if self.secured else "plain"
+        args = ["--topics", ",".join(topics), "--group", f"saga-bench-echo-{self.run_id}-{mode}"]
+        env = self.kafka_env(ECHO_PRINCIPAL)
+        self.echo = module_service(f"echo-{mode}", "saga_harness.bench.echo", args, self.run_dir, env)
         await self._start(self.echo, "echo participant")
 
     def operator(self, phase: str) -> Service:
@@ -100,7 +158,9 @@ class Bench:
         run_dir.mkdir(parents=True, exist_ok=True)
         service = operator_service(
             run_dir,
-            self.endpoints.env(),
+            self.kafka_env(kafka_access.OPERATOR),
+            SAGA_CREATE_TOPICS="false",
+            SAGA_REPLY_DEAD_LETTER_TOPIC=self.reply_dead_letter_topic,
             SAGA_NAMESPACE=self.namespace(phase),
             SAGA_CONSUMER_GROUP=f"saga-bench-{self.run_id}-{phase}",
             SAGA_PARTICIPANTS=",".join(self.participants),
@@ -125,7 +185,7 @@ class Bench:
     async def delete_topics(self) -> None:
         from aiokafka.admin import AIOKafkaAdminClient
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.endpoints.kafka_bootstrap)
+        admin = AIOKafkaAdminClient(**kafka_access.client_options(self.endpoints, kafka_access.ADMIN))
         await admin.start()
         try:
             existing = set(await admin.list_topics())

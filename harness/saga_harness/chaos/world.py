@@ -41,6 +41,7 @@ class ChaosWorld:
         self.world.operator.env.setdefault("SAGA_MAX_BACKOFF_SECONDS", "5")
         self.world.operator.env["SAGA_NAMESPACE"] = self.namespace
         self.names = {service: f"{service}-{self.world.run_id}" for service in PARTICIPANTS}
+        self.world.participant_names = dict(self.names)
         for service, process in self.world.participants.items():
             process.argv += ["--name", self.names[service]]
         self.world.operator.env["SAGA_PARTICIPANTS"] = ",".join(self.names.values())
@@ -82,7 +83,7 @@ class ChaosWorld:
 
     @property
     def operator_group(self) -> str:
-        return f"saga-operator-{self.world.run_id}"
+        return self.world.consumer_group
 
     def command_topic(self, service: str) -> str:
         return command_topic(self.names[service])
@@ -98,6 +99,7 @@ class ChaosWorld:
         self.world.seed()
         if accounts is not None:
             seed_accounts(self.data_dir, accounts)
+        self.world.provision_kafka()
         for service in self.participants.values():
             service.start(wait=False)
         if operator:

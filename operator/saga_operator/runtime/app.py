@@ -111,7 +111,8 @@ class OperatorApp:
             lambda: check_authentication(brokers),
             TRANSIENT_KAFKA_ERRORS,
         )
-        await self._step("creating the Kafka topics", self._ensure_base_topics, TRANSIENT_KAFKA_ERRORS)
+        if settings.create_topics:
+            await self._step("creating the Kafka topics", self._ensure_base_topics, TRANSIENT_KAFKA_ERRORS)
         producer = self._producer = kafka.new_producer(brokers)
         await self._step("starting the Kafka producer", producer.start, TRANSIENT_KAFKA_ERRORS)
         self._dead_letters = DeadLetterWriter(producer, self._dlq, source="saga-operator")
@@ -236,7 +237,8 @@ class OperatorApp:
         participants = [name.removeprefix(COMMAND_TOPIC_PREFIX) for name in names]
         if self._pump is not None:
             self._pump.follow(participants)
-        await self._ensure_topics([*names, *(reply_topic(p) for p in participants)])
+        if self.settings.create_topics:
+            await self._ensure_topics([*names, *(reply_topic(p) for p in participants)])
 
     def _participants_in_flight(self) -> set[str]:
         """Every participant named by a saga that is not finished: replies to it may be on their way."""
@@ -251,6 +253,7 @@ class OperatorApp:
         return names
 
     async def _ensure_topics(self, names: list[str]) -> None:
+        """Create the topics that are missing (SAGA_CREATE_TOPICS only)."""
         settings = self.settings
         topics = [TopicSpec(n, settings.topic_partitions, settings.topic_replication_factor) for n in names]
         await ensure_topics(settings.kafka, topics, client_id=kafka.client_id(settings.kafka))
