@@ -29,7 +29,7 @@ from aiokafka.errors import (
 from saga_harness import kafka_access
 from saga_harness.chaos.world import ChaosWorld
 from saga_harness.messages import action_command, succeeded_reply
-from saga_harness.topics import read_topic
+from saga_harness.topics import read_records, read_topic
 from saga_protocol import encode_command, encode_reply, reply_topic
 from saga_testenv import Acl, TopicSpec, check_connection, run_sync
 from saga_testenv.stack import StackEndpoints
@@ -180,8 +180,10 @@ def test_a_participant_cannot_forge_another_participants_reply(
     target = reply_topic(world.names["users"])
     with pytest.raises(TopicAuthorizationFailedError):
         run_sync(_produce(as_principal(stack, VIDEOS), target, key, value, headers))
-    # nothing landed on the topic (read as the admin)
-    assert run_sync(read_topic(kafka_access.client_options(stack), target, patience=30)) == []
+    # the forged reply did not land on the topic (read as the admin; the honest replies of users are there)
+    landed = run_sync(read_topic(kafka_access.client_options(stack), target, patience=30))
+    assert landed, "the honest saga's replies from users are on the topic"
+    assert value not in [r.value for r in landed]
     settle()
     assert books(world) == before
 
@@ -267,9 +269,9 @@ def test_a_command_naming_a_foreign_reply_topic_gets_no_reply_there(
     world: ChaosWorld, finished: dict[str, Any], stack: StackEndpoints
 ) -> None:
     """The operator (its credentials: it may write every command topic) sends `agents` a command whose
-    replyTopic is saga.replies.<videos>. The participant SDK in this tree still replies where a command
-    says (the trusted reply topic, UntrustedReplyTopic, is the SDK's next change): so what stops the
-    forgery here is the broker: agents may not write that topic, and nothing arrives on it."""
+    replyTopic is saga.replies.<videos>. Two walls stop the forgery: the SDK replies only on its own
+    trusted topic (it dead-letters the command as UntrustedReplyTopic), and the broker would not let
+    agents write that topic anyway. Nothing about this saga arrives on it."""
     foreign = reply_topic(world.names["videos"])
     command = action_command(
         str(uuid.uuid4()),
@@ -283,7 +285,8 @@ def test_a_command_naming_a_foreign_reply_topic_gets_no_reply_there(
     key, value, headers = encode_command(command)
     run_sync(_produce(as_principal(stack, kafka_access.OPERATOR), world.command_topic("agents"), key, value, headers))
     settle(8.0)
-    assert run_sync(read_topic(kafka_access.client_options(stack), foreign, patience=30)) == []
+    landed = run_sync(read_topic(kafka_access.client_options(stack), foreign, patience=30))
+    assert [r.value for r in landed if (r.key or b"") == key] == [], "a reply to the forged command landed there"
     assert world.participants["agents"].running()
 
 
@@ -294,7 +297,7 @@ def test_a_replayed_reply_is_ignored_and_moves_nothing(
     that participant's topic): the operator recognises them as stale and changes nothing."""
     uid = finished["metadata"]["uid"]
     admin = kafka_access.client_options(stack)
-    old = [r for r in run_sync(read_topic(admin, world.reply_topic)) if (r.key or b"").decode() == uid]
+    old = [r for r in run_sync(read_records(admin, world.reply_topics)) if (r.key or b"").decode() == uid]
     assert len(old) >= 3, "one reply per step at least"
     operator = world.operator
     reasons = ("SagaFinished", "Duplicate", "Late")
