@@ -583,6 +583,9 @@ class Coordinator:
     async def _write(self, entry: SagaEntry, status: SagaStatus, event: Event | None = None) -> None:
         """One status write, signed; an API server away is waited out. Conflict, Gone and StatusTooLarge are
         the caller's. Once written, the spans of what the write ended (`event`: the event it applied)."""
+        # What this write replaces, taken now: the watch event of the write itself may bring the new status into
+        # the entry (SagaEntry.adopt, outside the lock) before the API server's answer reaches us.
+        before = entry.status
         if self.status_key is not None:
             status = digest.sign(status, entry.status.digest, self.status_key)
 
@@ -615,7 +618,6 @@ class Coordinator:
         )
         self.api_healthy = True
         self.metrics.status_writes.labels("ok").inc()
-        before = entry.status
         entry.status = status
         entry.resource_version = body["metadata"]["resourceVersion"]
         self.tracing.record(entry.ref, entry.spec, before, status, event, _now())
