@@ -14,6 +14,7 @@ import sys
 import kopf
 
 from saga_operator import config
+from saga_plumbing.tracing import TracingSettingsError, tracer_provider_from_env
 
 log = logging.getLogger("saga_operator")
 
@@ -40,6 +41,13 @@ def main(argv: list[str] | None = None) -> None:
         log.critical("saga-operator cannot start: %s", exc)
         sys.exit(2)
 
+    try:
+        # OpenTelemetry's own OTEL_* variables; None (the default: none set) is tracing off.
+        tracer_provider = tracer_provider_from_env("saga-operator")
+    except TracingSettingsError as exc:
+        log.critical("saga-operator cannot start: %s", exc)
+        sys.exit(2)
+
     import saga_operator.runtime.handlers  # noqa: F401 - registers the Kopf handlers
 
     try:
@@ -47,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
             standalone=True,  # one active replica (Deployment strategy Recreate); see docs/architecture.md
             clusterwide=not settings.namespace,
             namespaces=[settings.namespace] if settings.namespace else (),
-            memo=kopf.Memo(settings=settings),
+            memo=kopf.Memo(settings=settings, tracer_provider=tracer_provider),
         )
     except Exception as exc:
         failure = _start_up_failure(exc)

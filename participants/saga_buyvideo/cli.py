@@ -25,7 +25,7 @@ from pydantic import Field, ValidationError
 
 from saga_buyvideo import SERVICES, build
 from saga_buyvideo.demo import dump_ledger, format_ledger, read_ledger, seed
-from saga_participants import KafkaSettings, ParticipantSettings
+from saga_participants import KafkaSettings, ParticipantSettings, TracingSettingsError
 
 #: Default HTTP ports, distinct so that the three services can run side by side on one machine.
 DEFAULT_HTTP_PORTS: Final = {"videos": 8081, "users": 8082, "agents": 8083}
@@ -147,7 +147,11 @@ def _run(service: str, settings: ServiceSettings) -> int:
     if settings.http_port is None:
         settings = settings.model_copy(update={"http_port": DEFAULT_HTTP_PORTS[service]})
     options = {"name": settings.participant_name} if settings.participant_name else {}
-    participant = build(service, settings.data_dir, settings=settings, **options)
+    try:
+        participant = build(service, settings.data_dir, settings=settings, **options)
+    except TracingSettingsError as exc:  # OTEL_* asking for what this build has not
+        print(f"saga-participant: {service}: {exc}", file=sys.stderr)
+        return 2
     try:
         participant.run_forever()
     except OSError as exc:

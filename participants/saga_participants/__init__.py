@@ -14,6 +14,7 @@ from saga_participants._postgres import PostgresStore
 from saga_participants._settings import ParticipantSettings, RetryPolicy
 from saga_participants._sqlite import SqliteStore
 from saga_plumbing import KafkaSettings
+from saga_plumbing.tracing import TracingSettingsError
 
 __all__ = [
     "ActionHandler",
@@ -29,4 +30,5 @@ __all__ = [
     "PostgresStore",
     "RetryPolicy",
     "SqliteStore",
+    "TracingSettingsError",
 ]

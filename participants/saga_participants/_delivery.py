@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any, Final
 
 from aiokafka.errors import KafkaError
@@ -44,9 +45,10 @@ class Delivery:
         self._stop = stop
         self._dead_letters = DeadLetterWriter(producer, dead_letter_topic, participant, stop=stop)
 
-    async def reply(self, record: Any, reply: Reply, topic: str) -> None:
-        """Produce `reply` to `topic` and wait for the ack; dead-letter `record` if that cannot be done."""
-        key, value, headers = encode_reply(reply)
+    async def reply(self, record: Any, reply: Reply, topic: str, trace: Mapping[str, str] | None = None) -> None:
+        """Produce `reply` to `topic` and wait for the ack; dead-letter `record` if that cannot be done. `trace`:
+        the trace context its headers carry (docs/protocol.md §5.1)."""
+        key, value, headers = encode_reply(reply, trace=trace)
         deadline = time.monotonic() + self._reply_timeout
 
         async def send() -> None:

@@ -38,6 +38,7 @@ from aiokafka.errors import ConsumerStoppedError, CorruptRecordException, KafkaE
 from saga_participants._delivery import Delivery
 from saga_participants._metrics import ParticipantMetrics
 from saga_participants._pipeline import Pipeline
+from saga_participants._tracing import ParticipantTracing
 from saga_plumbing import KafkaSettings, TopicSpec, ensure_topics, retry_transient
 from saga_plumbing.retry import Stopped
 from saga_protocol import DecodeError, decode_command
@@ -126,8 +127,10 @@ class KafkaLoop:
         metrics: ParticipantMetrics,
         stop: asyncio.Event,
         on_ready: Callable[[bool], None],
+        tracing: ParticipantTracing | None = None,
     ) -> None:
         self.config = config
+        self._tracing = tracing if tracing is not None else ParticipantTracing(config.participant, None)
         self._pipeline = pipeline
         self._metrics = metrics
         self._stop = stop
@@ -359,16 +362,20 @@ class KafkaLoop:
         except DecodeError as exc:
             await self._delivery.dead_letter(record, exc.reason, exc.detail)
             return
-        refusal = self._pipeline.refusal(command, record.key)
-        if refusal is not None:
-            await self._delivery.dead_letter(record, refusal.reason, refusal.detail)
-            refused = self._pipeline.refusal_reply(command, refusal)
-            if refused is not None:
-                await self._delivery.reply(record, refused, self.config.reply_topic)
-            return
-        reply = await self._pipeline.process(command)
-        # The trusted topic, never the command's: command_problem refused any other (UntrustedReplyTopic).
-        await self._delivery.reply(record, reply, self.config.reply_topic)
+        with self._tracing.handling(command, headers, record.topic) as handling:
+            refusal = self._pipeline.refusal(command, record.key)
+            if refusal is not None:
+                handling.set_aside(refusal.reason)
+                await self._delivery.dead_letter(record, refusal.reason, refusal.detail)
+                refused = self._pipeline.refusal_reply(command, refusal)
+                if refused is not None:
+                    handling.answered(refused, refusal.reason)
+                    await self._delivery.reply(record, refused, self.config.reply_topic, handling.reply_trace())
+                return
+            reply = await self._pipeline.process(command)
+            handling.answered(reply)
+            # The trusted topic, never the command's: command_problem refused any other (UntrustedReplyTopic).
+            await self._delivery.reply(record, reply, self.config.reply_topic, handling.reply_trace())
 
     async def _commit(self, tp: TopicPartition, offsets: PartitionOffsets) -> None:
         if self._offsets.get(tp) is not offsets:

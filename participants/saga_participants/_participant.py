@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
+from opentelemetry.sdk.trace import TracerProvider
+
 from saga_participants._faults import FaultInjection
 from saga_participants._handlers import ActionHandler, CompensationHandler, Handler
 from saga_participants._inbox import InboxStore
@@ -39,6 +41,7 @@ from saga_participants._metrics import ParticipantMetrics
 from saga_participants._pipeline import Interceptor, Pipeline
 from saga_participants._settings import ParticipantSettings, RetryPolicy, check_namespaces, split_namespaces
 from saga_participants._sqlite import SqliteStore
+from saga_participants._tracing import ParticipantTracing, provider_from_env
 from saga_plumbing import KafkaSettings, ProbeServer
 from saga_plumbing.retry import Stopped
 from saga_protocol import CommandKind, command_topic, dead_letter_topic
@@ -123,6 +126,7 @@ class Participant:
         topic_partitions: int | None = None,
         topic_replication_factor: int | None = None,
         client_id: str | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.name = name
         self.command_topic = command_topic(name)  # also validates the name
@@ -175,6 +179,10 @@ class Participant:
             create_topics=option(create_topics, "create_topics"),
             topic_partitions=option(topic_partitions, "topic_partitions"),
             topic_replication_factor=option(topic_replication_factor, "topic_replication_factor"),
+        )
+        # A span per handled command: `tracer_provider`, else the one OTEL_* configures (none: off).
+        self.tracing = ParticipantTracing(
+            name, tracer_provider if tracer_provider is not None else provider_from_env(name)
         )
         self._stopping = asyncio.Event()
         self._store_open = False
@@ -262,7 +270,9 @@ class Participant:
         signals = (signal.SIGTERM, signal.SIGINT) if install_signal_handlers else ()
         for sig in signals:
             loop.add_signal_handler(sig, self._on_signal, sig)
-        kafka_loop = KafkaLoop(self._loop_config, self._pipeline, self.metrics, self._stopping, self._set_ready)
+        kafka_loop = KafkaLoop(
+            self._loop_config, self._pipeline, self.metrics, self._stopping, self._set_ready, self.tracing
+        )
         try:
             if self._http_port is not None:
                 self._probes = ProbeServer(

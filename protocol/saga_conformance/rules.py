@@ -51,6 +51,12 @@ RULES: tuple[Rule, ...] = (
         replies.compensation_after_failed_action,
         "after an action failed for a business reason, its compensation succeeds (needs --failing-payload)",
     ),
+    Rule(
+        "trace-context",
+        replies.trace_context,
+        "commands with the optional traceparent/tracestate headers, valid or malformed, are answered as without "
+        "them; a traceparent on the reply is W3C trace context",
+    ),
     Rule("unknown-action", refusals.unknown_action, "an unknown handler: dead-lettered UnknownAction, answered"),
     *(
         Rule(name, refusals.malformed(name), f"dead-lettered {reason}, not answered")

@@ -7,7 +7,7 @@ import asyncio
 from saga_conformance.kit import Applied, Kit, Record, Saga, describe
 from saga_conformance.report import Verdict, failed, not_tested, passed
 from saga_conformance.wire import Seen
-from saga_protocol import Command, CommandKind, Outcome
+from saga_protocol import TRACEPARENT, TRACESTATE, Command, CommandKind, Outcome, encode_command, trace_carrier
 
 ACTION, COMPENSATION = CommandKind.ACTION, CommandKind.COMPENSATION
 
@@ -220,3 +220,47 @@ async def concurrency(kit: Kit) -> Verdict:
         problems.append(f"the other saga waited {waited:.1f}s, behind a handler slowed by {kit.cfg.slow_seconds:.0f}s")
     partitions = f"command partitions {kit.partition_of(slow_saga.uid)} and {kit.partition_of(fast_saga.uid)}"
     return _verdict(rule, problems, f"the other saga answered in {waited:.1f}s ({partitions})")
+
+
+#: A valid W3C traceparent and tracestate (docs/protocol.md §5.1), and one that is not.
+TRACEPARENT_SENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+TRACESTATE_SENT = "conformance=kit"
+TRACEPARENT_MALFORMED = b"00-NOT-A-TRACE-CONTEXT"
+
+
+async def trace_context(kit: Kit) -> Verdict:
+    """Commands with the optional trace-context headers, valid or malformed, are answered as without them; a
+    trace context on the reply is W3C (in the command's trace, or the command's passed through: SHOULD)."""
+    rule = "trace-context"
+    problems: list[str] = []
+    notes: list[str] = []
+    for malformed in (False, True):
+        # A compensation of an action never sent: the tombstone, which succeeds and has no effect.
+        saga = kit.new_saga()
+        command = saga.command(COMPENSATION)
+        key, value, encoded = encode_command(
+            command, trace={TRACEPARENT: TRACEPARENT_SENT, TRACESTATE: TRACESTATE_SENT}
+        )
+        headers: list[tuple[str, bytes | None]] = list(encoded)
+        if malformed:
+            headers = [(n, TRACEPARENT_MALFORMED if n == TRACEPARENT else v) for n, v in headers]
+        await kit.send_record(Record(key, value, headers))
+        replies = await kit.replies(saga.uid, 1)
+        seen, found = _one(kit, replies, command)
+        which = "malformed" if malformed else "valid"
+        problems += [f"with a {which} traceparent: {p}" for p in found]
+        if seen is None:
+            continue
+        problems += [f"with a {which} traceparent: {p}" for p in _expect(seen, Outcome.SUCCEEDED, duplicate=False)]
+        answered = seen.header(TRACEPARENT)
+        if answered is None:
+            if not malformed:
+                notes.append("the reply carries no traceparent (SHOULD: the handling span's, or the command's)")
+            continue
+        text = answered.decode(errors="replace")
+        if not trace_carrier([(TRACEPARENT, answered)]):
+            problems.append(f"the reply's traceparent {text!r} is not W3C trace context")
+        elif not malformed and text.split("-")[1] != TRACEPARENT_SENT.split("-")[1]:
+            notes.append(f"the reply's traceparent {text!r} is not in the command's trace (SHOULD be)")
+    ok = "; ".join(notes) or "answered with and without a valid trace context; the reply stays in the trace"
+    return _verdict(rule, problems, ok)

@@ -59,6 +59,7 @@ from saga_protocol.topics import (
     participant_source,
     reply_topic,
 )
+from saga_protocol.tracecontext import TRACE_HEADERS, TRACEPARENT, TRACESTATE, trace_carrier, trace_headers
 
 __all__ = [
     "ANSWERED_REFUSALS",
@@ -81,6 +82,9 @@ __all__ = [
     "REPLY_TOPIC",
     "REPLY_TYPE",
     "SPEC_VERSION",
+    "TRACEPARENT",
+    "TRACESTATE",
+    "TRACE_HEADERS",
     "Command",
     "CommandKind",
     "DecodeError",
@@ -111,4 +115,6 @@ __all__ = [
     "reply_problem",
     "reply_topic",
     "result_problem",
+    "trace_carrier",
+    "trace_headers",
 ]

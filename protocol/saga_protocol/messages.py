@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -33,6 +33,7 @@ from saga_protocol.limits import (
     result_problem,
 )
 from saga_protocol.topics import operator_source, participant_source
+from saga_protocol.tracecontext import trace_headers
 
 SPEC_VERSION: Final = "1.0"
 PROTOCOL_VERSION: Final = 2
@@ -205,18 +206,22 @@ def _dump(model: BaseModel) -> bytes:
     return model.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
-def encode_command(command: Command, source: str | None = None) -> tuple[bytes, bytes, Headers]:
+def encode_command(
+    command: Command, source: str | None = None, *, trace: Mapping[str, str] | None = None
+) -> tuple[bytes, bytes, Headers]:
     """(key, value, headers). The key is the saga uid: all messages of one saga keep their order.
-    `source` defaults to `/saga-operator/<sagaNamespace>`."""
+    `source` defaults to `/saga-operator/<sagaNamespace>`. `trace`: a W3C trace-context carrier (a propagator's
+    `traceparent`/`tracestate`), sent as the optional headers of §5.1 after the seven CloudEvents ones."""
     source = source or operator_source(command.saga_namespace)
     headers = _headers(COMMAND_TYPE, command.message_id, source, command.step, command.sent_at)
-    return command.saga_uid.encode(), _dump(command), headers
+    return command.saga_uid.encode(), _dump(command), headers + trace_headers(trace)
 
 
-def encode_reply(reply: Reply) -> tuple[bytes, bytes, Headers]:
+def encode_reply(reply: Reply, *, trace: Mapping[str, str] | None = None) -> tuple[bytes, bytes, Headers]:
+    """As `encode_command`; `trace` is the participant's span (or the command's trace context, passed through)."""
     source = participant_source(reply.participant)
     headers = _headers(REPLY_TYPE, reply.message_id, source, reply.step, reply.sent_at)
-    return reply.saga_uid.encode(), _dump(reply), headers
+    return reply.saga_uid.encode(), _dump(reply), headers + trace_headers(trace)
 
 
 def _refuse_constant(name: str) -> Any:

@@ -246,3 +246,17 @@ async def test_a_participant_started_before_its_topic_exists_creates_it(tmp_path
 
     reply = await kafka.reply_to(command)
     assert reply.outcome is Outcome.FAILED and reply.error is not None and reply.error.reason == "UnknownAgent"
+
+
+def test_run_refuses_otel_settings_it_cannot_honour(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from saga_participants import _tracing
+
+    _tracing.provider_from_env.cache_clear()
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
+    try:
+        assert main(["run", "users", "--data-dir", str(tmp_path), "--http-port", "0"]) == 2
+    finally:
+        _tracing.provider_from_env.cache_clear()
+    assert "OTEL_TRACES_EXPORTER names zipkin" in capsys.readouterr().err

@@ -23,6 +23,7 @@ PUBLIC = [
     "PostgresStore",
     "RetryPolicy",
     "SqliteStore",
+    "TracingSettingsError",
 ]
 TESTING = ["UNADDRESSED", "FaultInjection", "Unanswered", "compensation_of", "make_command", "run_command"]
 

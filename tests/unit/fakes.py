@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import itertools
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,6 +200,8 @@ class Sent:
     command: Command
     # The saga's status as stored at the moment the command left: what a crash right then would resume from.
     stored_status: SagaStatus | None
+    # The trace context the command's headers carry (None: tracing off).
+    trace: Mapping[str, str] | None = None
 
 
 class FakeSender:
@@ -212,14 +214,14 @@ class FakeSender:
         self.fail = False  # the broker is down
         self.too_large: set[str] = set()  # steps whose commands the producer refuses for their size
 
-    async def send(self, topic: str, command: Command) -> None:
+    async def send(self, topic: str, command: Command, trace: Mapping[str, str] | None = None) -> None:
         if self.fail:
             raise ConnectionError("broker unreachable")
         if command.step in self.too_large:
             raise MessageSizeTooLargeError("The message is 2000000 bytes when serialized")
         ref = SagaRef(command.saga_namespace, command.saga_name, command.saga_uid)
         stored = self.store.status(ref) if self.store.exists(ref) else None
-        self.sent.append(Sent(topic, command, stored))
+        self.sent.append(Sent(topic, command, stored, trace))
         self.store.journal.add("send", command.step, command.kind.value, command.attempt)
 
     async def ensure_topics(self, topics: list[str]) -> None:

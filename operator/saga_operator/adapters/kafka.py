@@ -10,6 +10,8 @@ arrived while the operator was down must still be applied).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from saga_plumbing import KafkaSettings
@@ -51,6 +53,9 @@ def new_reply_consumer(kafka: KafkaSettings, group: str) -> AIOKafkaConsumer:
     )
 
 
-async def send_command(producer: AIOKafkaProducer, topic: str, command: Command) -> None:
-    key, value, headers = encode_command(command, source=operator_source(command.saga_namespace))
+async def send_command(
+    producer: AIOKafkaProducer, topic: str, command: Command, trace: Mapping[str, str] | None = None
+) -> None:
+    """Produce `command`, with the trace-context headers of `trace` (docs/protocol.md §5.1) when given."""
+    key, value, headers = encode_command(command, source=operator_source(command.saga_namespace), trace=trace)
     await producer.send_and_wait(topic, value, key=key, headers=headers)

@@ -15,10 +15,11 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from opentelemetry.sdk.trace import TracerProvider
 
 from saga_operator.adapters import kafka
 from saga_operator.adapters.kube import TRANSIENT_API_ERRORS, KubeClient, ListingExpired
@@ -27,6 +28,7 @@ from saga_operator.domain.model import TERMINAL_PHASES
 from saga_operator.runtime.coordinator import Coordinator
 from saga_operator.runtime.metrics import Metrics
 from saga_operator.runtime.replies import ReplyPump
+from saga_operator.runtime.tracing import SagaTracing
 from saga_plumbing import (
     TRANSIENT_KAFKA_ERRORS,
     Backoff,
@@ -50,8 +52,10 @@ PROBE_TIMEOUT = 5.0
 
 
 class OperatorApp:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tracer_provider: TracerProvider | None = None) -> None:
         self.settings = settings
+        # OpenTelemetry, when OTEL_* asks for it (__main__ reads them; saga_plumbing.tracing); None: off.
+        self.tracing = SagaTracing(tracer_provider)
         self.metrics = Metrics()
         self.coordinator: Coordinator | None = None
         self.started = asyncio.Event()
@@ -130,6 +134,7 @@ class OperatorApp:
             settings.max_backoff_seconds,
             participants=settings.participants,
             status_key=status_key,
+            tracing=self.tracing,
         )
         consumer = self._consumer = kafka.new_reply_consumer(brokers, settings.consumer_group)
         # Created before the resume: every command re-sent meanwhile adds its participant's reply topic.
@@ -258,9 +263,9 @@ class OperatorApp:
         topics = [TopicSpec(n, settings.topic_partitions, settings.topic_replication_factor) for n in names]
         await ensure_topics(settings.kafka, topics, client_id=kafka.client_id(settings.kafka))
 
-    async def _send(self, topic: str, command: Command) -> None:
+    async def _send(self, topic: str, command: Command, trace: Mapping[str, str] | None) -> None:
         assert self._producer is not None
-        await kafka.send_command(self._producer, topic, command)
+        await kafka.send_command(self._producer, topic, command, trace)
 
     # ---- Kubernetes ---------------------------------------------------------------------------
 

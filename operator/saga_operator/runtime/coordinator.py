@@ -11,7 +11,7 @@ import asyncio
 import heapq
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,12 +50,14 @@ from saga_operator.domain.model import (
 from saga_operator.domain.transition import next_deadline, settle, transition
 from saga_operator.runtime.metrics import Metrics
 from saga_operator.runtime.ports import SagaStore
+from saga_operator.runtime.tracing import SagaTracing
 from saga_plumbing import Backoff, retry_transient
 from saga_protocol import Command, CommandKind, Reply, command_topic, idempotency_key, reply_problem, reply_topic
 
 log = logging.getLogger(__name__)
 
-SendFn = Callable[[str, Command], Awaitable[None]]
+#: (topic, command, trace context for its headers or None): produce one command.
+SendFn = Callable[[str, Command, Mapping[str, str] | None], Awaitable[None]]
 EnsureTopicsFn = Callable[[list[str]], Awaitable[None]]
 
 
@@ -291,6 +293,7 @@ class Coordinator:
         *,
         participants: Collection[str] = (),
         status_key: bytes | None = None,
+        tracing: SagaTracing | None = None,
     ) -> None:
         self.kube = kube
         self._send = send
@@ -300,6 +303,8 @@ class Coordinator:
         self.participants = frozenset(participants)
         # Signs every status written and verifies every status read (domain.digest); None: digests are off.
         self.status_key = status_key
+        # Spans of the log's attempts (runtime/tracing.py); off (no provider): nothing is computed.
+        self.tracing = tracing if tracing is not None else SagaTracing(None)
         self.sagas: dict[str, SagaEntry] = {}
         self._known_topics: set[str] = set()
         self._deadlines: list[tuple[float, str]] = []
@@ -367,11 +372,20 @@ class Coordinator:
             self._emit(entry, EmitEvent("Warning", reason, f"{message}; nothing is sent. See docs/operations.md"))
         await self._after(entry)
 
-    async def apply_reply(self, reply: Reply, received: float, *, topic: str, key: bytes | None) -> list[ReplyIgnored]:
+    async def apply_reply(
+        self,
+        reply: Reply,
+        received: float,
+        *,
+        topic: str,
+        key: bytes | None,
+        trace: Mapping[str, str] | None = None,
+    ) -> list[ReplyIgnored]:
         """Apply one decoded reply read from `topic` with record key `key`, after the checks of
         docs/protocol.md §12.3 in their order. Returns why it changed nothing (empty: applied): `invalid`
         ones are the caller's to dead-letter, the others to count as ignored. Counting is the caller's,
-        once per reply (the reply pump, runtime/replies.py)."""
+        once per reply (the reply pump, runtime/replies.py). `trace`: the record's trace context (its
+        participant's span), linked from the span of the attempt the reply ends."""
         entry = self.sagas.get(reply.saga_uid)
         if entry is None:
             return [ReplyIgnored("UnknownSaga", invalid=True)]
@@ -384,7 +398,8 @@ class Coordinator:
                 if refused is not None:
                     return [refused]
                 started = entry.sent_at.pop((reply.step, reply.kind.value), None)
-                effects = await self._apply(entry, ReplyReceived(reply, _now()), received=received)
+                with self.tracing.replying(trace):
+                    effects = await self._apply(entry, ReplyReceived(reply, _now()), received=received)
                 ignored = [e for e in effects if isinstance(e, ReplyIgnored)]
                 if not ignored:
                     self.metrics.step_outcomes.labels(reply.kind.value, reply.outcome.value).inc()
@@ -532,7 +547,7 @@ class Coordinator:
                 await self._perform(entry, effects, received)
                 return effects
             try:
-                await self._write(entry, new)
+                await self._write(entry, new, event)
             except Conflict:
                 # Someone else wrote (the user's spec change, another replica): read, apply again.
                 self.metrics.status_writes.labels("conflict").inc()
@@ -565,9 +580,12 @@ class Coordinator:
             )
         self._emit(entry, EmitEvent("Warning", integrity.STATUS_TOO_LARGE, f"{message}. See docs/operations.md"))
 
-    async def _write(self, entry: SagaEntry, status: SagaStatus) -> None:
+    async def _write(self, entry: SagaEntry, status: SagaStatus, event: Event | None = None) -> None:
         """One status write, signed; an API server away is waited out. Conflict, Gone and StatusTooLarge are
-        the caller's."""
+        the caller's. Once written, the spans of what the write ended (`event`: the event it applied)."""
+        # What this write replaces, taken now: the watch event of the write itself may bring the new status into
+        # the entry (SagaEntry.adopt, outside the lock) before the API server's answer reaches us.
+        before = entry.status
         if self.status_key is not None:
             status = digest.sign(status, entry.status.digest, self.status_key)
 
@@ -602,6 +620,7 @@ class Coordinator:
         self.metrics.status_writes.labels("ok").inc()
         entry.status = status
         entry.resource_version = body["metadata"]["resourceVersion"]
+        self.tracing.record(entry.ref, entry.spec, before, status, event, _now())
 
     async def _reread(self, entry: SagaEntry) -> None:
         try:
@@ -672,7 +691,7 @@ class Coordinator:
             if topic not in self._known_topics:
                 await self._ensure_topics([topic])
                 self._known_topics.add(topic)
-            await self._send(topic, command)
+            await self._send(topic, command, self.tracing.command_trace(entry.ref, effect.command_id))
         except MessageSizeTooLargeError as exc:
             self.metrics.command_errors.inc()
             detail = f"the producer refused the {effect.kind.value} command as too large ({exc})"

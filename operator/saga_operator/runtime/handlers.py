@@ -34,7 +34,7 @@ async def start_operator(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: 
     settings.queueing.idle_timeout = 0.5
     try:
         # The settings come from __main__ (read and checked before Kopf starts); from the environment otherwise.
-        app = memo["app"] = OperatorApp(memo.get("settings") or config.load())
+        app = memo["app"] = OperatorApp(memo.get("settings") or config.load(), memo.get("tracer_provider"))
         await app.start()
     except Exception as exc:
         # Kopf's default would run the start-up again every 60 s, the process alive and serving nothing. Start

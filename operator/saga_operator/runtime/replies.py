@@ -40,7 +40,7 @@ from aiokafka.errors import CommitFailedError, CorruptRecordException, IllegalSt
 from saga_operator.runtime.coordinator import Coordinator
 from saga_operator.runtime.metrics import Metrics
 from saga_plumbing import TRANSIENT_KAFKA_ERRORS
-from saga_protocol import DecodeError, decode_reply, reply_topic
+from saga_protocol import DecodeError, decode_reply, reply_topic, trace_carrier
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -294,7 +294,11 @@ class ReplyPump:
             return
         try:
             ignored = await self.coordinator.apply_reply(
-                reply, time.time() if received is None else received, topic=record.topic, key=record.key
+                reply,
+                time.time() if received is None else received,
+                topic=record.topic,
+                key=record.key,
+                trace=trace_carrier(record.headers) if self.coordinator.tracing.enabled else None,
             )
         except Exception as exc:
             # Fix (chaos run, docs/chaos.md): an exception here (Gone: the saga was deleted after its finalizer
