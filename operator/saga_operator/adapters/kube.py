@@ -176,8 +176,25 @@ class KubeClient:
             raise _translate(exc, ref) from None
         return body
 
-    async def post_event(self, ref: SagaRef, type_: str, reason: str, message: str) -> None:
-        now = datetime.now(UTC)
+    async def delete_saga(self, ref: SagaRef) -> None:
+        """Ask for the saga's deletion (its finalizer then holds it until the operator lets it go); only this
+        very saga (a uid precondition), not one created again under its name. Raises Gone."""
+        self.writes += 1
+        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=ref.uid))
+        try:
+            await self._objects.delete_namespaced_custom_object(
+                GROUP, VERSION, ref.namespace, PLURAL, ref.name, body=options, **_TIMEOUT
+            )
+        except ApiException as exc:
+            if exc.status in (404, 409):  # gone, or another saga under the name (the precondition failed)
+                raise Gone(ref.name) from None
+            raise
+
+    async def post_event(self, ref: SagaRef, type_: str, reason: str, message: str, at: datetime | None = None) -> None:
+        """One Event, stamped with `at` (when it happened) to the microsecond: kubectl describe lists Events by
+        eventTime when they have no lastTimestamp, and lastTimestamp has whole seconds only, which put Events of
+        one second in any order (CompensationStarted before the StepRefused that caused it)."""
+        when = (at or datetime.now(UTC)).astimezone(UTC)
         event = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{ref.name}.", namespace=ref.namespace),
             involved_object=client.V1ObjectReference(
@@ -185,10 +202,10 @@ class KubeClient:
             ),
             type=type_,
             reason=reason,
+            action=reason,
             message=message[:1024],
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
+            # A MicroTime: always six decimals (isoformat would drop them at .000000, which the API refuses).
+            event_time=when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),  # type: ignore[arg-type]  # sent as is
             source=client.V1EventSource(component="saga-operator"),
             reporting_component="saga.dev/saga-operator",
             reporting_instance="saga-operator",
