@@ -130,7 +130,7 @@ def test_the_whole_list_of_rules(kubectl: Kubectl, operator_identity: None, name
     for review in _SELF_REVIEWS:
         assert rules.pop(review, {"create"}) == {"create"}
     assert rules == {
-        "sagas.saga.dev": {"get", "list", "watch", "patch"},
+        "sagas.saga.dev": {"get", "list", "watch", "patch", "delete"},
         "sagas.saga.dev/status": {"patch"},
         "events": {"create"},
     }
