@@ -88,10 +88,14 @@ def _bounds(node: dict[str, Any]) -> str:
     elif high is not None:
         notes.append(f"At most {high}.")
     if node.get("type") == "string" and "maxLength" in node:
-        notes.append(f"{node.get('minLength', 0)} to {node['maxLength']} characters.")
-    if node.get("type") == "array" and ("minItems" in node or "maxItems" in node):
-        notes.append(f"{node.get('minItems', 0)} to {node['maxItems']} entries." if "maxItems" in node else "")
-    return " ".join(n for n in notes if n)
+        least = node.get("minLength")
+        notes.append(
+            f"{least} to {node['maxLength']} characters." if least else f"At most {node['maxLength']} characters."
+        )
+    if node.get("type") == "array" and "maxItems" in node:
+        least = node.get("minItems")
+        notes.append(f"{least} to {node['maxItems']} entries." if least else f"At most {node['maxItems']} entries.")
+    return " ".join(notes)
 
 
 def _document_bounds(node: dict[str, Any]) -> dict[str, Any]:

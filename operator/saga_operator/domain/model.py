@@ -109,17 +109,15 @@ class StepSpec(_Model):
     name: str = Field(
         pattern=DNS_LABEL,
         max_length=63,
-        description="Unique within the saga; a DNS label (lower case letters, digits and '-'). Required.",
+        description="Unique within the saga; a DNS label (lower case letters, digits and '-').",
     )
     participant: str = Field(
         pattern=DNS_LABEL,
         max_length=63,
         description="The participant service that owns this step; its commands go to topic "
-        "saga.commands.<participant>. Required.",
+        "saga.commands.<participant>.",
     )
-    action: str = Field(
-        min_length=1, max_length=128, description="The participant's action to run, e.g. debit. Required."
-    )
+    action: str = Field(min_length=1, max_length=128, description="The participant's action to run, e.g. debit.")
     compensation: str | None = Field(
         default=None,
         min_length=1,
