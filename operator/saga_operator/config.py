@@ -77,6 +77,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Cap of the backoff between attempts while the API server or Kafka is away.",
     )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        description="Delete a Succeeded or Compensated saga this many seconds after it finished, unless its "
+        "`spec.ttlSecondsAfterFinished` says otherwise (Failed and Rejected sagas are never deleted). Unset: off, "
+        "finished sagas stay until someone deletes them.",
+    )
     kube_proxy_from_env: bool = Field(
         default=False,
         description="`true`: reach the API server through `HTTPS_PROXY`/`NO_PROXY` and `~/.netrc` (off: they "

@@ -240,7 +240,7 @@ def test_operator_role_is_exactly_what_it_needs() -> None:
     rules = sorted((tuple(r["apiGroups"]), tuple(r["resources"]), tuple(sorted(r["verbs"]))) for r in role["rules"])
     assert rules == sorted(
         [
-            (("saga.dev",), ("sagas",), ("get", "list", "patch", "watch")),
+            (("saga.dev",), ("sagas",), ("delete", "get", "list", "patch", "watch")),  # delete: the TTL
             (("saga.dev",), ("sagas/status",), ("patch",)),
             (("",), ("events",), ("create",)),
         ]

@@ -35,6 +35,8 @@ NEEDED = [
     ("get", "sagas.saga.dev", "-n", OTHER_NAMESPACE),
     # finalizers: merge PATCH of the object
     ("patch", "sagas.saga.dev", "-n", OTHER_NAMESPACE),
+    # a finished saga past its ttlSecondsAfterFinished
+    ("delete", "sagas.saga.dev", "-n", OTHER_NAMESPACE),
     # every transition: merge PATCH of the status subresource
     ("patch", "sagas.saga.dev", "--subresource=status", "-n", OTHER_NAMESPACE),
     # Events on the Sagas (the coordinator's and Kopf's)
@@ -66,10 +68,9 @@ NOT_NEEDED = [
     ("get", "pods", "-n", NAMESPACE),
     ("get", "configmaps", "-n", NAMESPACE),
     ("create", "serviceaccounts", "--subresource=token", "-n", NAMESPACE),
-    # Sagas: users create, change and delete them, never the operator
+    # Sagas: users create and change them, never the operator (it deletes only those past their TTL)
     ("create", "sagas.saga.dev", "-n", OTHER_NAMESPACE),
     ("update", "sagas.saga.dev", "-n", OTHER_NAMESPACE),
-    ("delete", "sagas.saga.dev", "-n", OTHER_NAMESPACE),
     ("deletecollection", "sagas.saga.dev", "-n", OTHER_NAMESPACE),
     ("update", "sagas.saga.dev", "--subresource=status", "-n", OTHER_NAMESPACE),
     # Events: created, never rewritten or removed; not the events.k8s.io API it does not use
@@ -129,7 +130,7 @@ def test_the_whole_list_of_rules(kubectl: Kubectl, operator_identity: None, name
     for review in _SELF_REVIEWS:
         assert rules.pop(review, {"create"}) == {"create"}
     assert rules == {
-        "sagas.saga.dev": {"get", "list", "watch", "patch"},
+        "sagas.saga.dev": {"get", "list", "watch", "patch", "delete"},
         "sagas.saga.dev/status": {"patch"},
         "events": {"create"},
     }

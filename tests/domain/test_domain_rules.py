@@ -23,7 +23,7 @@ from domain_support import (
     step,
 )
 
-from saga_operator.domain.events import ReplyIgnored
+from saga_operator.domain.events import EmitEvent, ReplyIgnored
 from saga_operator.domain.model import Phase, SagaStatus, StepState
 from saga_operator.domain.transition import next_deadline
 from saga_protocol import Outcome
@@ -96,7 +96,8 @@ def test_business_failure_at_step_k_compensates_k_minus_1_to_1_in_reverse_order(
     assert ("Warning", "StepRefused") in events(effects)
     assert (error := saga.record(failed).error) is not None and error.reason == "InsufficientFunds"
     assert saga.status.message is not None and f"step {failed} refused" in saga.status.message
-    assert condition(saga.status, "Succeeded") == "False"
+    # False only once it ends without succeeding (at once when k = 1: nothing to undo).
+    assert condition(saga.status, "Succeeded") == ("Unknown" if saga.status.phase == Phase.COMPENSATING else "False")
 
     to_undo = list(reversed(names[: k - 1]))
     for index, name in enumerate(to_undo):
@@ -236,7 +237,7 @@ def test_abort_mid_saga_compensates_the_step_in_flight_first_and_skips_the_pendi
     assert saga.states == {"a": SUCCEEDED, "b": SUCCEEDED, "c": COMPENSATING, "d": SKIPPED}
     assert saga.status.phase == Phase.COMPENSATING and saga.status.undoing
     assert condition(saga.status, "Completed") == "False"
-    assert condition(saga.status, "Succeeded") == "False"
+    assert condition(saga.status, "Succeeded") == "Unknown"
 
     assert sends(saga.compensated("c")) == [("b", COMPENSATION, 1)]
     assert sends(saga.compensated("b")) == [("a", COMPENSATION, 1)]
@@ -266,18 +267,26 @@ def test_abort_before_start_ends_compensated_with_every_step_skipped() -> None:
     assert condition(saga.status, "Completed") == "True"
 
 
-def test_abort_after_success_and_a_second_abort_change_nothing() -> None:
+def test_abort_after_success_and_a_second_abort_change_nothing_but_say_so() -> None:
     saga = Saga(saga_spec(step("a")))
     saga.start()
     saga.succeed("a")
     done = saga.status
-    assert saga.abort() == [] and saga.status == done
+    effects = saga.abort()
+    assert effects == [
+        EmitEvent(
+            "Normal",
+            "AbortIgnored",
+            "spec.abort is true but the saga already finished (Succeeded): there is nothing to abort",
+        )
+    ]
+    assert saga.status == done
 
     saga = Saga(saga_spec(step("a"), step("b")))
     saga.start()
     saga.abort()
     undoing = saga.status
-    assert saga.abort() == [] and saga.status == undoing
+    assert events(saga.abort()) == [("Normal", "AbortIgnored")] and saga.status == undoing
 
 
 # ---- replies that change nothing -----------------------------------------------------------------
@@ -404,18 +413,32 @@ def test_compensation_attempt_limit_marks_the_saga_failed_and_a_retry_token_resu
     assert ("Normal", "RetryRequested") in events(effects)
     status = saga.status
     assert (status.phase, status.retries_granted, status.retry_token) == (Phase.COMPENSATING, 1, "token-1")
-    assert saga.retry("token-1") == [] and saga.status == status  # not Failed: nothing to do
-    assert saga.retry("token-2") == [] and saga.status == status
+    assert saga.retry("token-1") == [] and saga.status == status  # the same token: answered already
+    # Not Failed: nothing to retry, and an Event says so; the token is answered, once.
+    ignored = saga.retry("token-2")
+    assert ignored == [
+        EmitEvent(
+            "Normal",
+            "RetryIgnored",
+            "retry annotation 'token-2' ignored: the saga is Compensating, and only a Failed saga can be retried; "
+            "set a new value if it fails",
+        )
+    ]
+    assert saga.status.retry_token == "token-2" and saga.status.phase == Phase.COMPENSATING
+    assert saga.retry("token-2") == []
 
     saga.reply("a", Outcome.ERROR, kind=COMPENSATION, attempt=3)
     assert sends(saga.tick(300)) == [("a", COMPENSATION, 4)]
     saga.reply("a", Outcome.ERROR, kind=COMPENSATION, attempt=4)
     assert saga.status.phase == Phase.FAILED  # another round of 2 attempts, used up
     failed = saga.status
-    assert saga.retry("token-1") == [] and saga.status == failed  # the same token twice does nothing
-    assert sends(saga.retry("token-2")) == [("a", COMPENSATION, 5)]
+    assert saga.retry("token-2") == [] and saga.status == failed  # the same token twice does nothing
+    assert sends(saga.retry("token-3")) == [("a", COMPENSATION, 5)]
+    assert saga.status.message == "retry 2 requested: compensating again"
     saga.compensated("a", attempt=5)
     assert saga.status.phase == Phase.COMPENSATED
+    # The message is current: what the retry was doing is done.
+    assert saga.status.message == "saga undone after retry 2: 1 step compensated"
 
 
 # ---- the pivot: the last step, without compensation -------------------------------------------------
@@ -627,7 +650,7 @@ def test_conditions_follow_the_phase_and_keep_their_transition_time_until_they_c
     ("drive", "phase", "completed", "succeeded"),
     [
         (lambda s: None, Phase.RUNNING, "False", "Unknown"),
-        (lambda s: s.abort(), Phase.COMPENSATING, "False", "False"),
+        (lambda s: s.abort(), Phase.COMPENSATING, "False", "Unknown"),
         (lambda s: s.succeed("a", "b"), Phase.SUCCEEDED, "True", "True"),
         (lambda s: (s.abort(), s.compensated("a")), Phase.COMPENSATED, "True", "False"),
         (lambda s: (s.succeed("a"), s.tick(10), s.tick(11), s.tick(21)), Phase.FAILED, "True", "False"),

@@ -8,10 +8,11 @@ import itertools
 from pathlib import Path
 
 import pytest
-from domain_support import Saga, pivot, saga_spec, sends, step
+from domain_support import T0, Saga, at, pivot, saga_spec, sends, step
 
 import saga_operator
 from saga_operator.domain import transition as transition_module
+from saga_operator.domain.events import EmitEvent
 from saga_operator.domain.lifecycle import (
     IN_FLIGHT,
     MOVES,
@@ -186,3 +187,40 @@ def test_nothing_but_move_assigns_a_step_state_in_the_product() -> None:
                 if isinstance(target, ast.Attribute) and target.attr == "state"
             ]
     assert writers == [("domain/lifecycle.py", "record.state")], "a step's state written outside lifecycle.move"
+
+
+# ---- what kubectl describe shows of a step ------------------------------------------------------------
+
+
+def test_a_compensation_s_dispatch_keeps_the_action_s_time() -> None:
+    saga = Saga(saga_spec(step("a"), step("b")))
+    saga.start()
+    saga.at(2)
+    saga.succeed("a")
+    saga.at(5)
+    saga.reply("b", Outcome.FAILED, reason="InsufficientFunds")
+    saga.at(7)
+    saga.compensated("a")
+    a = saga.record("a")
+    assert (a.dispatched_at, a.finished_at) == (T0, at(2))  # the action: sent, answered
+    assert (a.compensation_dispatched_at, a.compensated_at) == (at(5), at(7))  # the compensation: sent, answered
+
+
+def test_messages_count_attempts_and_steps_grammatically() -> None:
+    saga = Saga(saga_spec(step("a"), step("b", retries=0, timeout=5)))
+    effects = saga.start()
+    assert [e.message for e in effects if isinstance(e, EmitEvent)] == ["saga started with 2 steps"]
+    saga.succeed("a")
+    effects = saga.tick(5)
+    abandoned = [e.message for e in effects if isinstance(e, EmitEvent) and e.reason == "StepAbandoned"]
+    assert abandoned == ["step b gave up after 1 attempt: Timeout: no reply to attempt 1 in 5s"]
+    effects = saga.compensated("b", "a")  # b too: whether its action was applied is unknown
+    assert [e.message for e in effects if isinstance(e, EmitEvent)] == ["saga undone: 2 steps compensated"]
+
+
+def test_the_events_of_one_transition_come_in_the_order_they_happened() -> None:
+    saga = Saga(saga_spec(step("a"), step("b")))
+    saga.start()
+    saga.succeed("a")
+    effects = saga.reply("b", Outcome.FAILED, reason="InsufficientFunds")
+    assert [e.reason for e in effects if isinstance(e, EmitEvent)] == ["StepRefused", "CompensationStarted"]

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.stack
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 PAYLOAD = {"buyer": "alice", "video": "v-admission", "price": 1500, "agent": "bob-agency"}
-ONLY_ABORT = "(only spec.abort may change, from false to true)"
+ONLY_ABORT = "(only spec.abort, from false to true, and spec.ttlSecondsAfterFinished may change)"
 STEPS_FROZEN = f"the steps of a saga cannot change once it is created {ONLY_ABORT}"
 PARTICIPANTS = (
     f"ValidatingAdmissionPolicy '{admission.PARTICIPANTS_POLICY}' with binding '{admission.PARTICIPANTS_POLICY}' "
@@ -405,9 +405,63 @@ def test_depends_on_twice_the_same_step_or_a_later_one_is_refused_naming_the_ste
     )
     later = saga("depends-later", cluster.team_b, steps=[{**first, "dependsOn": ["b"]}, {**first, "name": "b"}])
     assert refusal(cluster.apply(later)) == (
-        'The Saga "depends-later" is invalid: spec: Invalid value: step a: each dependsOn entry must name '
-        "another step of this saga, listed before it"
+        'The Saga "depends-later" is invalid: spec: Invalid value: step a: dependsOn names b, which is not a step '
+        "listed before it (each dependsOn entry must name another step of this saga, listed before it)"
     )
+
+
+def test_depends_on_an_unknown_step_or_in_a_cycle_is_refused_naming_the_step_and_the_entry(cluster: Cluster) -> None:
+    """A cycle cannot be written: every entry must name a step listed before, so one of the cycle's steps names a
+    later one, and that is the step the message names."""
+    first = {"name": "a", "participant": "users", "action": "debit", "compensation": "refund"}
+    unknown = saga("depends-unknown", cluster.team_b, steps=[first, {**first, "name": "charge", "dependsOn": ["x"]}])
+    assert refusal(cluster.apply(unknown)) == (
+        'The Saga "depends-unknown" is invalid: spec: Invalid value: step charge: dependsOn names x, which is not a '
+        "step listed before it (each dependsOn entry must name another step of this saga, listed before it)"
+    )
+    cycle = saga(
+        "depends-cycle",
+        cluster.team_b,
+        steps=[{**first, "dependsOn": ["b"]}, {**first, "name": "b", "dependsOn": ["a"]}],
+    )
+    assert refusal(cluster.apply(cycle)) == (
+        'The Saga "depends-cycle" is invalid: spec: Invalid value: step a: dependsOn names b, which is not a step '
+        "listed before it (each dependsOn entry must name another step of this saga, listed before it)"
+    )
+    itself = saga("depends-itself", cluster.team_b, steps=[first, {**first, "name": "b", "dependsOn": ["b"]}])
+    assert "step b: dependsOn names b, which is not a step listed before it" in refusal(cluster.apply(itself))
+
+
+def test_duplicate_step_names_and_a_pivot_before_the_end_are_refused_naming_the_step(cluster: Cluster) -> None:
+    first = {"name": "a", "participant": "users", "action": "debit", "compensation": "refund"}
+    twice = saga("names-twice", cluster.team_b, steps=[first, {**first, "name": "b"}, {**first}])
+    assert refusal(cluster.apply(twice)) == (
+        'The Saga "names-twice" is invalid: spec.steps: Invalid value: step a: another step has the same '
+        "name (step names must be unique)"
+    )
+    no_compensation = {k: v for k, v in first.items() if k != "compensation"}
+    early = saga("pivot-early", cluster.team_b, steps=[first, {**no_compensation, "name": "b"}, {**first, "name": "c"}])
+    assert refusal(cluster.apply(early)) == (
+        'The Saga "pivot-early" is invalid: spec.steps: Invalid value: step b: no compensation, but only '
+        "the last step (the pivot) may have no compensation"
+    )
+
+
+def test_kubectl_explain_states_defaults_ranges_and_the_pivot_rule(cluster: Cluster) -> None:
+    explained = cluster.kubectl("explain", "saga.spec.steps")
+    assert explained.returncode == 0, explained.stderr
+    text = " ".join(explained.stdout.split())
+    print(f"\n$ kubectl explain saga.spec.steps\n{explained.stdout}")
+    assert (
+        "it is then the pivot, the step after which the saga can no longer be undone, and it runs after every "
+        "other step has succeeded" in text
+    )
+    assert "timeoutSeconds <integer> How long to wait" in text
+    assert "Default: 30. Range: 1 to 86400." in text
+    retry = " ".join(cluster.kubectl("explain", "saga.spec.steps.retry").stdout.split())
+    assert "Default: 3. Range: 0 to 100." in retry and "Default: 60. Range: 0 to 86400." in retry
+    ttl = " ".join(cluster.kubectl("explain", "saga.spec.ttlSecondsAfterFinished").stdout.split())
+    assert "Failed and Rejected sagas are never deleted by it" in ttl and "Range: 0 to 31622400." in ttl
 
 
 def test_depends_on_an_empty_list_means_no_prerequisite(cluster: Cluster) -> None:

@@ -16,6 +16,7 @@ import itertools
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from aiokafka.errors import MessageSizeTooLargeError
@@ -163,7 +164,13 @@ class FakeStore:
             del self._objects[(ref.namespace, ref.name)]  # the API server deletes it; the PATCH still answers 200
         return body
 
-    async def post_event(self, ref: SagaRef, type_: str, reason: str, message: str) -> None:
+    async def delete_saga(self, ref: SagaRef) -> None:
+        if not self.exists(ref):
+            raise Gone(ref.name)
+        self.journal.add("delete", ref.name)
+        self.request_deletion(ref)
+
+    async def post_event(self, ref: SagaRef, type_: str, reason: str, message: str, at: datetime | None = None) -> None:
         self.events.append((ref.name, type_, reason, message))
 
     # ---- internals ----------------------------------------------------------------------------

@@ -55,7 +55,7 @@ def warnings(shell: Shell, name: str = "order-1") -> list[str]:
 def _posted(shell: Shell) -> list[tuple[str, str, str, str]]:
     events = []
     while not shell.coordinator._events.empty():
-        ref, event = shell.coordinator._events.get_nowait()
+        ref, event, _ = shell.coordinator._events.get_nowait()
         shell.store.events.append((ref.name, event.type, event.reason, event.message))
     events.extend(shell.store.events)
     return events

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -18,6 +18,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from saga_operator.domain.model import GROUP, KIND, PLURAL, VERSION, SagaStatus
 
 log = logging.getLogger(__name__)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Custom resources take JSON merge patches (no strategic merge); the client must be told.
 _MERGE: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
 # Fix (chaos run, docs/chaos.md): without a timeout a request to an API server that stops answering
@@ -176,18 +177,40 @@ class KubeClient:
             raise _translate(exc, ref) from None
         return body
 
-    async def post_event(self, ref: SagaRef, type_: str, reason: str, message: str) -> None:
-        now = datetime.now(UTC)
+    async def delete_saga(self, ref: SagaRef) -> None:
+        """Ask for the saga's deletion (its finalizer then holds it until the operator lets it go); only this
+        very saga (a uid precondition), not one created again under its name. Raises Gone."""
+        self.writes += 1
+        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=ref.uid))
+        try:
+            await self._objects.delete_namespaced_custom_object(
+                GROUP, VERSION, ref.namespace, PLURAL, ref.name, body=options, **_TIMEOUT
+            )
+        except ApiException as exc:
+            if exc.status in (404, 409):  # gone, or another saga under the name (the precondition failed)
+                raise Gone(ref.name) from None
+            raise
+
+    async def post_event(self, ref: SagaRef, type_: str, reason: str, message: str, at: datetime | None = None) -> None:
+        """One Event that happened `at`. Named `<saga>.<at in ns, hex>` as client-go's recorder names them: the API
+        lists Events by name, so this is the order they happened in, and `kubectl describe`, which sorts them by
+        lastTimestamp (whole seconds), keeps that order within a second (before, CompensationStarted could be
+        listed above the StepRefused that caused it). eventTime keeps the microseconds."""
+        when = (at or datetime.now(UTC)).astimezone(UTC)
+        nanos = (when - _EPOCH) // timedelta(microseconds=1) * 1000  # exact: no float on the way
         event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{ref.name}.", namespace=ref.namespace),
+            metadata=client.V1ObjectMeta(name=f"{ref.name[:236]}.{nanos:x}", namespace=ref.namespace),
             involved_object=client.V1ObjectReference(
                 api_version=f"{GROUP}/{VERSION}", kind=KIND, name=ref.name, namespace=ref.namespace, uid=ref.uid
             ),
             type=type_,
             reason=reason,
+            action=reason,
             message=message[:1024],
-            first_timestamp=now,
-            last_timestamp=now,
+            first_timestamp=when,
+            last_timestamp=when,
+            # A MicroTime: always six decimals (isoformat would drop them at .000000, which the API refuses).
+            event_time=when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),  # type: ignore[arg-type]  # sent as is
             count=1,
             source=client.V1EventSource(component="saga-operator"),
             reporting_component="saga.dev/saga-operator",

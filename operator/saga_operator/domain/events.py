@@ -68,7 +68,16 @@ class CommandRefused:
     now: datetime
 
 
-Event = Start | ReplyReceived | Tick | AbortRequested | RetryRequested | Resumed | CommandRefused
+@dataclass(frozen=True)
+class SpecChanged:
+    """The spec has a generation the status has not recorded, and nothing else came of it (a new
+    ttlSecondsAfterFinished, an abort answered with an Event): record the generation all the same, so that
+    status.observedGeneration and the conditions' say the operator has seen it."""
+
+    now: datetime
+
+
+Event = Start | ReplyReceived | Tick | AbortRequested | RetryRequested | Resumed | CommandRefused | SpecChanged
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,15 @@ DNS_LABEL: Final = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 # (MAX_PAYLOAD_BYTES of compact UTF-8 JSON, MAX_PAYLOAD_DEPTH levels of containers, the payload is level 1).
 # A CRD rule cannot measure a free-form object within its cost budget: the admission policy
 # `sagas.saga.dev-payload` does (saga_operator.admission), and the operator checks again at start.
-# The only spec field that may change once a Saga exists, and only from false to true. Every other field of
-# SagaSpec, today's and any added later, is immutable: saga_operator.crd generates one CRD transition rule
-# per field from the model, so a new field is covered without anyone remembering to.
-MUTABLE_SPEC_FIELDS: Final = frozenset({"abort"})
+# The only spec fields that may change once a Saga exists: abort (only from false to true) and the TTL (any
+# time, also on a finished saga, as a Job's). Every other field of SagaSpec, today's and any added later, is
+# immutable: saga_operator.crd generates one CRD transition rule per field from the model, so a new field is
+# covered without anyone remembering to.
+MUTABLE_SPEC_FIELDS: Final = frozenset({"abort", "ttl_seconds_after_finished"})
+#: Of MUTABLE_SPEC_FIELDS, the ones that may only go from false to true.
+ONE_WAY_SPEC_FIELDS: Final = frozenset({"abort"})
+#: The longest spec.ttlSecondsAfterFinished: a year.
+MAX_TTL_SECONDS: Final = 366 * 86400
 
 
 class _Model(BaseModel):
@@ -54,13 +59,14 @@ class RetryPolicy(_Model):
         default=3,
         ge=0,
         le=100,
-        description="Retries after the first attempt. When they are used up the saga compensates.",
+        description="Retries after the first attempt, on a timeout or a transient error. When they are used "
+        "up the saga compensates.",
     )
     backoff_seconds: int = Field(
         default=1,
         ge=0,
         le=3600,
-        description="Wait before the first retry; doubled for each further retry.",
+        description="Wait before the first retry; doubled for each further retry. At most maxBackoffSeconds.",
     )
     max_backoff_seconds: int = Field(
         default=60,
@@ -116,21 +122,24 @@ class StepSpec(_Model):
         default=None,
         min_length=1,
         max_length=128,
-        description="The participant's action that undoes this step, e.g. refund. Only the last step "
-        "(the pivot: once it succeeds the saga cannot be undone) may leave it out.",
+        description="The participant's action that undoes this step, e.g. refund. Only the last step may "
+        "leave it out: it is then the pivot, which runs after every other step has succeeded and, once it "
+        "succeeds, cannot be undone.",
     )
     depends_on: list[Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]] | None = Field(
         default=None,
         max_length=MAX_DEPENDENCIES,
-        description="Steps that must succeed before this one starts; each must be listed earlier, once. "
-        "Left out, a step depends on the step before it (the steps run in order). An empty list means it "
-        "depends on nothing: it starts at once, beside the first step.",
+        description="Steps that must succeed before this one starts; each must be listed earlier, once "
+        "(so there are no cycles). Left out, a step depends on the step before it (the steps run in order). "
+        "An empty list means it depends on nothing: it starts at once, beside the first step. A pivot (a last "
+        "step without compensation) runs after every other step whatever it says here.",
     )
     timeout_seconds: int = Field(
         default=30,
         ge=1,
         le=86400,
-        description="How long to wait for the participant's reply before retrying.",
+        description="How long to wait for the participant's reply to one attempt before retrying, in seconds; "
+        "the same for the compensation's attempts.",
     )
     retry: RetryPolicy = Field(default_factory=RetryPolicy, description="Retries on timeouts and transient errors.")
 
@@ -138,10 +147,15 @@ class StepSpec(_Model):
 _STEP_RULES: Final = [
     {
         "rule": "self.all(s, self.exists_one(t, t.name == s.name))",
+        # transformList, not filter: a filter over objects is 100 times over the cost budget as a message.
+        "messageExpression": "'step ' + self.transformList(i, s, self.exists(j, t, j != i && t.name == s.name), "
+        "s.name)[0] + ': another step has the same name (step names must be unique)'",
         "message": "step names must be unique",
     },
     {
         "rule": "self.filter(s, !has(s.compensation)).all(s, s.name == self[size(self) - 1].name)",
+        "messageExpression": "'step ' + self.transformList(i, s, !has(s.compensation) && i != size(self) - 1, "
+        "s.name)[0] + ': no compensation, but only the last step (the pivot) may have no compensation'",
         "message": "only the last step (the pivot) may have no compensation",
     },
 ]
@@ -149,6 +163,13 @@ _STEP_RULES: Final = [
 
 _EARLIER_STEP: Final = "self.steps.exists(j, t, j < i && t.name == d)"
 _DEPENDS_ON_EARLIER: Final = f"self.steps.all(i, s, !has(s.dependsOn) || s.dependsOn.all(d, {_EARLIER_STEP}))"
+# The first entry of step s (at index i) that names no earlier step, and whether it names a step at all.
+_BAD_ENTRY: Final = f"s.dependsOn.filter(d, !{_EARLIER_STEP})[0]"
+_DEPENDS_ON_MESSAGE: Final = (
+    f"self.steps.transformList(i, s, has(s.dependsOn) && !s.dependsOn.all(d, {_EARLIER_STEP}), "
+    f"'step ' + s.name + ': dependsOn names ' + {_BAD_ENTRY} + ', which is not a step listed before it "
+    "(each dependsOn entry must name another step of this saga, listed before it)')[0]"
+)
 
 
 class SagaSpec(_Model):
@@ -161,9 +182,7 @@ class SagaSpec(_Model):
                     # "Listed before it" makes a cycle impossible. Over the cost budget with one-variable
                     # macros; the index of a two-variable comprehension (Kubernetes 1.33+) brings it within.
                     "rule": _DEPENDS_ON_EARLIER,
-                    "messageExpression": "'step ' + self.steps.transformList(i, s, has(s.dependsOn) && "
-                    f"!s.dependsOn.all(d, {_EARLIER_STEP}), s.name)[0] + ': each dependsOn entry must name "
-                    "another step of this saga, listed before it'",
+                    "messageExpression": _DEPENDS_ON_MESSAGE,
                     "message": "each dependsOn entry must name another step of this saga, listed before it",
                 },
             ]
@@ -173,7 +192,8 @@ class SagaSpec(_Model):
     steps: list[StepSpec] = Field(
         min_length=1,
         max_length=MAX_STEPS,
-        description="The steps, in order. At least one, at most 32.",
+        description="The steps, in order. The last one may have no compensation: it is then the pivot, the "
+        "step after which the saga can no longer be undone, and it runs after every other step has succeeded.",
         json_schema_extra={"x-kubernetes-validations": cast(list[JsonValue], _STEP_RULES)},
     )
     payload: dict[str, Any] = Field(
@@ -190,7 +210,17 @@ class SagaSpec(_Model):
     abort: bool = Field(
         default=False,
         description="Set to true to stop the saga: running steps are compensated, in reverse order. Once true "
-        "it stays true. The only field of the spec that may change after the saga is created.",
+        "it stays true. On a saga that has already finished it changes nothing (an Event AbortIgnored says so). "
+        "With ttlSecondsAfterFinished, the only fields of the spec that may change after the saga is created.",
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_TTL_SECONDS,
+        description="Delete the saga this many seconds after it finished Succeeded or Compensated (0: at once), as "
+        "a Job's field of the same name. Failed and Rejected sagas are never deleted by it. Unset: the operator's "
+        "default (SAGA_TTL_SECONDS_AFTER_FINISHED; unset there too: kept until deleted). May be set or changed at "
+        "any time, also after the saga finished.",
     )
     compensation_attempt_limit: int = Field(
         default=20,
@@ -275,11 +305,14 @@ class StepStatus(_Model):
         description="The messageId of the latest command sent for this step (the same for every send of one "
         "attempt): a reply answers it, or an earlier attempt of the same kind.",
     )
-    dispatched_at: datetime | None = Field(default=None, description="When the latest command was sent.")
+    dispatched_at: datetime | None = Field(default=None, description="When the latest action command was sent.")
     deadline: datetime | None = Field(
         default=None, description="When the operator stops waiting: the reply timeout, or the end of a backoff."
     )
     finished_at: datetime | None = Field(default=None, description="When the action's outcome was recorded.")
+    compensation_dispatched_at: datetime | None = Field(
+        default=None, description="When the latest compensation command was sent."
+    )
     compensated_at: datetime | None = Field(default=None, description="When the compensation was recorded.")
     result: dict[str, Any] | None = Field(default=None, description="What the action returned.")
     error: ErrorRecord | None = Field(default=None, description="The latest failure of this step.")
@@ -292,20 +325,30 @@ class ConditionStatus(StrEnum):
 
 
 class Condition(_Model):
-    """A Kubernetes API condition, derived from the phase."""
+    """A Kubernetes API condition (the shape of metav1.Condition), derived from the phase."""
 
     # The types and how each is derived: saga_operator.domain.conditions (ConditionType).
     type: str = Field(
-        description="Completed: True once the saga has ended (phase Succeeded, Compensated or Failed), False "
-        "while it runs. Succeeded: True when every step has succeeded; False while the saga is being undone "
-        "or once it ended otherwise; Unknown while it still may succeed."
+        max_length=316,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+        description="Completed: True once the saga has finished, either way (phase Succeeded, Compensated, Failed "
+        "or Rejected), False while it runs or compensates: wait for this one. Succeeded: True when every step "
+        "has succeeded; False once the saga finished otherwise; Unknown while it runs or compensates.",
     )
     status: ConditionStatus = Field(description="True, False or Unknown.")
-    reason: str = Field(description="The phase the condition was derived from, e.g. Compensating.")
-    message: str = Field(default="", description="Why the saga is where it is: the status's message.")
+    reason: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="CamelCase: the phase (Running, Compensating, Succeeded, Compensated), or for a Failed or "
+        "Rejected saga its reason (e.g. CompensationStuck, InvalidSpec).",
+    )
+    message: str = Field(max_length=32768, description="For a person: why the condition is as it is.")
     last_transition_time: datetime = Field(description="When the condition's status last changed.")
     observed_generation: int | None = Field(
-        default=None, description="The spec generation (metadata.generation) the condition was computed from."
+        default=None,
+        ge=0,
+        description="The spec generation (metadata.generation) the condition was computed from.",
     )
 
 
@@ -337,7 +380,9 @@ class SagaStatus(_Model):
     steps: list[StepStatus] = Field(default_factory=list, description="One record per step, in spec order.")
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Completed and Succeeded, derived from the phase, e.g. for kubectl wait --for=condition=Completed.",
+        description="Completed and Succeeded, derived from the phase: kubectl wait --for=condition=Completed "
+        "returns when the saga has finished, either way (docs/operations.md).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     previous_digest: str | None = Field(
         default=None, description="The digest of the status this one succeeds (the chain of the operator's writes)."

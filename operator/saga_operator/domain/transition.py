@@ -33,6 +33,7 @@ from saga_operator.domain.events import (
     Resumed,
     RetryRequested,
     SendCommand,
+    SpecChanged,
     Start,
     Tick,
 )
@@ -83,7 +84,7 @@ class _Work:
         assert spec.compensation is not None and record.attempt > 0, "only a dispatched step is compensated"
         move(record, event)
         record.compensation_attempt += 1
-        record.dispatched_at = now
+        record.compensation_dispatched_at = now  # dispatched_at keeps the action's time
         record.deadline = now + timedelta(seconds=spec.timeout_seconds)
         self.command(spec, record, CommandKind.COMPENSATION)
 
@@ -129,7 +130,7 @@ def transition(
             _fail(work, *problem, now)
         elif isinstance(event, ReplyReceived):
             _ignore(work, "SagaFinished")
-        return _finish(work, status, generation, now)
+        return _finish(work, status, generation, now, event)
     try:
         _dispatch(work, event, now)
     except IllegalStepMove as exc:
@@ -137,7 +138,7 @@ def transition(
         # but this verdict, and send nothing.
         work = _Work(spec, status.model_copy(deep=True), uid)
         _fail(work, integrity.ILLEGAL_STEP_MOVE, f"{exc} (nothing was sent)", now)
-    return _finish(work, status, generation, now)
+    return _finish(work, status, generation, now, event)
 
 
 def _dispatch(work: _Work, event: Event, now: datetime) -> None:
@@ -157,14 +158,24 @@ def _dispatch(work: _Work, event: Event, now: datetime) -> None:
             _retry(work, token, now)
         case CommandRefused():
             _command_refused(work, event, now)
+        case SpecChanged():
+            pass  # recorded by _finish
     if work.status.phase not in TERMINAL_PHASES and work.status.phase != Phase.PENDING:
         _advance(work, now)
 
 
-def _finish(work: _Work, status: SagaStatus, generation: int | None, now: datetime) -> tuple[SagaStatus, list[Effect]]:
+def _finish(
+    work: _Work, status: SagaStatus, generation: int | None, now: datetime, event: Event
+) -> tuple[SagaStatus, list[Effect]]:
     _derive(work, now)
     new = work.status
-    if new != status:
+    unobserved = (
+        isinstance(event, SpecChanged)
+        and generation is not None
+        and status.phase != Phase.PENDING
+        and status.observed_generation != generation
+    )
+    if new != status or unobserved:
         observe_generation(new, generation)
         new.seq = status.seq + 1
     return new, work.effects
@@ -191,7 +202,7 @@ def _start(work: _Work, now: datetime, participants: frozenset[str] = frozenset(
     status.phase = Phase.RUNNING
     status.started_at = now
     status.message = None
-    work.event(False, "Started", f"saga started with {len(work.spec.steps)} steps")
+    work.event(False, "Started", f"saga started with {_steps(len(work.spec.steps))}")
 
 
 def _resend_in_flight(work: _Work) -> None:
@@ -344,7 +355,7 @@ def _action_attempt_failed(work: _Work, spec: StepSpec, record: StepStatus, erro
     move(record, StepEvent.GIVE_UP)
     record.deadline = None
     record.finished_at = now
-    message = f"step {spec.name} gave up after {record.attempt} attempts: {_describe(error)}"
+    message = f"step {spec.name} gave up after {_attempts(record.attempt)}: {_describe(error)}"
     if spec.compensation is None:
         # The pivot cannot be undone and its outcome is unknown: only a person can decide.
         _fail(work, "PivotOutcomeUnknown", message + "; the pivot has no compensation", now)
@@ -367,7 +378,7 @@ def _compensation_attempt_failed(
     _fail(
         work,
         "CompensationStuck",
-        f"compensation of step {spec.name} did not succeed after {record.compensation_attempt} attempts: "
+        f"compensation of step {spec.name} did not succeed after {_attempts(record.compensation_attempt)}: "
         f"{_describe(error)}",
         now,
     )
@@ -445,8 +456,21 @@ def _begin_undo(work: _Work, message: str) -> None:
 
 
 def _abort(work: _Work, reason: str, now: datetime) -> None:
+    """An abort (or a deletion). One that cannot change anything says so in an Event (a person's abort only:
+    deleting a finished saga needs no word). The shell delivers a person's abort to a saga that is finished or
+    already being undone once, when it sees spec.abort turn true."""
     status = work.status
-    if status.undoing or status.phase in TERMINAL_PHASES:
+    if status.phase in TERMINAL_PHASES:
+        if reason == "AbortRequested":
+            work.event(
+                False,
+                "AbortIgnored",
+                f"spec.abort is true but the saga already finished ({_outcome(status)}): there is nothing to abort",
+            )
+        return
+    if status.undoing:
+        if reason == "AbortRequested":
+            work.event(False, "AbortIgnored", "spec.abort is true; the saga is already being undone")
         return
     if status.phase == Phase.PENDING:
         _start(work, now)
@@ -457,9 +481,17 @@ def _abort(work: _Work, reason: str, now: datetime) -> None:
 
 def _retry(work: _Work, token: str, now: datetime) -> None:
     status = work.status
-    if status.phase != Phase.FAILED or token == status.retry_token:
+    if token == status.retry_token or status.phase == Phase.PENDING:
         return
-    status.retry_token = token
+    status.retry_token = token  # acted on, or answered: either way once per token
+    if status.phase != Phase.FAILED:
+        work.event(
+            False,
+            "RetryIgnored",
+            f"retry annotation {token!r} ignored: the saga is {_outcome(status)}, and only a Failed saga can be "
+            "retried" + ("; set a new value if it fails" if status.phase not in TERMINAL_PHASES else ""),
+        )
+        return
     if status.reason in integrity.NOT_RETRYABLE:
         work.event(True, "RetryRefused", f"a retry cannot cure {status.reason}: see docs/operations.md")
         return
@@ -467,8 +499,9 @@ def _retry(work: _Work, token: str, now: datetime) -> None:
     status.phase = Phase.COMPENSATING if status.undoing else Phase.RUNNING
     status.reason = None
     status.finished_at = None
-    status.message = f"retry {status.retries_granted} requested"
-    work.event(False, "RetryRequested", f"a person asked to retry (token {token!r})")
+    doing = "compensating again" if status.undoing else "sending the stuck step again"
+    status.message = f"retry {status.retries_granted} requested: {doing}"
+    work.event(False, "RetryRequested", f"a person asked to retry (token {token!r}): {doing}")
     for record in status.steps:
         spec = work.specs[record.name]
         if record.state in (StepState.COMPENSATING, StepState.COMPENSATION_RETRYING):
@@ -492,7 +525,7 @@ def _advance_forward(work: _Work, now: datetime) -> None:
         status.phase = Phase.SUCCEEDED
         status.finished_at = now
         status.message = None
-        work.event(False, "Succeeded", f"all {len(status.steps)} steps succeeded")
+        work.event(False, "Succeeded", f"all {_steps(len(status.steps))} succeeded")
         return
     dependencies = work.spec.dependencies()
     others = {name for name in work.specs if name != work.pivot}
@@ -533,7 +566,10 @@ def _advance_backward(work: _Work, now: datetime) -> None:
         status.phase = Phase.COMPENSATED
         status.finished_at = now
         compensated = sum(r.state == StepState.COMPENSATED for r in status.steps)
-        work.event(False, "Compensated", f"saga undone: {compensated} step(s) compensated")
+        if status.retries_granted:
+            # The message said what the retry was doing; now it is done.
+            status.message = f"saga undone after retry {status.retries_granted}: {_steps(compensated)} compensated"
+        work.event(False, "Compensated", f"saga undone: {_steps(compensated)} compensated")
 
 
 def _dependents(work: _Work) -> dict[str, set[str]]:
@@ -557,6 +593,19 @@ def _derive(work: _Work, now: datetime) -> None:
     active = [r.name for r in status.steps if r.state in IN_FLIGHT]
     status.current_step = ",".join(active) or None
     derive_conditions(status, now)
+
+
+def _attempts(count: int) -> str:
+    return f"{count} attempt" if count == 1 else f"{count} attempts"
+
+
+def _steps(count: int) -> str:
+    return f"{count} step" if count == 1 else f"{count} steps"
+
+
+def _outcome(status: SagaStatus) -> str:
+    """The phase, with the reason of a Failed or Rejected saga: Succeeded, Failed (CompensationStuck)."""
+    return f"{status.phase.value} ({status.reason})" if status.reason else status.phase.value
 
 
 def _error(reply: Reply, default_reason: str) -> ErrorRecord:

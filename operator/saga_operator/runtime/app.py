@@ -133,6 +133,7 @@ class OperatorApp:
             self.metrics,
             settings.max_backoff_seconds,
             participants=settings.participants,
+            ttl_seconds_after_finished=settings.ttl_seconds_after_finished,
             status_key=status_key,
             tracing=self.tracing,
         )

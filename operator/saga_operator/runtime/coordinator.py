@@ -12,7 +12,7 @@ import heapq
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka.errors import MessageSizeTooLargeError
@@ -20,7 +20,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from saga_operator.adapters.kube import TRANSIENT_API_ERRORS, Conflict, Gone, SagaRef, is_too_large
-from saga_operator.domain import digest, integrity
+from saga_operator.domain import digest, integrity, ttl
 from saga_operator.domain.events import (
     AbortRequested,
     CommandRefused,
@@ -32,6 +32,7 @@ from saga_operator.domain.events import (
     Resumed,
     RetryRequested,
     SendCommand,
+    SpecChanged,
     Start,
     Tick,
 )
@@ -96,6 +97,7 @@ class SagaEntry:
         "_resting",
         "_spec",
         "_status",
+        "abort_new",
         "accept_seq",
         "delete_confirmed",
         "deleting",
@@ -113,6 +115,9 @@ class SagaEntry:
     def __init__(self, ref: SagaRef) -> None:
         self.ref = ref
         self.spec_error: str | None = None
+        # spec.abort turned true since the operator last saw this spec (unknown at first sight: False). Kept until
+        # _reconcile answers it, across re-reads.
+        self.abort_new = False
         self.resource_version = ""
         self.generation = 1
         self.retry_token: str | None = None
@@ -218,9 +223,11 @@ class SagaEntry:
         annotation names its seq); a status that does not parse is never taken. Either way the verdict says
         why (None: nothing to say) and our own status stays."""
         self.adopt_metadata(body)
+        previous = self.spec
         try:
             self.spec = SagaSpec.model_validate(body.get("spec") or {})
             self.spec_error = None
+            self.abort_new = self.abort_new or (previous is not None and not previous.abort and self.spec.abort)
         except ValidationError as exc:
             self.spec, self.spec_error = None, _first_error(exc)
         raw = body.get("status")
@@ -279,7 +286,8 @@ def _brief(body: Any, limit: int = 300) -> str:
 def _first_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
-    return f"spec.{where}: {first['msg']}" if where else f"spec: {first['msg']}"
+    message = first["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
+    return f"spec.{where}: {message}" if where else f"spec: {message}"
 
 
 class Coordinator:
@@ -294,6 +302,7 @@ class Coordinator:
         participants: Collection[str] = (),
         status_key: bytes | None = None,
         tracing: SagaTracing | None = None,
+        ttl_seconds_after_finished: int | None = None,
     ) -> None:
         self.kube = kube
         self._send = send
@@ -305,12 +314,16 @@ class Coordinator:
         self.status_key = status_key
         # Spans of the log's attempts (runtime/tracing.py); off (no provider): nothing is computed.
         self.tracing = tracing if tracing is not None else SagaTracing(None)
+        # The TTL of a finished saga whose spec sets none (domain.ttl); None: kept until deleted.
+        self.ttl_default = ttl_seconds_after_finished
         self.sagas: dict[str, SagaEntry] = {}
         self._known_topics: set[str] = set()
         self._deadlines: list[tuple[float, str]] = []
         self._scheduled: dict[str, float] = {}
         self._wake = asyncio.Event()
-        self._events: asyncio.Queue[tuple[SagaRef, EmitEvent]] = asyncio.Queue(maxsize=10_000)
+        # Each Event with the time it happened (not when it is posted): kubectl lists them by that time.
+        self._events: asyncio.Queue[tuple[SagaRef, EmitEvent, datetime]] = asyncio.Queue(maxsize=10_000)
+        self._last_event_at = datetime.min.replace(tzinfo=UTC)
         self._tasks: set[asyncio.Task[None]] = set()
         self.api_healthy = True
 
@@ -429,9 +442,9 @@ class Coordinator:
 
     async def post_events(self) -> None:
         while True:
-            ref, event = await self._events.get()
+            ref, event, at = await self._events.get()
             try:
-                await self.kube.post_event(ref, event.type, event.reason, event.message)
+                await self.kube.post_event(ref, event.type, event.reason, event.message, at)
             except Exception as exc:
                 self.metrics.events_dropped.inc()
                 log.debug("event %s for %s not posted: %s", event.reason, ref.name, exc)
@@ -448,6 +461,9 @@ class Coordinator:
             return
         try:
             async with entry.lock:
+                if entry.status.phase in TERMINAL_PHASES:
+                    await self._expire(entry)  # the only deadline of a finished saga is its TTL
+                    return
                 await self._apply(entry, Tick(_now()))
                 await self._after(entry)
             entry.rest()
@@ -477,23 +493,62 @@ class Coordinator:
         elif integrity.mismatch(entry.spec, status) is not None:
             # The spec changed under a running saga (admission would refuse that): say so now, not at its next reply.
             await self._apply(entry, Tick(_now()))
-        if entry.spec.abort and not entry.status.undoing:
+        if entry.spec.abort and not entry.status.undoing and entry.status.phase not in TERMINAL_PHASES:
             await self._apply(entry, AbortRequested(_now()))
-        if entry.deleting and not entry.status.undoing:
+        elif entry.abort_new and entry.spec.abort:
+            # An abort that can change nothing (finished, or already being undone): the core says why, once.
+            await self._apply(entry, AbortRequested(_now()))
+        entry.abort_new = False
+        if entry.deleting and not entry.status.undoing and entry.status.phase not in TERMINAL_PHASES:
             await self._apply(entry, AbortRequested(_now(), reason="Deleted"))
         if entry.retry_token and entry.retry_token != entry.status.retry_token:
             await self._apply(entry, RetryRequested(entry.retry_token, _now()))
+        if not entry.deleting and entry.status.observed_generation not in (None, entry.generation):
+            # A spec change nothing above wrote (a new TTL): record that the operator has seen it.
+            await self._apply(entry, SpecChanged(_now()))
         await self._after(entry)
 
     async def _after(self, entry: SagaEntry) -> None:
         """Book-keeping after any change: the next deadline, and the finalizer once there is nothing
         left to undo."""
         deadline = next_deadline(entry.status)
+        if deadline is None and not entry.deleting and entry.spec is not None:
+            deadline = ttl.expires_at(entry.spec, entry.status, self.ttl_default)
         if deadline is not None:
             self._schedule(entry.ref.uid, deadline.timestamp())
         if entry.deleting and entry.finalized and entry.status.phase in TERMINAL_PHASES:
             if self._may_release(entry):
                 await self._set_finalizer(entry, add=False)
+
+    async def _expire(self, entry: SagaEntry) -> None:
+        """Delete a finished saga whose TTL has passed (domain.ttl decides; a Failed or Rejected one never is).
+        The deletion then goes the usual way: the watch brings the deletionTimestamp, _after removes the
+        finalizer (a Succeeded or Compensated saga has nothing to undo)."""
+        spec = entry.spec
+        if spec is None or entry.deleting or not ttl.expired(spec, entry.status, self.ttl_default, _now()):
+            await self._after(entry)  # not (yet): a TTL changed since this was scheduled
+            return
+        try:
+            await self.kube.delete_saga(entry.ref)
+        except Gone:
+            self.sagas.pop(entry.ref.uid, None)
+            return
+        except TRANSIENT_API_ERRORS as exc:
+            log.warning(
+                "saga %s/%s: deletion after its TTL failed (%s); trying again", entry.ref.namespace, entry.ref.name, exc
+            )
+            self._schedule(entry.ref.uid, time.time() + self.max_backoff)
+            return
+        entry.deleting = True  # until the watch says so: nothing more to schedule
+        self.metrics.deleted_by_ttl.labels(entry.status.phase.value).inc()
+        seconds = ttl.ttl_seconds(spec, self.ttl_default)
+        log.info(
+            "saga %s/%s: deleted, %ss after it finished %s",
+            entry.ref.namespace,
+            entry.ref.name,
+            seconds,
+            entry.status.phase.value,
+        )
 
     def _may_release(self, entry: SagaEntry) -> bool:
         """Whether a deleted saga in a terminal phase may go. A Failed one that may still hold effects (a step
@@ -528,14 +583,36 @@ class Coordinator:
         return False
 
     async def _refuse(self, entry: SagaEntry) -> None:
-        """A spec the CRD should have refused (an older CRD, or validation off): say so, do nothing."""
+        """A spec the CRD should have refused (an older CRD, or validation off): say so, do nothing. A retry
+        annotation is answered (once per value): nothing ran, so there is nothing to retry."""
         message = f"{integrity.INVALID_SPEC}: {entry.spec_error}"
         if not (entry.status.phase == Phase.REJECTED and entry.status.message == message):
             status = settle(
                 entry.status, Phase.REJECTED, integrity.INVALID_SPEC, entry.spec_error or "", _now(), entry.generation
             )
             await self._write(entry, status)
-            self._emit(entry, EmitEvent("Warning", integrity.INVALID_SPEC, entry.spec_error or "invalid spec"))
+            self._emit(
+                entry,
+                EmitEvent(
+                    "Warning",
+                    integrity.INVALID_SPEC,
+                    f"{entry.spec_error or 'invalid spec'}; nothing was sent. Fix the manifest and create the saga "
+                    "again",
+                ),
+            )
+        token = entry.retry_token
+        if token and token != entry.status.retry_token and not entry.deleting:
+            answered = entry.status.model_copy(update={"retry_token": token, "seq": entry.status.seq + 1})
+            await self._write(entry, answered)
+            self._emit(
+                entry,
+                EmitEvent(
+                    "Normal",
+                    "RetryIgnored",
+                    f"retry annotation {token!r} ignored: the saga is Rejected ({integrity.INVALID_SPEC}), nothing "
+                    "ran; fix the manifest and create the saga again",
+                ),
+            )
         if entry.deleting and entry.finalized:
             await self._set_finalizer(entry, add=False)
 
@@ -720,8 +797,11 @@ class Coordinator:
     def _emit(self, entry: SagaEntry, event: EmitEvent) -> None:
         level = logging.WARNING if event.type == "Warning" else logging.INFO
         log.log(level, "saga %s/%s: %s: %s", entry.ref.namespace, entry.ref.name, event.reason, event.message)
+        # Strictly increasing: two Events of one transition are listed in the order they were emitted.
+        at = max(_now(), self._last_event_at + timedelta(microseconds=1))
+        self._last_event_at = at
         try:
-            self._events.put_nowait((entry.ref, event))
+            self._events.put_nowait((entry.ref, event, at))
         except asyncio.QueueFull:
             self.metrics.events_dropped.inc()
 

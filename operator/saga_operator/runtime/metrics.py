@@ -59,6 +59,13 @@ class Metrics:
             "Sagas that could not be resumed at start-up (the others are); see the log.",
             registry=r,
         )
+        self.deleted_by_ttl = Counter(
+            "saga_operator_sagas_deleted_by_ttl_total",
+            "Finished sagas the operator deleted because their ttlSecondsAfterFinished (or the operator's default, "
+            "SAGA_TTL_SECONDS_AFTER_FINISHED) had passed, by the phase they finished in.",
+            ["phase"],
+            registry=r,
+        )
         self.events_dropped = Counter(
             "saga_operator_events_dropped_total",
             "Kubernetes Events not posted (queue full or API error).",

@@ -7,6 +7,7 @@ app (runtime/app.py), which hands each body to `Coordinator.observe`.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from saga_operator.adapters.kube import SagaRef
@@ -36,8 +37,13 @@ class SagaStore(Protocol):
         Removing the last finalizer of a saga whose deletion was requested lets the API server delete it."""
         ...
 
-    async def post_event(self, ref: SagaRef, type_: str, reason: str, message: str) -> None:
-        """Record a Kubernetes Event about the saga (best effort: the caller counts a failure and moves on)."""
+    async def delete_saga(self, ref: SagaRef) -> None:
+        """Ask the API server to delete this saga (its uid, not another under the same name); raises Gone."""
+        ...
+
+    async def post_event(self, ref: SagaRef, type_: str, reason: str, message: str, at: datetime | None = None) -> None:
+        """Record a Kubernetes Event about the saga that happened `at` (best effort: the caller counts a failure and
+        moves on)."""
         ...
 
 

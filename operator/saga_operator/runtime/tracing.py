@@ -105,13 +105,15 @@ def open_attempt(record: StepStatus, phase: Phase) -> Attempt | None:
     not finished. (A compensation past its attempt limit stays Compensating without a deadline: not awaited.)"""
     if phase in TERMINAL_PHASES or record.deadline is None or record.command_id is None:
         return None
-    if record.dispatched_at is None:
-        return None
-    if record.state == StepState.DISPATCHED:
+    if record.state == StepState.DISPATCHED and record.dispatched_at is not None:
         return Attempt(record.name, CommandKind.ACTION, record.attempt, record.command_id, record.dispatched_at)
-    if record.state == StepState.COMPENSATING:
+    if record.state == StepState.COMPENSATING and record.compensation_dispatched_at is not None:
         return Attempt(
-            record.name, CommandKind.COMPENSATION, record.compensation_attempt, record.command_id, record.dispatched_at
+            record.name,
+            CommandKind.COMPENSATION,
+            record.compensation_attempt,
+            record.command_id,
+            record.compensation_dispatched_at,
         )
     return None
 
