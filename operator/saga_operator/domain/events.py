@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from saga_protocol import CommandKind, Reply
 
@@ -80,6 +80,10 @@ class SendCommand:
     attempt: int
     #: The command's messageId: command_id(saga uid, step, kind, attempt), recorded in the step's status.
     command_id: str
+    #: The step's evaluated input (None: it declares none): recorded in the status, the same in every send.
+    input: dict[str, Any] | None = None
+    #: Compensations: the action's recorded result (None: unknown, or none returned).
+    action_result: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

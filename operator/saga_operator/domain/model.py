@@ -133,6 +133,14 @@ class StepSpec(_Model):
         description="How long to wait for the participant's reply before retrying.",
     )
     retry: RetryPolicy = Field(default_factory=RetryPolicy, description="Retries on timeouts and transient errors.")
+    input: dict[str, Any] | None = Field(
+        default=None,
+        description="JSON object sent as the command's `input` (the compensation gets the same). A string "
+        "value that is wholly `${expression}` is replaced by the value of that CEL expression over `payload`, "
+        "`saga` (name, namespace, uid) and `steps.<name>.result` / `steps.<name>.input` of the steps this one "
+        "depends on, directly or through others; e.g. `${steps.videos.result.purchaseId}`. Evaluated once, "
+        "before the first attempt; an expression that fails fails the step (InputFailed) before anything is sent.",
+    )
 
 
 _STEP_RULES: Final = [
@@ -281,6 +289,10 @@ class StepStatus(_Model):
     )
     finished_at: datetime | None = Field(default=None, description="When the action's outcome was recorded.")
     compensated_at: datetime | None = Field(default=None, description="When the compensation was recorded.")
+    input: dict[str, Any] | None = Field(
+        default=None,
+        description="The step's input as evaluated before its first attempt: every command of the step carries it.",
+    )
     result: dict[str, Any] | None = Field(default=None, description="What the action returned.")
     error: ErrorRecord | None = Field(default=None, description="The latest failure of this step.")
 

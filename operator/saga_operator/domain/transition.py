@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from saga_operator.domain import integrity
+from saga_operator.domain import inputs, integrity
 from saga_operator.domain.conditions import derive_conditions, observe_generation
 from saga_operator.domain.events import (
     AbortRequested,
@@ -54,9 +54,10 @@ from saga_protocol.limits import MAX_SAGA_RESULTS_BYTES, json_size
 class _Work:
     """The status being built and the effects collected while applying one event."""
 
-    def __init__(self, spec: SagaSpec, status: SagaStatus, uid: str) -> None:
+    def __init__(self, spec: SagaSpec, status: SagaStatus, uid: str, name: str = "", namespace: str = "") -> None:
         self.spec = spec
         self.uid = uid
+        self.meta = {"name": name, "namespace": namespace, "uid": uid}
         self.status = status
         self.effects: list[Effect] = []
         self.specs = {step.name: step for step in spec.steps}
@@ -97,7 +98,40 @@ class _Work:
             assert spec.compensation is not None
             action, attempt = spec.compensation, record.compensation_attempt
         record.command_id = command_id(self.uid, spec.name, kind, attempt)
-        self.effects.append(SendCommand(spec.name, spec.participant, action, kind, attempt, record.command_id))
+        # The input recorded at the first attempt, in every command of the step: one idempotency key, one request.
+        action_result = record.result if kind == CommandKind.COMPENSATION else None
+        self.effects.append(
+            SendCommand(
+                spec.name, spec.participant, action, kind, attempt, record.command_id, record.input, action_result
+            )
+        )
+
+    def evaluate_input(self, spec: StepSpec, record: StepStatus, now: datetime) -> bool:
+        """Evaluate the step's declared input before its first attempt and record it. False: it failed, the step
+        is Refused (nothing was sent) and the saga is being undone."""
+        if spec.input is None:
+            return True
+        reads = inputs.upstream(self.spec)[spec.name]
+        steps = {r.name: {"input": r.input, "result": r.result} for r in self.status.steps if r.name in reads}
+        try:
+            record.input = inputs.evaluate(
+                spec.name, spec.input, payload=self.spec.payload, saga=self.meta, steps=steps
+            )
+            if _results_size(self.status) > MAX_SAGA_RESULTS_BYTES:
+                raise inputs.InputError(
+                    inputs.INPUT_TOO_LARGE,
+                    f"the inputs and results of this saga would exceed {MAX_SAGA_RESULTS_BYTES} bytes together",
+                )
+        except inputs.InputError as exc:
+            record.input = None
+            move(record, StepEvent.INPUT_FAILED)
+            record.error = ErrorRecord(reason=exc.reason, message=exc.message)
+            record.finished_at = now
+            message = f"step {spec.name} failed before it was sent: {_describe(record.error)}"
+            self.event(True, exc.reason, message)
+            _begin_undo(self, message)
+            return False
+        return True
 
     def action_attempts_allowed(self, spec: StepSpec) -> int:
         return (1 + spec.retry.limit) * (1 + self.status.retries_granted)
@@ -107,15 +141,23 @@ class _Work:
 
 
 def transition(
-    spec: SagaSpec, status: SagaStatus, event: Event, generation: int | None = None, *, uid: str
+    spec: SagaSpec,
+    status: SagaStatus,
+    event: Event,
+    generation: int | None = None,
+    *,
+    uid: str,
+    name: str = "",
+    namespace: str = "",
 ) -> tuple[SagaStatus, list[Effect]]:
     """Apply one event. Returns the new status (`seq` bumped when it changed) and the effects to
     perform, in order, after that status is durably written.
 
     `generation` is the `metadata.generation` of `spec`. A changed status records it as its
     observedGeneration and on every condition; an unchanged one is not written, so it records nothing
-    (None: keep the generation already recorded). `uid` is the saga's `metadata.uid`: command ids are made of it."""
-    work = _Work(spec, status.model_copy(deep=True), uid)
+    (None: keep the generation already recorded). `uid` is the saga's `metadata.uid`: command ids are made of it;
+    `uid`, `name` and `namespace` are what step inputs see as `saga`."""
+    work = _Work(spec, status.model_copy(deep=True), uid, name, namespace)
     now = event.now
     problem = integrity.mismatch(spec, status)
     if problem is not None:
@@ -135,7 +177,7 @@ def transition(
     except IllegalStepMove as exc:
         # A bug in the core, or a status whose step states no real run produces: stop before anything is written
         # but this verdict, and send nothing.
-        work = _Work(spec, status.model_copy(deep=True), uid)
+        work = _Work(spec, status.model_copy(deep=True), uid, name, namespace)
         _fail(work, integrity.ILLEGAL_STEP_MOVE, f"{exc} (nothing was sent)", now)
     return _finish(work, status, generation, now)
 
@@ -374,7 +416,10 @@ def _compensation_attempt_failed(
 
 
 def _results_size(status: SagaStatus) -> int:
-    return sum(json_size(record.result) for record in status.steps if record.result is not None)
+    """What the log holds of results and evaluated inputs, together: both count against MAX_SAGA_RESULTS_BYTES."""
+    return sum(
+        json_size(value) for record in status.steps for value in (record.result, record.input) if value is not None
+    )
 
 
 def _command_refused(work: _Work, event: CommandRefused, now: datetime) -> None:
@@ -478,11 +523,12 @@ def _retry(work: _Work, token: str, now: datetime) -> None:
 
 
 def _advance(work: _Work, now: datetime) -> None:
-    """Start whatever can start now, forward or backward, and settle the phase."""
+    """Start whatever can start now, forward or backward, and settle the phase. A step whose input fails
+    starts the undo in the forward pass: the backward pass then follows in the same event."""
+    if not work.status.undoing:
+        _advance_forward(work, now)
     if work.status.undoing:
         _advance_backward(work, now)
-    else:
-        _advance_forward(work, now)
 
 
 def _advance_forward(work: _Work, now: datetime) -> None:
@@ -501,7 +547,10 @@ def _advance_forward(work: _Work, now: datetime) -> None:
             continue
         needs = others if record.name == work.pivot else set(dependencies[record.name])
         if needs <= succeeded:
-            work.send_action(work.specs[record.name], record, StepEvent.DISPATCH, now)
+            spec = work.specs[record.name]
+            if not work.evaluate_input(spec, record, now):
+                return  # the saga is being undone: nothing more starts
+            work.send_action(spec, record, StepEvent.DISPATCH, now)
 
 
 def _advance_backward(work: _Work, now: datetime) -> None:

@@ -527,7 +527,15 @@ class Coordinator:
     async def _apply(self, entry: SagaEntry, event: Event, received: float | None = None) -> list[Effect]:
         assert entry.spec is not None
         for _ in range(10):
-            new, effects = transition(entry.spec, entry.status, event, entry.generation, uid=entry.ref.uid)
+            new, effects = transition(
+                entry.spec,
+                entry.status,
+                event,
+                entry.generation,
+                uid=entry.ref.uid,
+                name=entry.ref.name,
+                namespace=entry.ref.namespace,
+            )
             if new.seq == entry.status.seq:
                 await self._perform(entry, effects, received)
                 return effects
@@ -662,6 +670,8 @@ class Coordinator:
             attempt=effect.attempt,
             idempotency_key=idempotency_key(entry.ref.uid, effect.step),
             payload=spec.payload,
+            input=effect.input,
+            action_result=effect.action_result,
             reply_topic=reply_topic(effect.participant),
             sent_at=_now(),
         )
