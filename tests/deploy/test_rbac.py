@@ -37,6 +37,10 @@ NEEDED = [
     ("patch", "sagas.saga.dev", "-n", OTHER_NAMESPACE),
     # every transition: merge PATCH of the status subresource
     ("patch", "sagas.saga.dev", "--subresource=status", "-n", OTHER_NAMESPACE),
+    # a templated Saga's SagaTemplate, read when it starts
+    ("get", "sagatemplates.saga.dev", "-n", OTHER_NAMESPACE),
+    ("list", "sagatemplates.saga.dev", "--all-namespaces"),
+    ("watch", "sagatemplates.saga.dev", "--all-namespaces"),
     # Events on the Sagas (the coordinator's and Kopf's)
     ("create", "events", "-n", OTHER_NAMESPACE),
     ("create", "events", "-n", NAMESPACE),
@@ -72,6 +76,10 @@ NOT_NEEDED = [
     ("delete", "sagas.saga.dev", "-n", OTHER_NAMESPACE),
     ("deletecollection", "sagas.saga.dev", "-n", OTHER_NAMESPACE),
     ("update", "sagas.saga.dev", "--subresource=status", "-n", OTHER_NAMESPACE),
+    # SagaTemplates: the tenants' to write; the operator only reads them
+    ("create", "sagatemplates.saga.dev", "-n", OTHER_NAMESPACE),
+    ("patch", "sagatemplates.saga.dev", "-n", OTHER_NAMESPACE),
+    ("delete", "sagatemplates.saga.dev", "-n", OTHER_NAMESPACE),
     # Events: created, never rewritten or removed; not the events.k8s.io API it does not use
     ("patch", "events", "-n", OTHER_NAMESPACE),
     ("delete", "events", "-n", OTHER_NAMESPACE),
@@ -131,5 +139,6 @@ def test_the_whole_list_of_rules(kubectl: Kubectl, operator_identity: None, name
     assert rules == {
         "sagas.saga.dev": {"get", "list", "watch", "patch"},
         "sagas.saga.dev/status": {"patch"},
+        "sagatemplates.saga.dev": {"get", "list", "watch"},
         "events": {"create"},
     }

@@ -9,16 +9,29 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from saga_operator.domain.template import SagaTemplateSpec
 from saga_protocol import CommandKind, Reply
+
+
+@dataclass(frozen=True)
+class TemplateLookup:
+    """What the shell found for a templated saga's templateRef: the template's spec (None: not found, or with
+    `error` one that does not parse) and its identity, recorded in the saga's status."""
+
+    spec: SagaTemplateSpec | None
+    uid: str = ""
+    resource_version: str = ""
+    error: str | None = None
 
 
 @dataclass(frozen=True)
 class Start:
     """The operator saw the saga for the first time (its status is empty). `participants`: the ones that exist
-    (SAGA_PARTICIPANTS); empty, any name goes."""
+    (SAGA_PARTICIPANTS); empty, any name goes. `template`: for a saga with a templateRef, what it names."""
 
     now: datetime
     participants: frozenset[str] = frozenset()
+    template: TemplateLookup | None = None
 
 
 @dataclass(frozen=True)

@@ -166,7 +166,10 @@ def _references(tree: lark.Tree[Any]) -> tuple[frozenset[str], str | None]:
         if ident == "steps" and id(node) not in allowed:
             return frozenset(names), "uses steps other than as steps.<name> or steps['<name>']"
         if ident is not None and ident not in _VARIABLES and ident not in _BUILTIN_NAMES:
-            return frozenset(names), f"names {ident}, which is none of payload, saga, steps"
+            return frozenset(names), (
+                f"names {ident}, which is none of payload, saga, steps (a step name with '-' is written "
+                "steps['the-name'])"
+            )
     return frozenset(names), None
 
 

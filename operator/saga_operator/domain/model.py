@@ -155,8 +155,40 @@ _STEP_RULES: Final = [
 ]
 
 
+class TemplateRef(_Model):
+    """Which SagaTemplate to run, with its parameters."""
+
+    name: str = Field(
+        pattern=DNS_LABEL, max_length=63, description="The SagaTemplate's name, in the saga's own namespace."
+    )
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="A value for each parameter the template declares (those with a default may be left out). "
+        "They are checked when the saga starts (missing, of the wrong type, not declared: phase Rejected, reason "
+        "InvalidParameters, naming the parameter) and set on the payload, each under its own name.",
+    )
+
+
+class ExpandedTemplate(_Model):
+    """What a templated saga runs, copied from its SagaTemplate when it started: editing or deleting the
+    template later never changes it."""
+
+    name: str = Field(description="The SagaTemplate's name.")
+    uid: str = Field(default="", description="The SagaTemplate's metadata.uid when the saga started.")
+    resource_version: str = Field(default="", description="The SagaTemplate's resourceVersion when the saga started.")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="Every parameter's value, defaults included, as checked."
+    )
+    steps: list[StepSpec] = Field(description="The template's steps.")
+    payload: dict[str, Any] = Field(
+        default_factory=dict, description="The payload the saga runs with: the template's, the saga's, the parameters."
+    )
+
+
 _EARLIER_STEP: Final = "self.steps.exists(j, t, j < i && t.name == d)"
-_DEPENDS_ON_EARLIER: Final = f"self.steps.all(i, s, !has(s.dependsOn) || s.dependsOn.all(d, {_EARLIER_STEP}))"
+_DEPENDS_ON_EARLIER: Final = (
+    f"!has(self.steps) || self.steps.all(i, s, !has(s.dependsOn) || s.dependsOn.all(d, {_EARLIER_STEP}))"
+)
 
 
 class SagaSpec(_Model):
@@ -165,6 +197,10 @@ class SagaSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.steps) != has(self.templateRef)",
+                    "message": "a saga has either steps or a templateRef, not both and not neither",
+                },
                 {
                     # "Listed before it" makes a cycle impossible. Over the cost budget with one-variable
                     # macros; the index of a two-variable comprehension (Kubernetes 1.33+) brings it within.
@@ -179,9 +215,10 @@ class SagaSpec(_Model):
     )
 
     steps: list[StepSpec] = Field(
+        default_factory=list,
         min_length=1,
         max_length=MAX_STEPS,
-        description="The steps, in order. At least one, at most 32.",
+        description="The steps, in order. At least one, at most 32. Left out when templateRef names them.",
         json_schema_extra={"x-kubernetes-validations": cast(list[JsonValue], _STEP_RULES)},
     )
     payload: dict[str, Any] = Field(
@@ -194,6 +231,11 @@ class SagaSpec(_Model):
         # a templated manifest is a bug that moves money with nothing in it. (A CRD rule cannot tell null
         # from absent: has() is false for both.) Without the policy the operator refuses it (InvalidSpec).
         json_schema_extra={"nullable": True},
+    )
+    template_ref: TemplateRef | None = Field(
+        default=None,
+        description="Run the steps of a SagaTemplate of this namespace instead of steps of its own: the template "
+        "is read once, when the saga starts, and what it said is kept in status.template.",
     )
     abort: bool = Field(
         default=False,
@@ -211,16 +253,9 @@ class SagaSpec(_Model):
     @model_validator(mode="after")
     def _same_rules_as_the_crd(self) -> Self:
         """The CRD's CEL rules again, for specs that reach the operator some other way (an older CRD)."""
-        names = [step.name for step in self.steps]
-        if len(set(names)) != len(names):
-            raise ValueError("step names must be unique")
-
-        if any(step.compensation is None for step in self.steps[:-1]):
-            raise ValueError("only the last step (the pivot) may have no compensation")
-        for index, step in enumerate(self.steps):
-            for need in step.depends_on or ():
-                if need not in names[:index]:
-                    raise ValueError(f"step {step.name}: dependsOn {need!r} must name a step listed before it")
+        if bool(self.steps) == (self.template_ref is not None):
+            raise ValueError("a saga has either steps or a templateRef, not both and not neither")
+        check_steps(self.steps)
         return self
 
     def dependencies(self) -> dict[str, tuple[str, ...]]:
@@ -232,6 +267,19 @@ class SagaSpec(_Model):
             else:
                 deps[step.name] = (self.steps[index - 1].name,) if index else ()
         return deps
+
+
+def check_steps(steps: list[StepSpec]) -> None:
+    """The CRD's rules on a list of steps (a saga's or a template's); ValueError naming the first broken one."""
+    names = [step.name for step in steps]
+    if len(set(names)) != len(names):
+        raise ValueError("step names must be unique")
+    if any(step.compensation is None for step in steps[:-1]):
+        raise ValueError("only the last step (the pivot) may have no compensation")
+    for index, step in enumerate(steps):
+        for need in step.depends_on or ():
+            if need not in names[:index]:
+                raise ValueError(f"step {step.name}: dependsOn {need!r} must name a step listed before it")
 
 
 class Phase(StrEnum):
@@ -346,6 +394,10 @@ class SagaStatus(_Model):
         "PayloadTooLarge (docs/operations.md lists them).",
     )
     message: str | None = Field(default=None, description="Why the saga is where it is.")
+    template: ExpandedTemplate | None = Field(
+        default=None,
+        description="A templated saga: the steps and payload it runs with, as its template said when it started.",
+    )
     steps: list[StepStatus] = Field(default_factory=list, description="One record per step, in spec order.")
     conditions: list[Condition] = Field(
         default_factory=list,
@@ -368,3 +420,11 @@ class SagaStatus(_Model):
 
     def to_patch(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def effective_spec(spec: SagaSpec, status: SagaStatus) -> SagaSpec:
+    """The spec a saga runs: its own, or, for a templated saga that has started, the template's steps and payload
+    as recorded in its status (a copy; the stored spec keeps its templateRef and no steps)."""
+    if spec.template_ref is None or status.template is None:
+        return spec
+    return spec.model_copy(update={"steps": status.template.steps, "payload": status.template.payload})

@@ -34,19 +34,23 @@ from saga_operator.domain.events import (
     RetryRequested,
     SendCommand,
     Start,
+    TemplateLookup,
     Tick,
 )
 from saga_operator.domain.lifecycle import IN_FLIGHT, SETTLED, TO_UNDO, IllegalStepMove, StepEvent, move
 from saga_operator.domain.model import (
     TERMINAL_PHASES,
     ErrorRecord,
+    ExpandedTemplate,
     Phase,
     SagaSpec,
     SagaStatus,
     StepSpec,
     StepState,
     StepStatus,
+    effective_spec,
 )
+from saga_operator.domain.template import expand
 from saga_protocol import CommandKind, Outcome, Reply, command_id
 from saga_protocol.limits import MAX_SAGA_RESULTS_BYTES, json_size
 
@@ -157,8 +161,26 @@ def transition(
     observedGeneration and on every condition; an unchanged one is not written, so it records nothing
     (None: keep the generation already recorded). `uid` is the saga's `metadata.uid`: command ids are made of it;
     `uid`, `name` and `namespace` are what step inputs see as `saga`."""
-    work = _Work(spec, status.model_copy(deep=True), uid, name, namespace)
     now = event.now
+    original = status
+    if spec.template_ref is not None and not spec.steps:
+        if status.template is None:
+            # Not expanded yet: only its Start does (the shell applies Start before anything else).
+            if not (isinstance(event, Start) and status.phase == Phase.PENDING):
+                return status, [ReplyIgnored("SagaNotStarted", True)] if isinstance(event, ReplyReceived) else []
+            expanded = _expand(spec, event)
+            if isinstance(expanded, tuple):
+                new = status.model_copy(deep=True)
+                reject(new, *expanded, now)
+                derive_conditions(new, now)
+                observe_generation(new, generation)
+                new.seq = status.seq + 1
+                message = f"{expanded[1]}; nothing was sent. Fix the manifest and create the saga again"
+                return new, [EmitEvent("Warning", expanded[0], message)]
+            # Recorded in the write that starts the saga: from now on it runs what its status says.
+            status = status.model_copy(update={"template": expanded})
+        spec = effective_spec(spec, status)
+    work = _Work(spec, status.model_copy(deep=True), uid, name, namespace)
     problem = integrity.mismatch(spec, status)
     if problem is not None:
         # A log that does not match its spec is not acted on: the saga ends, for a person, and nothing is sent.
@@ -171,7 +193,7 @@ def transition(
             _fail(work, *problem, now)
         elif isinstance(event, ReplyReceived):
             _ignore(work, "SagaFinished")
-        return _finish(work, status, generation, now)
+        return _finish(work, original, generation, now)
     try:
         _dispatch(work, event, now)
     except IllegalStepMove as exc:
@@ -179,7 +201,20 @@ def transition(
         # but this verdict, and send nothing.
         work = _Work(spec, status.model_copy(deep=True), uid, name, namespace)
         _fail(work, integrity.ILLEGAL_STEP_MOVE, f"{exc} (nothing was sent)", now)
-    return _finish(work, status, generation, now)
+    return _finish(work, original, generation, now)
+
+
+def _expand(spec: SagaSpec, event: Start) -> ExpandedTemplate | tuple[str, str]:
+    assert spec.template_ref is not None
+    lookup = event.template or TemplateLookup(None)
+    return expand(
+        spec.template_ref,
+        lookup.spec,
+        spec.payload,
+        uid=lookup.uid,
+        resource_version=lookup.resource_version,
+        error=lookup.error,
+    )
 
 
 def _dispatch(work: _Work, event: Event, now: datetime) -> None:

@@ -33,6 +33,7 @@ from saga_operator.domain.events import (
     RetryRequested,
     SendCommand,
     Start,
+    TemplateLookup,
     Tick,
 )
 from saga_operator.domain.lifecycle import TO_UNDO
@@ -46,7 +47,9 @@ from saga_operator.domain.model import (
     SagaSpec,
     SagaStatus,
     StepState,
+    effective_spec,
 )
+from saga_operator.domain.template import SagaTemplateSpec
 from saga_operator.domain.transition import next_deadline, settle, transition
 from saga_operator.runtime.metrics import Metrics
 from saga_operator.runtime.ports import SagaStore
@@ -159,6 +162,12 @@ class SagaEntry:
     def status(self, status: SagaStatus) -> None:
         self._wake()  # the spec rests with the status: bring it back before replacing the status
         self._status = status
+
+    @property
+    def run_spec(self) -> SagaSpec | None:
+        """The spec the saga runs: for a templated saga, the template's steps and payload from its status."""
+        spec = self.spec
+        return None if spec is None else effective_spec(spec, self.status)
 
     @property
     def phase(self) -> Phase:
@@ -377,7 +386,7 @@ class Coordinator:
             return [ReplyIgnored("UnknownSaga", invalid=True)]
         try:
             async with entry.lock:
-                spec = entry.spec
+                spec = entry.run_spec
                 if spec is None:
                     return [ReplyIgnored("InvalidSaga", invalid=True)]
                 refused = _reply_refused(spec, entry.status, reply, topic, key)
@@ -456,10 +465,10 @@ class Coordinator:
                 await self._set_finalizer(entry, add=False)
             return
         if status.phase == Phase.PENDING:
-            await self._apply(entry, Start(_now(), self.participants))
+            await self._apply(entry, Start(_now(), self.participants, await self._template(entry.spec, entry.ref)))
         elif first_sight:
             await self._apply(entry, Resumed(_now()))
-        elif integrity.mismatch(entry.spec, status) is not None:
+        elif integrity.mismatch(effective_spec(entry.spec, status), status) is not None:
             # The spec changed under a running saga (admission would refuse that): say so now, not at its next reply.
             await self._apply(entry, Tick(_now()))
         if entry.spec.abort and not entry.status.undoing:
@@ -469,6 +478,26 @@ class Coordinator:
         if entry.retry_token and entry.retry_token != entry.status.retry_token:
             await self._apply(entry, RetryRequested(entry.retry_token, _now()))
         await self._after(entry)
+
+    async def _template(self, spec: SagaSpec, ref: SagaRef) -> TemplateLookup | None:
+        """For a templated saga about to start: the SagaTemplate it names, read now, once."""
+        if spec.template_ref is None:
+            return None
+        name = spec.template_ref.name
+        body = await retry_transient(
+            f"reading SagaTemplate {ref.namespace}/{name}",
+            lambda: self.kube.get_template(ref.namespace, name),
+            transient=TRANSIENT_API_ERRORS,
+            backoff=Backoff(initial=0.2, maximum=self.max_backoff),
+        )
+        if body is None:
+            return TemplateLookup(None)
+        meta = body.get("metadata") or {}
+        identity = {"uid": meta.get("uid", ""), "resource_version": meta.get("resourceVersion", "")}
+        try:
+            return TemplateLookup(SagaTemplateSpec.model_validate(body.get("spec") or {}), **identity)
+        except ValidationError as exc:
+            return TemplateLookup(None, error=_first_error(exc), **identity)
 
     async def _after(self, entry: SagaEntry) -> None:
         """Book-keeping after any change: the next deadline, and the finalizer once there is nothing
@@ -486,7 +515,7 @@ class Coordinator:
         status = entry.status
         if status.phase != Phase.FAILED or entry.delete_confirmed:
             return True
-        spec = entry.spec
+        spec = entry.run_spec
         compensable = {step.name for step in spec.steps if step.compensation is not None} if spec else set()
         outstanding = [
             r.name
@@ -638,7 +667,7 @@ class Coordinator:
             return
 
     async def _perform(self, entry: SagaEntry, effects: list[Effect], received: float | None) -> None:
-        spec = entry.spec
+        spec = entry.run_spec
         assert spec is not None
         refused: list[CommandRefused] = []
         for effect in effects:
