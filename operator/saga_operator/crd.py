@@ -66,6 +66,8 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             out[key] = _structural(value, defs)
     if free_form:
         out["x-kubernetes-preserve-unknown-fields"] = True
+    if "type" not in out and "default" in out and out["default"] is None:
+        del out["default"]  # a value of any JSON type (a parameter's default): absent, not null, when unset
     return out
 
 
@@ -121,10 +123,20 @@ def immutability_rules(model: type[BaseModel] = SagaSpec, mutable: frozenset[str
     return rules
 
 
+def _without_rules(node: Any) -> Any:
+    """A schema without its CEL rules: the status is the operator's to write (a template's steps copied into
+    status.template were checked as the template's; checking them again would only spend the cost budget)."""
+    if isinstance(node, list):
+        return [_without_rules(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    return {key: _without_rules(value) for key, value in node.items() if key != "x-kubernetes-validations"}
+
+
 def custom_resource_definition() -> dict[str, Any]:
     spec_schema = _schema(SagaSpec)
     spec_schema["x-kubernetes-validations"] = [*spec_schema.get("x-kubernetes-validations", []), *immutability_rules()]
-    status_schema = _schema(SagaStatus)
+    status_schema = _without_rules(_schema(SagaStatus))
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -179,7 +179,7 @@ class ExpandedTemplate(_Model):
     parameters: dict[str, Any] = Field(
         default_factory=dict, description="Every parameter's value, defaults included, as checked."
     )
-    steps: list[StepSpec] = Field(description="The template's steps.")
+    steps: list[StepSpec] = Field(max_length=MAX_STEPS, description="The template's steps.")
     payload: dict[str, Any] = Field(
         default_factory=dict, description="The payload the saga runs with: the template's, the saga's, the parameters."
     )
