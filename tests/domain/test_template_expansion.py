@@ -139,3 +139,9 @@ def test_a_parameters_default_must_fit_its_type() -> None:
                 "steps": [{"name": "a", "participant": "p", "action": "x"}],
             }
         )
+
+
+def test_a_templated_spec_reads_back_from_its_own_dump() -> None:
+    """A finished saga rests as the JSON of its spec (SagaEntry.rest): a templated one dumps `steps: []`."""
+    spec = templated({"buyer": "alice", "price": 1})
+    assert SagaSpec.model_validate_json(spec.model_dump_json(by_alias=True)) == spec

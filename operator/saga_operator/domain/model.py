@@ -214,12 +214,13 @@ class SagaSpec(_Model):
         }
     )
 
+    # minItems only in the schema: the model reads an empty list as "none" (a templated saga's, which a dump of the
+    # model writes as []), and `_same_rules_as_the_crd` requires steps or a templateRef.
     steps: list[StepSpec] = Field(
         default_factory=list,
-        min_length=1,
         max_length=MAX_STEPS,
         description="The steps, in order. At least one, at most 32. Left out when templateRef names them.",
-        json_schema_extra={"x-kubernetes-validations": cast(list[JsonValue], _STEP_RULES)},
+        json_schema_extra={"minItems": 1, "x-kubernetes-validations": cast(list[JsonValue], _STEP_RULES)},
     )
     payload: dict[str, Any] = Field(
         default_factory=dict,
