@@ -244,6 +244,7 @@ def test_operator_role_is_exactly_what_it_needs() -> None:
         [
             (("saga.dev",), ("sagas",), ("get", "list", "patch", "watch")),
             (("saga.dev",), ("sagas/status",), ("patch",)),
+            (("saga.dev",), ("sagatemplates",), ("get", "list", "watch")),
             (("",), ("events",), ("create",)),
         ]
     )

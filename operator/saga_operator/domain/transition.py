@@ -637,7 +637,7 @@ def _derive(work: _Work, now: datetime) -> None:
         return
     total = len(status.steps)
     done = sum(r.state == StepState.SUCCEEDED for r in status.steps)
-    status.progress = f"{done}/{total}"
+    status.progress = f"{done}/{total}" if total else None  # a saga rejected before its steps were laid out
     active = [r.name for r in status.steps if r.state in IN_FLIGHT]
     status.current_step = ",".join(active) or None
     derive_conditions(status, now)
