@@ -64,9 +64,10 @@ demo: $(STAMP) ## the buy-video sagas end to end on the local stack: kubectl get
 generate: $(STAMP) ## regenerate the CRDs, the admission policies, the protocol JSON Schema, the step lifecycle diagram and the settings table from their sources
 	$(PY) -m saga_operator.crd > crds/saga.dev_sagas.yaml
 	$(PY) -m saga_operator.crd --participants > crds/saga.dev_participants.yaml
+	$(PY) -m saga_operator.crd --templates > crds/saga.dev_sagatemplates.yaml
 	$(PY) -m saga_operator.crd --finalizer-policy > crds/saga.dev_finalizer-policy.yaml
 	$(PY) -m saga_operator.admission > crds/saga.dev_admission-policies.yaml
-	cp crds/saga.dev_sagas.yaml crds/saga.dev_participants.yaml manifests/base/crds/
+	cp crds/saga.dev_sagas.yaml crds/saga.dev_participants.yaml crds/saga.dev_sagatemplates.yaml manifests/base/crds/
 	cp crds/saga.dev_admission-policies.yaml manifests/admission/
 	cp crds/saga.dev_finalizer-policy.yaml manifests/admission/finalizer/
 	$(PY) -m saga_protocol.schema > docs/protocol.schema.json

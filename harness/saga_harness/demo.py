@@ -48,14 +48,29 @@ def _endpoints(stack_dir: Path) -> Iterator[StackEndpoints]:
         yield stack
 
 
-def load_examples(folder: Path) -> list[dict[str, Any]]:
+def load_examples(folder: Path, kind: str = "Saga") -> list[dict[str, Any]]:
+    """The objects of `kind` in the folder's YAML files and in its templates/ subfolder (the SagaTemplate
+    examples and the Sagas that use them)."""
     manifests = []
-    for path in sorted(folder.glob("*.yaml")):
+    for path in sorted([*folder.glob("*.yaml"), *folder.glob("templates/*.yaml")]):
         for doc in yaml.safe_load_all(path.read_text()):
-            if doc and doc.get("kind") == "Saga":
+            if doc and doc.get("kind") == kind:
                 doc.setdefault("metadata", {}).setdefault("namespace", "default")
                 manifests.append(doc)
     return manifests
+
+
+def show_inputs(world: SagaWorld, manifests: list[dict[str, Any]]) -> None:
+    """For each templated saga: its template and parameters, and the input each step's command carried."""
+    for manifest in manifests:
+        if "templateRef" not in manifest["spec"]:
+            continue
+        status = world.get(manifest["metadata"]["name"]).get("status") or {}
+        template = status.get("template") or {}
+        print(f"{manifest['metadata']['name']}: SagaTemplate {template.get('name')} with {template.get('parameters')}")
+        for record in status.get("steps", []):
+            if record.get("input") is not None:
+                print(f"  step {record['name']}: input {record['input']}")
 
 
 def watch(world: SagaWorld, names: list[str], timeout: float) -> None:
@@ -103,8 +118,14 @@ def run(examples: Path, stack_dir: Path, timeout: float) -> int:
                 world.endpoints.kubectl("delete", "saga", name, "-n", "default", "--ignore-not-found", "--wait=true")
             total_before = world.ledger()["moneyTotal"]
             _say(f"kubectl apply -f {examples.relative_to(REPO) if examples.is_relative_to(REPO) else examples}")
+            templates = load_examples(examples, "SagaTemplate")
+            if templates:
+                _say(f"kubectl apply the SagaTemplates: {', '.join(t['metadata']['name'] for t in templates)}")
+                world.apply_all(templates)
             world.apply_all(manifests)
             watch(world, names, timeout)
+            _say("data passed between steps")
+            show_inputs(world, manifests)
             _say("the ledgers")
             ledger = world.ledger()
             print_ledger(ledger)

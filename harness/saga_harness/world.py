@@ -33,6 +33,7 @@ CRD_DIR = REPO / "crds"
 CRD_FILE = "saga.dev_sagas.yaml"
 POLICY_FILE = "saga.dev_finalizer-policy.yaml"
 PARTICIPANT_CRD_FILE = "saga.dev_participants.yaml"
+TEMPLATE_CRD_FILE = "saga.dev_sagatemplates.yaml"
 #: The demo participants' Participant objects, which the admission policy reads.
 REGISTRATION_DIR = REPO / "manifests" / "participants" / "registration"
 POLICY_API = "MutatingAdmissionPolicy v1"
@@ -62,6 +63,7 @@ def install_crd(
     crd: Path = CRD_DIR / CRD_FILE,
     policy: Path | None = CRD_DIR / POLICY_FILE,
     participants: Path = CRD_DIR / PARTICIPANT_CRD_FILE,
+    templates: Path = CRD_DIR / TEMPLATE_CRD_FILE,
     admission: bool = True,
 ) -> None:
     """Apply the Saga and Participant CRDs, the finalizer admission policy (no policy with ``policy=None``)
@@ -80,7 +82,7 @@ def install_crd(
     """
     from saga_operator import admission as policies
 
-    for definition in (crd, participants):
+    for definition in (crd, participants, templates):
         endpoints.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(definition), check=True)
     if policy is not None:
         if serves_mutating_admission_policies(endpoints):
@@ -88,7 +90,7 @@ def install_crd(
         else:
             # An older cluster (a user's kind, say): the operator adds the finalizer itself.
             print(f"[world] this cluster serves no {POLICY_API}; {policy.name} not applied", file=sys.stderr)
-    for name in ("sagas.saga.dev", "participants.saga.dev"):
+    for name in ("sagas.saga.dev", "participants.saga.dev", "sagatemplates.saga.dev"):
         endpoints.kubectl("wait", "--for=condition=Established", f"crd/{name}", f"--timeout={timeout:.0f}s", check=True)
     if admission:
         endpoints.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REGISTRATION_DIR), check=True)

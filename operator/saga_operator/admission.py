@@ -146,7 +146,13 @@ def participants_policy() -> list[dict[str, Any]]:
             # CREATE only: the spec cannot change afterwards (the CRD's rules), and a Participant edited
             # later must not block the updates a running saga needs (an abort, the operator's finalizer).
             "matchConstraints": {"resourceRules": [_rule(["CREATE"], PLURAL)]},
-            "variables": [{"name": "mine", "expression": f"object.spec.steps.filter(s, {_STEP_OF_PARAM})"}],
+            # A templated saga has no steps of its own: its template's are checked by the operator at start.
+            "variables": [
+                {
+                    "name": "mine",
+                    "expression": f"has(object.spec.steps) ? object.spec.steps.filter(s, {_STEP_OF_PARAM}) : []",
+                }
+            ],
             "validations": [
                 {
                     "expression": f"size({mine}) == 0 || {allowed}",

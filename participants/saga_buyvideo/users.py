@@ -56,7 +56,12 @@ def debit(tx: sqlite3.Connection, command: Command) -> dict[str, Any]:
             datetime.now(UTC).isoformat(),
         ),
     )
-    return {"buyer": buyer, "debitedCents": price, "balanceCents": balance - price}
+    result: dict[str, Any] = {"buyer": buyer, "debitedCents": price, "balanceCents": balance - price}
+    # A step input (docs/architecture.md, "Data between steps"): the purchase this debit pays for.
+    reference = (command.input or {}).get("reference")
+    if reference is not None:
+        result["reference"] = text(command.input or {}, "reference")
+    return result
 
 
 def refund(tx: sqlite3.Connection, command: Command, debited: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +80,12 @@ def refund(tx: sqlite3.Connection, command: Command, debited: dict[str, Any]) ->
             (datetime.now(UTC).isoformat(), command.idempotency_key),
         )
     balance = tx.execute("SELECT balance FROM accounts WHERE user_id = ?", (user_id,)).fetchone()[0]
-    return {"buyer": user_id, "refundedCents": amount, "balanceCents": balance}
+    refunded: dict[str, Any] = {"buyer": user_id, "refundedCents": amount, "balanceCents": balance}
+    # The compensation gets its action's input and the result the debit stored: the purchase it refunds.
+    reference = (command.input or {}).get("reference") or debited.get("reference")
+    if reference is not None:
+        refunded["reference"] = reference
+    return refunded
 
 
 def participant(database: str | os.PathLike[str], *, name: str = NAME, **options: Any) -> Participant:

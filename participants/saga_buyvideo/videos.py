@@ -10,6 +10,7 @@ row, for the audit trail, and no longer locks anything.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 from datetime import UTC, datetime
@@ -59,7 +60,10 @@ def record_purchase(tx: sqlite3.Connection, command: Command) -> dict[str, Any]:
             datetime.now(UTC).isoformat(),
         ),
     )
-    return {"buyer": buyer, "video": video, "priceCents": price}
+    # The purchase's id, for the steps after this one (a templated saga passes it to the debit as its reference):
+    # derived from the idempotency key, so every attempt and every replay names the same purchase.
+    purchase_id = "pur-" + hashlib.sha256(command.idempotency_key.encode()).hexdigest()[:16]
+    return {"buyer": buyer, "video": video, "priceCents": price, "purchaseId": purchase_id}
 
 
 def remove_purchase(tx: sqlite3.Connection, command: Command, recorded: dict[str, Any]) -> dict[str, Any]:

@@ -23,10 +23,13 @@ Tx = TypeVar("Tx")
 
 #: An action handler: `(tx, command) -> result`. Runs inside the open transaction; what it returns (a JSON
 #: object, None meaning `{}`) is the reply's `result`. `ActionHandler[sqlite3.Connection]` names the store.
+#: The data passed between steps is `command.input` (the step's evaluated input, None when it declares
+#: none); `command.payload` is the saga's payload, as before.
 ActionHandler: TypeAlias = Callable[[Tx, Command], Mapping[str, Any] | None]
 #: A compensation handler: `(tx, command, action_result) -> result`. It also gets the stored result of the
 #: action it undoes; it is only called when that action was applied (otherwise the SDK answers by itself),
-#: so the result is always a dict: `{}` when the action returned nothing.
+#: so the result is always a dict: `{}` when the action returned nothing. `command.input` is the action's
+#: input; `command.action_result` the result as the operator recorded it (None when it does not know it).
 CompensationHandler: TypeAlias = Callable[[Tx, Command, dict[str, Any]], Mapping[str, Any] | None]
 Handler: TypeAlias = ActionHandler[Any] | CompensationHandler[Any]
 

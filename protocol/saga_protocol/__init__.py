@@ -17,6 +17,8 @@ from saga_protocol.ids import COMMAND_ID_NAMESPACE, command_id, idempotency_key
 from saga_protocol.kinds import CommandKind, Outcome
 from saga_protocol.limits import (
     MAX_ATTEMPT,
+    MAX_INPUT_BYTES,
+    MAX_INPUT_DEPTH,
     MAX_JSON_DEPTH,
     MAX_MESSAGE_BYTES,
     MAX_PAYLOAD_BYTES,
@@ -24,6 +26,7 @@ from saga_protocol.limits import (
     MAX_RESULT_BYTES,
     MAX_RESULT_DEPTH,
     MAX_SAGA_RESULTS_BYTES,
+    input_problem,
     json_size,
     payload_problem,
     result_problem,
@@ -69,6 +72,8 @@ __all__ = [
     "DEAD_LETTER_PARTITIONS",
     "DEFAULT_PARTITIONS",
     "MAX_ATTEMPT",
+    "MAX_INPUT_BYTES",
+    "MAX_INPUT_DEPTH",
     "MAX_JSON_DEPTH",
     "MAX_MESSAGE_BYTES",
     "MAX_PAYLOAD_BYTES",
@@ -103,6 +108,7 @@ __all__ = [
     "encode_reply",
     "expected_command_id",
     "idempotency_key",
+    "input_problem",
     "json_size",
     "murmur2",
     "operator_source",

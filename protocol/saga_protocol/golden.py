@@ -36,6 +36,8 @@ from saga_protocol.topics import reply_topic
 
 ACTION, COMPENSATION = CommandKind.ACTION, CommandKind.COMPENSATION
 RESULT = {"buyer": "alice", "debitedCents": 1500, "balanceCents": 8500}
+#: A step input as the operator evaluates it: {"reference": "${steps['record-purchase'].result.purchaseId}", ...}.
+STEP_INPUT = {"reference": "purchase-3f2a", "amount": 1500, "buyer": "alice"}
 
 
 def _detail(decode: Callable[..., Any], record: Record) -> tuple[str, str]:
@@ -94,6 +96,18 @@ def cases() -> dict[str, dict[str, Any]]:
         "command-compensation": decodes_doc(
             "The step's compensation, attempt 1: kind compensation, the step's compensation handler, the same key.",
             command_record(compensation, offset=9),
+            "command",
+        ),
+        "command-action-with-input": decodes_doc(
+            "An action command of a step that declares an input: the input as the operator evaluated it before "
+            "the first attempt (here from an earlier step's result), beside the unchanged payload.",
+            command_record(golden_command(input=STEP_INPUT), offset=10),
+            "command",
+        ),
+        "command-compensation-with-input": decodes_doc(
+            "The compensation of that step: the action's input again, and actionResult, the result the operator "
+            "recorded for the action.",
+            command_record(golden_command(COMPENSATION, input=STEP_INPUT, action_result=RESULT), offset=11),
             "command",
         ),
         "reply-succeeded": decodes_doc("The action succeeded; its result.", reply_record(ok), "reply"),

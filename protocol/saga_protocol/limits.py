@@ -21,6 +21,11 @@ MAX_JSON_DEPTH: Final = 64
 MAX_PAYLOAD_BYTES: Final = 64 * 1024
 #: ...and nested at most this deep (the payload object itself is level 1).
 MAX_PAYLOAD_DEPTH: Final = 32
+#: One step's evaluated input (a command's `input`), serialized, at most: with the payload and a result
+#: (a compensation's `actionResult`) a command stays far below MAX_MESSAGE_BYTES.
+MAX_INPUT_BYTES: Final = 64 * 1024
+#: ...and nested at most this deep (the input object itself is level 1).
+MAX_INPUT_DEPTH: Final = 32
 #: One step's result (a reply's `result`), serialized, at most.
 MAX_RESULT_BYTES: Final = 16 * 1024
 #: ...and nested at most this deep.
@@ -68,6 +73,11 @@ def value_problem(value: Any, *, what: str, max_bytes: int, max_depth: int) -> t
 def payload_problem(payload: Any) -> tuple[str, str] | None:
     """Why a saga payload breaks the protocol's limits, or None (the CRD checks this at apply, too)."""
     return value_problem(payload, what="payload", max_bytes=MAX_PAYLOAD_BYTES, max_depth=MAX_PAYLOAD_DEPTH)
+
+
+def input_problem(value: Any) -> tuple[str, str] | None:
+    """Why a command's evaluated input breaks the protocol's limits, or None."""
+    return value_problem(value, what="input", max_bytes=MAX_INPUT_BYTES, max_depth=MAX_INPUT_DEPTH)
 
 
 def result_problem(result: Any) -> tuple[str, str] | None:

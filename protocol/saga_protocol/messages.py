@@ -28,6 +28,7 @@ from saga_protocol.limits import (
     MAX_MESSAGE_BYTES,
     MAX_MESSAGE_LENGTH,
     MAX_REASON_LENGTH,
+    input_problem,
     nested_deeper_than,
     payload_problem,
     result_problem,
@@ -82,6 +83,18 @@ class Command(_Wire):
     )
     idempotency_key: str = Field(alias="idempotencyKey", min_length=1, max_length=320)
     payload: dict[str, Any] = Field(default_factory=dict, description="The saga's spec.payload, unchanged.")
+    input: dict[str, Any] | None = Field(
+        default=None,
+        description="The step's input, evaluated by the operator at the step's first attempt: the same in every "
+        "command of the step, its compensation's included. Absent when the step declares none. Optional and "
+        "additive in v2: a participant that does not read it keeps working from payload.",
+    )
+    action_result: dict[str, Any] | None = Field(
+        alias="actionResult",
+        default=None,
+        description="Compensations only: the result of the action being undone, as the operator recorded it. "
+        "Absent when the action's outcome is unknown (no reply came) or it returned none.",
+    )
     reply_topic: str = Field(
         alias="replyTopic",
         min_length=1,
@@ -316,10 +329,11 @@ def _validate(model: type[Command] | type[Reply], value: bytes) -> Any:
 def decode_command(value: bytes | None, headers: WireHeaders | None = None) -> Command:
     body = _load(value, headers, COMMAND_TYPE)
     assert value is not None
-    payload = body.get("payload")
-    problem = payload_problem(payload) if isinstance(payload, dict) else None
-    if problem is not None:
-        raise DecodeError(*problem)
+    for field, check in (("payload", payload_problem), ("input", input_problem), ("actionResult", result_problem)):
+        part = body.get(field)
+        problem = check(part) if isinstance(part, dict) else None
+        if problem is not None:
+            raise DecodeError(*problem)
     command: Command = _validate(Command, value)
     return command
 

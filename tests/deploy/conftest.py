@@ -20,6 +20,7 @@ def saga_crd(stack: StackEndpoints) -> None:
         stack,
         crd=crds / "saga.dev_sagas.yaml",
         participants=crds / "saga.dev_participants.yaml",
+        templates=crds / "saga.dev_sagatemplates.yaml",
         policy=None,
         admission=False,
     )

@@ -44,6 +44,7 @@ def test_crd_copy_matches_generated() -> None:
     copies = {
         "saga.dev_sagas.yaml": MANIFESTS / "base" / "crds",
         "saga.dev_participants.yaml": MANIFESTS / "base" / "crds",
+        "saga.dev_sagatemplates.yaml": MANIFESTS / "base" / "crds",
         "saga.dev_admission-policies.yaml": MANIFESTS / "admission",
         "saga.dev_finalizer-policy.yaml": MANIFESTS / "admission" / "finalizer",
     }
@@ -85,6 +86,7 @@ def test_kind_overlay_has_everything() -> None:
         ("Namespace", NAMESPACE),
         ("CustomResourceDefinition", "sagas.saga.dev"),
         ("CustomResourceDefinition", "participants.saga.dev"),
+        ("CustomResourceDefinition", "sagatemplates.saga.dev"),
         ("ServiceAccount", "saga-operator"),
         ("ClusterRole", "saga-operator"),
         ("ClusterRoleBinding", "saga-operator"),
@@ -242,6 +244,7 @@ def test_operator_role_is_exactly_what_it_needs() -> None:
         [
             (("saga.dev",), ("sagas",), ("delete", "get", "list", "patch", "watch")),  # delete: the TTL
             (("saga.dev",), ("sagas/status",), ("patch",)),
+            (("saga.dev",), ("sagatemplates",), ("get", "list", "watch")),
             (("",), ("events",), ("create",)),
         ]
     )

@@ -39,6 +39,10 @@ NEEDED = [
     ("delete", "sagas.saga.dev", "-n", OTHER_NAMESPACE),
     # every transition: merge PATCH of the status subresource
     ("patch", "sagas.saga.dev", "--subresource=status", "-n", OTHER_NAMESPACE),
+    # a templated Saga's SagaTemplate, read when it starts
+    ("get", "sagatemplates.saga.dev", "-n", OTHER_NAMESPACE),
+    ("list", "sagatemplates.saga.dev", "--all-namespaces"),
+    ("watch", "sagatemplates.saga.dev", "--all-namespaces"),
     # Events on the Sagas (the coordinator's and Kopf's)
     ("create", "events", "-n", OTHER_NAMESPACE),
     ("create", "events", "-n", NAMESPACE),
@@ -73,6 +77,10 @@ NOT_NEEDED = [
     ("update", "sagas.saga.dev", "-n", OTHER_NAMESPACE),
     ("deletecollection", "sagas.saga.dev", "-n", OTHER_NAMESPACE),
     ("update", "sagas.saga.dev", "--subresource=status", "-n", OTHER_NAMESPACE),
+    # SagaTemplates: the tenants' to write; the operator only reads them
+    ("create", "sagatemplates.saga.dev", "-n", OTHER_NAMESPACE),
+    ("patch", "sagatemplates.saga.dev", "-n", OTHER_NAMESPACE),
+    ("delete", "sagatemplates.saga.dev", "-n", OTHER_NAMESPACE),
     # Events: created, never rewritten or removed; not the events.k8s.io API it does not use
     ("patch", "events", "-n", OTHER_NAMESPACE),
     ("delete", "events", "-n", OTHER_NAMESPACE),
@@ -132,5 +140,6 @@ def test_the_whole_list_of_rules(kubectl: Kubectl, operator_identity: None, name
     assert rules == {
         "sagas.saga.dev": {"get", "list", "watch", "patch", "delete"},
         "sagas.saga.dev/status": {"patch"},
+        "sagatemplates.saga.dev": {"get", "list", "watch"},
         "events": {"create"},
     }

@@ -48,6 +48,7 @@ def step(
     retries: int = 2,
     backoff: int = 1,
     max_backoff: int = 60,
+    input: dict[str, Any] | None = None,
 ) -> StepSpec:
     """A step on participant `<name>-svc`, action `do-<name>`, compensation `undo-<name>` (or the one given)."""
     return StepSpec(
@@ -58,6 +59,7 @@ def step(
         depends_on=depends_on,
         timeout_seconds=timeout,
         retry=RetryPolicy(limit=retries, backoff_seconds=backoff, max_backoff_seconds=max_backoff),
+        input=input,
     )
 
 

@@ -41,6 +41,7 @@ from saga_operator.domain.events import (
     Start,
     Tick,
 )
+from saga_operator.domain.inputs import upstream
 from saga_operator.domain.model import (
     TERMINAL_PHASES,
     Phase,
@@ -74,7 +75,8 @@ ALLOWED_NEXT: dict[StepState, set[StepState]] = {
 
 @st.composite
 def saga_specs(draw: st.DrawFn) -> SagaSpec:
-    """1-5 steps; sometimes a pivot; sometimes explicit dependsOn (parallel branches, joins)."""
+    """1-5 steps; sometimes a pivot; sometimes explicit dependsOn (parallel branches, joins); some steps with an
+    input that reads the payload and the results of the steps they depend on (see `expected_input`)."""
     count = draw(st.integers(1, 5))
     with_pivot = draw(st.booleans())
     dag = draw(st.booleans())  # else the steps run in a line
@@ -99,7 +101,22 @@ def saga_specs(draw: st.DrawFn) -> SagaSpec:
                 ),
             )
         )
-    return SagaSpec(steps=steps, compensation_attempt_limit=draw(st.integers(1, 4)))
+    spec = SagaSpec(steps=steps, payload={"n": 7}, compensation_attempt_limit=draw(st.integers(1, 4)))
+    reads = upstream(spec)
+    for item in spec.steps:
+        if draw(st.booleans()):
+            item.input = {
+                "n": "${payload.n + 1}",
+                "saga": "${saga.uid}",
+                "from": {need: f"${{steps.{need}.result.by}}" for need in sorted(reads[item.name])},
+            }
+    return spec
+
+
+def expected_input(spec: SagaSpec, name: str) -> dict[str, object]:
+    """What a step's input must evaluate to: every participant answers {"by": <its name>}."""
+    participants = {s.name: s.participant for s in spec.steps}
+    return {"n": 8, "saga": SAGA_UID, "from": {need: participants[need] for need in sorted(upstream(spec)[name])}}
 
 
 class Crash(Enum):
@@ -306,6 +323,11 @@ class SagaWorld(RuleBasedStateMachine):
 
         for old, new in zip(before.steps, after.steps, strict=False):
             assert new.state in ALLOWED_NEXT[old.state], f"step {new.name}: {old.state} -> {new.state}"
+            # Evaluated once, before the first attempt, and never again: every send of the step carries it.
+            if old.input is not None:
+                assert new.input == old.input, f"step {new.name}: its recorded input changed"
+            if old.result is not None:
+                assert new.result == old.result, f"step {new.name}: its recorded result changed"
             assert new.attempt >= old.attempt and new.compensation_attempt >= old.compensation_attempt
         if before.steps:
             assert [r.name for r in after.steps] == [r.name for r in before.steps]
@@ -330,6 +352,19 @@ class SagaWorld(RuleBasedStateMachine):
         spec = next(s for s in self.spec.steps if s.name == command.step)
         record = after.step(command.step)
         assert record is not None
+        # The same input in every command of the step: each attempt, each re-send, its compensation.
+        assert command.input == record.input
+        if spec.input is None:
+            assert command.input is None
+        else:
+            assert command.input == expected_input(self.spec, spec.name), (command.input, spec.input)
+        if command.kind == COMPENSATION:
+            # A compensation sees its action's result whenever the log has one, and it is the participant's.
+            assert command.action_result == record.result
+            if record.result is not None:
+                assert command.action_result == {"by": spec.participant}
+        else:
+            assert command.action_result is None
         if command.kind == ACTION:
             assert command.action == spec.action and command.participant == spec.participant
             # The log runs ahead of the world: the attempt is recorded before it is sent.

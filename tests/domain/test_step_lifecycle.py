@@ -146,7 +146,15 @@ def _stuck_compensations_retried_by_a_person() -> None:
     assert sends(saga.effects) == [("a", CommandKind.COMPENSATION, 3), ("b", CommandKind.COMPENSATION, 2)]
 
 
+def _an_input_that_cannot_be_evaluated() -> None:
+    saga = Saga(saga_spec(step("a"), step("b", input={"id": "${steps.a.result.missing}"})))
+    saga.start()
+    saga.succeed("a")  # b: InputFailed (nothing sent); a: CompensationDispatch
+    assert saga.states == {"a": StepState.COMPENSATING, "b": StepState.REFUSED}
+
+
 SCENARIOS = [
+    _an_input_that_cannot_be_evaluated,
     _success_then_a_refusal,
     _answers_to_earlier_attempts_while_retrying,
     _retries_used_up,

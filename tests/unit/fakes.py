@@ -51,6 +51,8 @@ class FakeStore:
         self.before_next_write: Callable[[], None] | None = None
         # Raised, one per write, by the next status writes (an API server that errors).
         self.status_write_errors: list[Exception] = []
+        #: SagaTemplates by (namespace, name), as stored bodies.
+        self.templates: dict[tuple[str, str], dict[str, Any]] = {}
 
     # ---- what a test does: the user, other writers, the API server itself ------------------------
 
@@ -138,6 +140,9 @@ class FakeStore:
         if not self.exists(ref):
             raise Gone(ref.name)
         return self.body(ref)
+
+    async def get_template(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.templates.get((namespace, name))
 
     async def write_status(self, ref: SagaRef, status: SagaStatus, resource_version: str | None) -> dict[str, Any]:
         if self.status_write_errors:

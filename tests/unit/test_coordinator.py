@@ -288,3 +288,48 @@ async def test_deleting_a_finished_saga_releases_it_at_once(shell: Shell) -> Non
 
 def _deleted(ref: SagaRef) -> dict[str, object]:
     return {"metadata": {"namespace": ref.namespace, "name": ref.name, "uid": ref.uid, "resourceVersion": "0"}}
+
+
+# ---- templates and inputs ---------------------------------------------------------------------------
+
+
+TEMPLATE_BODY = {
+    "metadata": {"name": "order", "namespace": "shop", "uid": "t-1", "resourceVersion": "5"},
+    "spec": {
+        "parameters": [{"name": "order", "type": "string"}],
+        "steps": [
+            {"name": "reserve", "participant": "stock", "action": "reserve", "compensation": "release"},
+            {
+                "name": "charge",
+                "participant": "payments",
+                "action": "charge",
+                "compensation": "refund",
+                "input": {"reservation": "${steps.reserve.result.id}", "order": "${payload.order}"},
+            },
+        ],
+    },
+}
+
+
+async def test_a_templated_saga_reads_its_template_once_and_then_runs_its_status(shell: Shell) -> None:
+    shell.store.templates[("shop", "order")] = TEMPLATE_BODY
+    spec = SagaSpec.model_validate({"templateRef": {"name": "order", "parameters": {"order": "o-9"}}})
+    ref = shell.store.create("order-9", spec)
+    await shell.coordinator.observe(shell.store.body(ref), "ADDED")
+    [first] = shell.sender.sent
+    assert first.command.payload == {"order": "o-9"} and first.command.input is None
+    recorded = shell.store.status(ref).template
+    assert recorded is not None and (recorded.uid, recorded.resource_version) == ("t-1", "5")
+
+    del shell.store.templates[("shop", "order")]  # deleted while the saga runs: nothing changes
+    await deliver(shell.coordinator, reply_for(first.command, "stock", Outcome.SUCCEEDED, result={"id": "r-1"}))
+    [_, second] = shell.sender.sent
+    assert second.command.step == "charge"
+    assert second.command.input == {"reservation": "r-1", "order": "o-9"}
+    assert shell.store.status(ref).steps[1].input == second.command.input
+
+    # An operator restarted after the template is gone re-sends the same command from the log.
+    restarted = make_shell(shell.store)
+    await restarted.coordinator.observe(shell.store.body(ref), "ADDED")
+    [resent] = restarted.sender.sent
+    assert (resent.command.message_id, resent.command.input) == (second.command.message_id, second.command.input)

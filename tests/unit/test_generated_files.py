@@ -28,6 +28,11 @@ REPO = Path(__file__).resolve().parents[2]
             "python -m saga_operator.crd --participants > crds/saga.dev_participants.yaml",
         ),
         (
+            "crds/saga.dev_sagatemplates.yaml",
+            crd.render_templates,
+            "python -m saga_operator.crd --templates > crds/saga.dev_sagatemplates.yaml",
+        ),
+        (
             "crds/saga.dev_admission-policies.yaml",
             admission.render,
             "python -m saga_operator.admission > crds/saga.dev_admission-policies.yaml",

@@ -16,6 +16,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from saga_operator.domain.model import GROUP, KIND, PLURAL, VERSION, SagaStatus
+from saga_operator.domain.template import TEMPLATE_PLURAL
 
 log = logging.getLogger(__name__)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -146,6 +147,18 @@ class KubeClient:
             raise
         if body["metadata"]["uid"] != ref.uid:
             raise Gone(ref.name)  # deleted and created again under the same name: another saga
+        return body
+
+    async def get_template(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A SagaTemplate as stored now (None: there is none), read when a saga of it starts."""
+        try:
+            body: dict[str, Any] = await self._objects.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, TEMPLATE_PLURAL, name, **_TIMEOUT
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
         return body
 
     async def write_status(self, ref: SagaRef, status: SagaStatus, resource_version: str | None) -> dict[str, Any]:

@@ -7,18 +7,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
+from saga_operator.domain.template import SagaTemplateSpec
 from saga_protocol import CommandKind, Reply
+
+
+@dataclass(frozen=True)
+class TemplateLookup:
+    """What the shell found for a templated saga's templateRef: the template's spec (None: not found, or with
+    `error` one that does not parse) and its identity, recorded in the saga's status."""
+
+    spec: SagaTemplateSpec | None
+    uid: str = ""
+    resource_version: str = ""
+    error: str | None = None
 
 
 @dataclass(frozen=True)
 class Start:
     """The operator saw the saga for the first time (its status is empty). `participants`: the ones that exist
-    (SAGA_PARTICIPANTS); empty, any name goes."""
+    (SAGA_PARTICIPANTS); empty, any name goes. `template`: for a saga with a templateRef, what it names."""
 
     now: datetime
     participants: frozenset[str] = frozenset()
+    template: TemplateLookup | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,10 @@ class SendCommand:
     attempt: int
     #: The command's messageId: command_id(saga uid, step, kind, attempt), recorded in the step's status.
     command_id: str
+    #: The step's evaluated input (None: it declares none): recorded in the status, the same in every send.
+    input: dict[str, Any] | None = None
+    #: Compensations: the action's recorded result (None: unknown, or none returned).
+    action_result: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

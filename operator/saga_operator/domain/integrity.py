@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
+from saga_operator.domain import inputs
 from saga_operator.domain.model import SagaSpec, SagaStatus
 from saga_protocol.limits import payload_problem
 
@@ -80,8 +81,9 @@ def mismatch(spec: SagaSpec, status: SagaStatus) -> tuple[str, str] | None:
 
 
 def start_problem(spec: SagaSpec, participants: Collection[str]) -> tuple[str, str] | None:
-    """Why a saga must not start at all (reason, message): its payload breaks the protocol's limits, or a step
-    names a participant not in `participants` (when that collection is not empty)."""
+    """Why a saga must not start at all (reason, message): its payload breaks the protocol's limits, a step
+    names a participant not in `participants` (when that collection is not empty), or a step's input can
+    never be evaluated (InvalidInput: a syntax error, a reference to a step it does not depend on)."""
     problem = payload_problem(spec.payload)
     if problem is not None:
         kind, detail = problem
@@ -91,4 +93,4 @@ def start_problem(spec: SagaSpec, participants: Collection[str]) -> tuple[str, s
             if step.participant not in participants:
                 known = ", ".join(sorted(participants))
                 return UNKNOWN_PARTICIPANT, f"step {step.name}: participant {step.participant!r} is not one of {known}"
-    return None
+    return inputs.problem(spec)

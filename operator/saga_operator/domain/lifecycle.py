@@ -35,6 +35,7 @@ class StepEvent(StrEnum):
     RETRY_DUE = "RetryDue"  # the backoff is over: the next attempt is sent
     GIVE_UP = "GiveUp"  # the last allowed attempt failed too: whether the action was applied is unknown
     SKIP = "Skip"  # the saga is being undone before the step started
+    INPUT_FAILED = "InputFailed"  # its input could not be evaluated: nothing was sent, nothing to undo
     COMPENSATION_DISPATCH = "CompensationDispatch"  # every step that depends on it is settled: undo it
     COMPENSATED = "Compensated"  # the participant confirmed the compensation
     COMPENSATION_ATTEMPT_FAILED = "CompensationAttemptFailed"  # no reply in time, or an error: try again
@@ -60,6 +61,8 @@ MOVES: Final[Mapping[tuple[StepState, StepEvent], StepState]] = MappingProxyType
         (S.RETRYING, E.REFUSE): S.REFUSED,
         # Only the pivot (no compensation) is retried after giving up; any other step is compensated.
         (S.ABANDONED, E.RETRY_GRANTED): S.DISPATCHED,
+        # Its input is evaluated before its first command: a failure there sends nothing.
+        (S.PENDING, E.INPUT_FAILED): S.REFUSED,
         # ---- the undo
         (S.PENDING, E.SKIP): S.SKIPPED,
         (S.SUCCEEDED, E.COMPENSATION_DISPATCH): S.COMPENSATING,

@@ -142,6 +142,14 @@ class StepSpec(_Model):
         "the same for the compensation's attempts.",
     )
     retry: RetryPolicy = Field(default_factory=RetryPolicy, description="Retries on timeouts and transient errors.")
+    input: dict[str, Any] | None = Field(
+        default=None,
+        description="JSON object sent as the command's `input` (the compensation gets the same). A string "
+        "value that is wholly `${expression}` is replaced by the value of that CEL expression over `payload`, "
+        "`saga` (name, namespace, uid) and `steps.<name>.result` / `steps.<name>.input` of the steps this one "
+        "depends on, directly or through others; e.g. `${steps.videos.result.purchaseId}`. Evaluated once, "
+        "before the first attempt; an expression that fails fails the step (InputFailed) before anything is sent.",
+    )
 
 
 _STEP_RULES: Final = [
@@ -161,8 +169,40 @@ _STEP_RULES: Final = [
 ]
 
 
+class TemplateRef(_Model):
+    """Which SagaTemplate to run, with its parameters."""
+
+    name: str = Field(
+        pattern=DNS_LABEL, max_length=63, description="The SagaTemplate's name, in the saga's own namespace."
+    )
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="A value for each parameter the template declares (those with a default may be left out). "
+        "They are checked when the saga starts (missing, of the wrong type, not declared: phase Rejected, reason "
+        "InvalidParameters, naming the parameter) and set on the payload, each under its own name.",
+    )
+
+
+class ExpandedTemplate(_Model):
+    """What a templated saga runs, copied from its SagaTemplate when it started: editing or deleting the
+    template later never changes it."""
+
+    name: str = Field(description="The SagaTemplate's name.")
+    uid: str = Field(default="", description="The SagaTemplate's metadata.uid when the saga started.")
+    resource_version: str = Field(default="", description="The SagaTemplate's resourceVersion when the saga started.")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="Every parameter's value, defaults included, as checked."
+    )
+    steps: list[StepSpec] = Field(max_length=MAX_STEPS, description="The template's steps.")
+    payload: dict[str, Any] = Field(
+        default_factory=dict, description="The payload the saga runs with: the template's, the saga's, the parameters."
+    )
+
+
 _EARLIER_STEP: Final = "self.steps.exists(j, t, j < i && t.name == d)"
-_DEPENDS_ON_EARLIER: Final = f"self.steps.all(i, s, !has(s.dependsOn) || s.dependsOn.all(d, {_EARLIER_STEP}))"
+_DEPENDS_ON_EARLIER: Final = (
+    f"!has(self.steps) || self.steps.all(i, s, !has(s.dependsOn) || s.dependsOn.all(d, {_EARLIER_STEP}))"
+)
 # The first entry of step s (at index i) that names no earlier step, and whether it names a step at all.
 _BAD_ENTRY: Final = f"s.dependsOn.filter(d, !{_EARLIER_STEP})[0]"
 _DEPENDS_ON_MESSAGE: Final = (
@@ -179,6 +219,10 @@ class SagaSpec(_Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
+                    "rule": "has(self.steps) != has(self.templateRef)",
+                    "message": "a saga has either steps or a templateRef, not both and not neither",
+                },
+                {
                     # "Listed before it" makes a cycle impossible. Over the cost budget with one-variable
                     # macros; the index of a two-variable comprehension (Kubernetes 1.33+) brings it within.
                     "rule": _DEPENDS_ON_EARLIER,
@@ -189,12 +233,15 @@ class SagaSpec(_Model):
         }
     )
 
+    # minItems only in the schema: the model reads an empty list as "none" (a templated saga's, which a dump of the
+    # model writes as []), and `_same_rules_as_the_crd` requires steps or a templateRef.
     steps: list[StepSpec] = Field(
-        min_length=1,
+        default_factory=list,
         max_length=MAX_STEPS,
-        description="The steps, in order. The last one may have no compensation: it is then the pivot, the "
-        "step after which the saga can no longer be undone, and it runs after every other step has succeeded.",
-        json_schema_extra={"x-kubernetes-validations": cast(list[JsonValue], _STEP_RULES)},
+        description="The steps, in order: at least one, at most 32; left out when templateRef names them. The "
+        "last one may have no compensation: it is then the pivot, the step after which the saga can no longer be "
+        "undone, and it runs after every other step has succeeded.",
+        json_schema_extra={"minItems": 1, "x-kubernetes-validations": cast(list[JsonValue], _STEP_RULES)},
     )
     payload: dict[str, Any] = Field(
         default_factory=dict,
@@ -206,6 +253,11 @@ class SagaSpec(_Model):
         # a templated manifest is a bug that moves money with nothing in it. (A CRD rule cannot tell null
         # from absent: has() is false for both.) Without the policy the operator refuses it (InvalidSpec).
         json_schema_extra={"nullable": True},
+    )
+    template_ref: TemplateRef | None = Field(
+        default=None,
+        description="Run the steps of a SagaTemplate of this namespace instead of steps of its own: the template "
+        "is read once, when the saga starts, and what it said is kept in status.template.",
     )
     abort: bool = Field(
         default=False,
@@ -233,16 +285,9 @@ class SagaSpec(_Model):
     @model_validator(mode="after")
     def _same_rules_as_the_crd(self) -> Self:
         """The CRD's CEL rules again, for specs that reach the operator some other way (an older CRD)."""
-        names = [step.name for step in self.steps]
-        if len(set(names)) != len(names):
-            raise ValueError("step names must be unique")
-
-        if any(step.compensation is None for step in self.steps[:-1]):
-            raise ValueError("only the last step (the pivot) may have no compensation")
-        for index, step in enumerate(self.steps):
-            for need in step.depends_on or ():
-                if need not in names[:index]:
-                    raise ValueError(f"step {step.name}: dependsOn {need!r} must name a step listed before it")
+        if bool(self.steps) == (self.template_ref is not None):
+            raise ValueError("a saga has either steps or a templateRef, not both and not neither")
+        check_steps(self.steps)
         return self
 
     def dependencies(self) -> dict[str, tuple[str, ...]]:
@@ -254,6 +299,19 @@ class SagaSpec(_Model):
             else:
                 deps[step.name] = (self.steps[index - 1].name,) if index else ()
         return deps
+
+
+def check_steps(steps: list[StepSpec]) -> None:
+    """The CRD's rules on a list of steps (a saga's or a template's); ValueError naming the first broken one."""
+    names = [step.name for step in steps]
+    if len(set(names)) != len(names):
+        raise ValueError("step names must be unique")
+    if any(step.compensation is None for step in steps[:-1]):
+        raise ValueError("only the last step (the pivot) may have no compensation")
+    for index, step in enumerate(steps):
+        for need in step.depends_on or ():
+            if need not in names[:index]:
+                raise ValueError(f"step {step.name}: dependsOn {need!r} must name a step listed before it")
 
 
 class Phase(StrEnum):
@@ -314,6 +372,10 @@ class StepStatus(_Model):
         default=None, description="When the latest compensation command was sent."
     )
     compensated_at: datetime | None = Field(default=None, description="When the compensation was recorded.")
+    input: dict[str, Any] | None = Field(
+        default=None,
+        description="The step's input as evaluated before its first attempt: every command of the step carries it.",
+    )
     result: dict[str, Any] | None = Field(default=None, description="What the action returned.")
     error: ErrorRecord | None = Field(default=None, description="The latest failure of this step.")
 
@@ -377,6 +439,10 @@ class SagaStatus(_Model):
         "PayloadTooLarge (docs/operations.md lists them).",
     )
     message: str | None = Field(default=None, description="Why the saga is where it is.")
+    template: ExpandedTemplate | None = Field(
+        default=None,
+        description="A templated saga: the steps and payload it runs with, as its template said when it started.",
+    )
     steps: list[StepStatus] = Field(default_factory=list, description="One record per step, in spec order.")
     conditions: list[Condition] = Field(
         default_factory=list,
@@ -401,3 +467,11 @@ class SagaStatus(_Model):
 
     def to_patch(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def effective_spec(spec: SagaSpec, status: SagaStatus) -> SagaSpec:
+    """The spec a saga runs: its own, or, for a templated saga that has started, the template's steps and payload
+    as recorded in its status (a copy; the stored spec keeps its templateRef and no steps)."""
+    if spec.template_ref is None or status.template is None:
+        return spec
+    return spec.model_copy(update={"steps": status.template.steps, "payload": status.template.payload})

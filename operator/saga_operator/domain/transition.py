@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from saga_operator.domain import integrity
+from saga_operator.domain import inputs, integrity
 from saga_operator.domain.conditions import derive_conditions, observe_generation
 from saga_operator.domain.events import (
     AbortRequested,
@@ -35,19 +35,23 @@ from saga_operator.domain.events import (
     SendCommand,
     SpecChanged,
     Start,
+    TemplateLookup,
     Tick,
 )
 from saga_operator.domain.lifecycle import IN_FLIGHT, SETTLED, TO_UNDO, IllegalStepMove, StepEvent, move
 from saga_operator.domain.model import (
     TERMINAL_PHASES,
     ErrorRecord,
+    ExpandedTemplate,
     Phase,
     SagaSpec,
     SagaStatus,
     StepSpec,
     StepState,
     StepStatus,
+    effective_spec,
 )
+from saga_operator.domain.template import expand
 from saga_protocol import CommandKind, Outcome, Reply, command_id
 from saga_protocol.limits import MAX_SAGA_RESULTS_BYTES, json_size
 
@@ -55,9 +59,10 @@ from saga_protocol.limits import MAX_SAGA_RESULTS_BYTES, json_size
 class _Work:
     """The status being built and the effects collected while applying one event."""
 
-    def __init__(self, spec: SagaSpec, status: SagaStatus, uid: str) -> None:
+    def __init__(self, spec: SagaSpec, status: SagaStatus, uid: str, name: str = "", namespace: str = "") -> None:
         self.spec = spec
         self.uid = uid
+        self.meta = {"name": name, "namespace": namespace, "uid": uid}
         self.status = status
         self.effects: list[Effect] = []
         self.specs = {step.name: step for step in spec.steps}
@@ -98,7 +103,40 @@ class _Work:
             assert spec.compensation is not None
             action, attempt = spec.compensation, record.compensation_attempt
         record.command_id = command_id(self.uid, spec.name, kind, attempt)
-        self.effects.append(SendCommand(spec.name, spec.participant, action, kind, attempt, record.command_id))
+        # The input recorded at the first attempt, in every command of the step: one idempotency key, one request.
+        action_result = record.result if kind == CommandKind.COMPENSATION else None
+        self.effects.append(
+            SendCommand(
+                spec.name, spec.participant, action, kind, attempt, record.command_id, record.input, action_result
+            )
+        )
+
+    def evaluate_input(self, spec: StepSpec, record: StepStatus, now: datetime) -> bool:
+        """Evaluate the step's declared input before its first attempt and record it. False: it failed, the step
+        is Refused (nothing was sent) and the saga is being undone."""
+        if spec.input is None:
+            return True
+        reads = inputs.upstream(self.spec)[spec.name]
+        steps = {r.name: {"input": r.input, "result": r.result} for r in self.status.steps if r.name in reads}
+        try:
+            record.input = inputs.evaluate(
+                spec.name, spec.input, payload=self.spec.payload, saga=self.meta, steps=steps
+            )
+            if _results_size(self.status) > MAX_SAGA_RESULTS_BYTES:
+                raise inputs.InputError(
+                    inputs.INPUT_TOO_LARGE,
+                    f"the inputs and results of this saga would exceed {MAX_SAGA_RESULTS_BYTES} bytes together",
+                )
+        except inputs.InputError as exc:
+            record.input = None
+            move(record, StepEvent.INPUT_FAILED)
+            record.error = ErrorRecord(reason=exc.reason, message=exc.message)
+            record.finished_at = now
+            message = f"step {spec.name} failed before it was sent: {_describe(record.error)}"
+            self.event(True, exc.reason, message)
+            _begin_undo(self, message)
+            return False
+        return True
 
     def action_attempts_allowed(self, spec: StepSpec) -> int:
         return (1 + spec.retry.limit) * (1 + self.status.retries_granted)
@@ -108,16 +146,42 @@ class _Work:
 
 
 def transition(
-    spec: SagaSpec, status: SagaStatus, event: Event, generation: int | None = None, *, uid: str
+    spec: SagaSpec,
+    status: SagaStatus,
+    event: Event,
+    generation: int | None = None,
+    *,
+    uid: str,
+    name: str = "",
+    namespace: str = "",
 ) -> tuple[SagaStatus, list[Effect]]:
     """Apply one event. Returns the new status (`seq` bumped when it changed) and the effects to
     perform, in order, after that status is durably written.
 
     `generation` is the `metadata.generation` of `spec`. A changed status records it as its
     observedGeneration and on every condition; an unchanged one is not written, so it records nothing
-    (None: keep the generation already recorded). `uid` is the saga's `metadata.uid`: command ids are made of it."""
-    work = _Work(spec, status.model_copy(deep=True), uid)
+    (None: keep the generation already recorded). `uid` is the saga's `metadata.uid`: command ids are made of it;
+    `uid`, `name` and `namespace` are what step inputs see as `saga`."""
     now = event.now
+    original = status
+    if spec.template_ref is not None and not spec.steps:
+        if status.template is None:
+            # Not expanded yet: only its Start does (the shell applies Start before anything else).
+            if not (isinstance(event, Start) and status.phase == Phase.PENDING):
+                return status, [ReplyIgnored("SagaNotStarted", True)] if isinstance(event, ReplyReceived) else []
+            expanded = _expand(spec, event)
+            if isinstance(expanded, tuple):
+                new = status.model_copy(deep=True)
+                reject(new, *expanded, now)
+                derive_conditions(new, now)
+                observe_generation(new, generation)
+                new.seq = status.seq + 1
+                message = f"{expanded[1]}; nothing was sent. Fix the manifest and create the saga again"
+                return new, [EmitEvent("Warning", expanded[0], message)]
+            # Recorded in the write that starts the saga: from now on it runs what its status says.
+            status = status.model_copy(update={"template": expanded})
+        spec = effective_spec(spec, status)
+    work = _Work(spec, status.model_copy(deep=True), uid, name, namespace)
     problem = integrity.mismatch(spec, status)
     if problem is not None:
         # A log that does not match its spec is not acted on: the saga ends, for a person, and nothing is sent.
@@ -130,15 +194,28 @@ def transition(
             _fail(work, *problem, now)
         elif isinstance(event, ReplyReceived):
             _ignore(work, "SagaFinished")
-        return _finish(work, status, generation, now, event)
+        return _finish(work, original, generation, now, event)
     try:
         _dispatch(work, event, now)
     except IllegalStepMove as exc:
         # A bug in the core, or a status whose step states no real run produces: stop before anything is written
         # but this verdict, and send nothing.
-        work = _Work(spec, status.model_copy(deep=True), uid)
+        work = _Work(spec, status.model_copy(deep=True), uid, name, namespace)
         _fail(work, integrity.ILLEGAL_STEP_MOVE, f"{exc} (nothing was sent)", now)
-    return _finish(work, status, generation, now, event)
+    return _finish(work, original, generation, now, event)
+
+
+def _expand(spec: SagaSpec, event: Start) -> ExpandedTemplate | tuple[str, str]:
+    assert spec.template_ref is not None
+    lookup = event.template or TemplateLookup(None)
+    return expand(
+        spec.template_ref,
+        lookup.spec,
+        spec.payload,
+        uid=lookup.uid,
+        resource_version=lookup.resource_version,
+        error=lookup.error,
+    )
 
 
 def _dispatch(work: _Work, event: Event, now: datetime) -> None:
@@ -385,7 +462,10 @@ def _compensation_attempt_failed(
 
 
 def _results_size(status: SagaStatus) -> int:
-    return sum(json_size(record.result) for record in status.steps if record.result is not None)
+    """What the log holds of results and evaluated inputs, together: both count against MAX_SAGA_RESULTS_BYTES."""
+    return sum(
+        json_size(value) for record in status.steps for value in (record.result, record.input) if value is not None
+    )
 
 
 def _command_refused(work: _Work, event: CommandRefused, now: datetime) -> None:
@@ -511,11 +591,12 @@ def _retry(work: _Work, token: str, now: datetime) -> None:
 
 
 def _advance(work: _Work, now: datetime) -> None:
-    """Start whatever can start now, forward or backward, and settle the phase."""
+    """Start whatever can start now, forward or backward, and settle the phase. A step whose input fails
+    starts the undo in the forward pass: the backward pass then follows in the same event."""
+    if not work.status.undoing:
+        _advance_forward(work, now)
     if work.status.undoing:
         _advance_backward(work, now)
-    else:
-        _advance_forward(work, now)
 
 
 def _advance_forward(work: _Work, now: datetime) -> None:
@@ -534,7 +615,10 @@ def _advance_forward(work: _Work, now: datetime) -> None:
             continue
         needs = others if record.name == work.pivot else set(dependencies[record.name])
         if needs <= succeeded:
-            work.send_action(work.specs[record.name], record, StepEvent.DISPATCH, now)
+            spec = work.specs[record.name]
+            if not work.evaluate_input(spec, record, now):
+                return  # the saga is being undone: nothing more starts
+            work.send_action(spec, record, StepEvent.DISPATCH, now)
 
 
 def _advance_backward(work: _Work, now: datetime) -> None:
@@ -589,7 +673,7 @@ def _derive(work: _Work, now: datetime) -> None:
         return
     total = len(status.steps)
     done = sum(r.state == StepState.SUCCEEDED for r in status.steps)
-    status.progress = f"{done}/{total}"
+    status.progress = f"{done}/{total}" if total else None  # a saga rejected before its steps were laid out
     active = [r.name for r in status.steps if r.state in IN_FLIGHT]
     status.current_step = ",".join(active) or None
     derive_conditions(status, now)

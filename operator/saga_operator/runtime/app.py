@@ -253,7 +253,7 @@ class OperatorApp:
         for entry in self.coordinator.sagas.values():
             if entry.phase in TERMINAL_PHASES:
                 continue
-            spec = entry.spec
+            spec = entry.run_spec
             if spec is not None:
                 names.update(step.participant for step in spec.steps)
         return names

@@ -34,6 +34,7 @@ from saga_operator.domain.events import (
     SendCommand,
     SpecChanged,
     Start,
+    TemplateLookup,
     Tick,
 )
 from saga_operator.domain.lifecycle import TO_UNDO
@@ -47,7 +48,9 @@ from saga_operator.domain.model import (
     SagaSpec,
     SagaStatus,
     StepState,
+    effective_spec,
 )
+from saga_operator.domain.template import SagaTemplateSpec
 from saga_operator.domain.transition import next_deadline, settle, transition
 from saga_operator.runtime.metrics import Metrics
 from saga_operator.runtime.ports import SagaStore
@@ -166,6 +169,12 @@ class SagaEntry:
     def status(self, status: SagaStatus) -> None:
         self._wake()  # the spec rests with the status: bring it back before replacing the status
         self._status = status
+
+    @property
+    def run_spec(self) -> SagaSpec | None:
+        """The spec the saga runs: for a templated saga, the template's steps and payload from its status."""
+        spec = self.spec
+        return None if spec is None else effective_spec(spec, self.status)
 
     @property
     def phase(self) -> Phase:
@@ -404,7 +413,7 @@ class Coordinator:
             return [ReplyIgnored("UnknownSaga", invalid=True)]
         try:
             async with entry.lock:
-                spec = entry.spec
+                spec = entry.run_spec
                 if spec is None:
                     return [ReplyIgnored("InvalidSaga", invalid=True)]
                 refused = _reply_refused(spec, entry.status, reply, topic, key)
@@ -487,10 +496,10 @@ class Coordinator:
                 await self._set_finalizer(entry, add=False)
             return
         if status.phase == Phase.PENDING:
-            await self._apply(entry, Start(_now(), self.participants))
+            await self._apply(entry, Start(_now(), self.participants, await self._template(entry.spec, entry.ref)))
         elif first_sight:
             await self._apply(entry, Resumed(_now()))
-        elif integrity.mismatch(entry.spec, status) is not None:
+        elif integrity.mismatch(effective_spec(entry.spec, status), status) is not None:
             # The spec changed under a running saga (admission would refuse that): say so now, not at its next reply.
             await self._apply(entry, Tick(_now()))
         if entry.spec.abort and not entry.status.undoing and entry.status.phase not in TERMINAL_PHASES:
@@ -507,6 +516,26 @@ class Coordinator:
             # A spec change nothing above wrote (a new TTL): record that the operator has seen it.
             await self._apply(entry, SpecChanged(_now()))
         await self._after(entry)
+
+    async def _template(self, spec: SagaSpec, ref: SagaRef) -> TemplateLookup | None:
+        """For a templated saga about to start: the SagaTemplate it names, read now, once."""
+        if spec.template_ref is None:
+            return None
+        name = spec.template_ref.name
+        body = await retry_transient(
+            f"reading SagaTemplate {ref.namespace}/{name}",
+            lambda: self.kube.get_template(ref.namespace, name),
+            transient=TRANSIENT_API_ERRORS,
+            backoff=Backoff(initial=0.2, maximum=self.max_backoff),
+        )
+        if body is None:
+            return TemplateLookup(None)
+        meta = body.get("metadata") or {}
+        identity = {"uid": meta.get("uid", ""), "resource_version": meta.get("resourceVersion", "")}
+        try:
+            return TemplateLookup(SagaTemplateSpec.model_validate(body.get("spec") or {}), **identity)
+        except ValidationError as exc:
+            return TemplateLookup(None, error=_first_error(exc), **identity)
 
     async def _after(self, entry: SagaEntry) -> None:
         """Book-keeping after any change: the next deadline, and the finalizer once there is nothing
@@ -556,7 +585,7 @@ class Coordinator:
         status = entry.status
         if status.phase != Phase.FAILED or entry.delete_confirmed:
             return True
-        spec = entry.spec
+        spec = entry.run_spec
         compensable = {step.name for step in spec.steps if step.compensation is not None} if spec else set()
         outstanding = [
             r.name
@@ -619,7 +648,15 @@ class Coordinator:
     async def _apply(self, entry: SagaEntry, event: Event, received: float | None = None) -> list[Effect]:
         assert entry.spec is not None
         for _ in range(10):
-            new, effects = transition(entry.spec, entry.status, event, entry.generation, uid=entry.ref.uid)
+            new, effects = transition(
+                entry.spec,
+                entry.status,
+                event,
+                entry.generation,
+                uid=entry.ref.uid,
+                name=entry.ref.name,
+                namespace=entry.ref.namespace,
+            )
             if new.seq == entry.status.seq:
                 await self._perform(entry, effects, received)
                 return effects
@@ -726,7 +763,7 @@ class Coordinator:
             return
 
     async def _perform(self, entry: SagaEntry, effects: list[Effect], received: float | None) -> None:
-        spec = entry.spec
+        spec = entry.run_spec
         assert spec is not None
         refused: list[CommandRefused] = []
         for effect in effects:
@@ -758,6 +795,8 @@ class Coordinator:
             attempt=effect.attempt,
             idempotency_key=idempotency_key(entry.ref.uid, effect.step),
             payload=spec.payload,
+            input=effect.input,
+            action_result=effect.action_result,
             reply_topic=reply_topic(effect.participant),
             sent_at=_now(),
         )

@@ -27,6 +27,10 @@ class SagaStore(Protocol):
         """The saga as stored now; raises Gone."""
         ...
 
+    async def get_template(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The SagaTemplate `name` of `namespace` as stored now; None when there is none."""
+        ...
+
     async def write_status(self, ref: SagaRef, status: SagaStatus, resource_version: str | None) -> dict[str, Any]:
         """Replace the status subresource if the object is still at `resource_version` (None: unconditionally);
         raises Conflict, Gone."""

@@ -1,0 +1,215 @@
+"""SagaTemplates and step inputs on the real stack: a template applied with kubectl, a Saga of it run by the
+operator and the three participants, the purchase id that `videos` returns passed forward into the debit's
+command (read back from the Kafka topic the participant reads), bad parameters and a bad reference refused
+with a message naming them, and a template edited and deleted while a saga of it runs (the saga unchanged)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from saga_harness import kafka_access
+from saga_harness.manifests import buy_video_saga
+from saga_harness.topics import read_topic
+from saga_harness.world import REPO, SagaWorld
+from saga_protocol import command_topic, decode_command
+from saga_testenv import run_sync
+
+pytestmark = pytest.mark.stack
+
+Names = Callable[[str], str]
+EXAMPLE = REPO / "examples" / "templates" / "buy-video.yaml"
+
+
+def template(name: str) -> dict[str, Any]:
+    body: dict[str, Any] = yaml.safe_load(Path(EXAMPLE).read_text())
+    body["metadata"] = {"name": name, "namespace": "default"}
+    return body
+
+
+def templated_saga(name: str, template_name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "saga.dev/v1alpha1",
+        "kind": "Saga",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"templateRef": {"name": template_name, "parameters": parameters}},
+    }
+
+
+def commands_of(world: SagaWorld, participant: str, uid: str) -> list[dict[str, Any]]:
+    """Every command of saga `uid` on the participant's command topic, decoded as the participant decodes it."""
+    records = run_sync(read_topic(kafka_access.client_options(world.endpoints), command_topic(participant)))
+    found = []
+    for record in records:
+        if record.key == uid.encode():
+            command = decode_command(record.value, record.headers)
+            found.append(json.loads(record.value))
+            assert command.saga_uid == uid
+    return found
+
+
+def wait_for(world: SagaWorld, name: str, check: Callable[[dict[str, Any]], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check(world.get(name).get("status") or {}):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{name}: {json.dumps(world.get(name).get('status'))}")
+
+
+def test_a_templated_saga_passes_the_purchase_id_forward(world: SagaWorld, saga_name: Names) -> None:
+    template_name = world.apply(template(saga_name("tpl")))
+    parameters = {"buyer": "alice", "video": saga_name("v"), "price": 300, "agent": "bob-agency"}
+    name = world.apply(templated_saga(saga_name("from-tpl"), template_name, parameters))
+    body = world.wait_terminal([name])[name]
+    status = body["status"]
+    assert status["phase"] == "Succeeded", json.dumps(status)
+    assert status["template"]["name"] == template_name
+    assert status["template"]["parameters"] == {**parameters, "simulate": {}}
+    assert [s["name"] for s in status["template"]["steps"]] == ["record-purchase", "debit-buyer", "credit-agent"]
+    records = {s["name"]: s for s in status["steps"]}
+    purchase = records["record-purchase"]["result"]["purchaseId"]
+    assert purchase.startswith("pur-")
+    memo = f"alice buys {parameters['video']} for 300 cents"
+    assert records["debit-buyer"]["input"] == {"reference": purchase, "memo": memo}
+    assert records["debit-buyer"]["result"]["reference"] == purchase  # the participant read it
+    assert records["credit-agent"]["input"] == {"purchase": purchase, "debit": purchase}
+
+    # The command the users participant received: the evaluated input beside the payload it always had.
+    [debit] = commands_of(world, "users", body["metadata"]["uid"])
+    print("the debit command on saga.commands.users:", json.dumps(debit, indent=2))
+    assert debit["input"] == {"reference": purchase, "memo": memo}
+    assert debit["payload"] == {**parameters, "simulate": {}}
+    assert "actionResult" not in debit
+
+
+def test_a_refund_gets_the_debits_input_and_result(world: SagaWorld, saga_name: Names) -> None:
+    template_name = world.apply(template(saga_name("tpl")))
+    parameters = {"buyer": "alice", "video": saga_name("v"), "price": 200, "agent": "closed-agency"}
+    name = world.apply(templated_saga(saga_name("refund"), template_name, parameters))
+    body = world.wait_terminal([name])[name]
+    status = body["status"]
+    assert status["phase"] == "Compensated", json.dumps(status)
+    records = {s["name"]: s for s in status["steps"]}
+    purchase = records["record-purchase"]["result"]["purchaseId"]
+    commands = commands_of(world, "users", body["metadata"]["uid"])
+    [refund] = [c for c in commands if c["kind"] == "compensation"]
+    assert refund["input"] == records["debit-buyer"]["input"]
+    assert refund["actionResult"] == records["debit-buyer"]["result"]
+    assert refund["actionResult"]["reference"] == purchase
+
+
+def test_bad_parameters_are_refused_naming_the_parameter(world: SagaWorld, saga_name: Names) -> None:
+    template_name = world.apply(template(saga_name("tpl")))
+    good = {"buyer": "alice", "video": "v-1", "price": 100, "agent": "bob-agency"}
+    cases = {
+        saga_name("wrong-type"): ({**good, "price": "100"}, 'parameter price must be an integer, not a string: "100"'),
+        saga_name("missing"): (
+            {k: v for k, v in good.items() if k != "buyer"},
+            f"parameter buyer is required by SagaTemplate {template_name} (it has no default): the user who pays",
+        ),
+        saga_name("unknown"): (
+            {**good, "colour": "red"},
+            f"parameter colour is not declared by SagaTemplate {template_name} "
+            "(it declares: buyer, video, price, agent, simulate)",
+        ),
+        saga_name("no-template"): (good, "there is no SagaTemplate"),
+    }
+    manifests = [
+        templated_saga(name, template_name if "no-template" not in name else "nothing-here", parameters)
+        for name, (parameters, _) in cases.items()
+    ]
+    world.apply_all(manifests)
+    done = world.wait_terminal(list(cases))
+    print(world.kubectl("get", "sagas", "-o", "wide", *cases))
+    for name, (_, message) in cases.items():
+        status = done[name]["status"]
+        assert status["phase"] == "Rejected"
+        reason = "TemplateNotFound" if "no-template" in name else "InvalidParameters"
+        assert status["reason"] == reason
+        assert status["message"].startswith(f"{reason}: {message}"), status["message"]
+        assert "steps" not in status or status["steps"] == []
+        warnings = [e for e in world.events(name) if e["reason"] == reason]
+        assert warnings and warnings[0]["type"] == "Warning" and message in warnings[0]["message"]
+
+
+def test_a_reference_to_a_step_not_depended_on_is_refused(world: SagaWorld, saga_name: Names) -> None:
+    saga = buy_video_saga(saga_name("bad-ref"), {"buyer": "alice", "video": "v-1", "price": 100, "agent": "bob-agency"})
+    saga["metadata"]["namespace"] = "default"
+    # debit-buyer runs beside record-purchase (dependsOn: []), so it cannot read its result.
+    saga["spec"]["steps"][1]["dependsOn"] = []
+    saga["spec"]["steps"][1]["input"] = {"reference": "${steps['record-purchase'].result.purchaseId}"}
+    name = world.apply(saga)
+    status = world.wait_terminal([name])[name]["status"]
+    print(world.kubectl("get", "saga", name, "-o", "wide"))
+    assert status["phase"] == "Rejected" and status["reason"] == "InvalidInput"
+    assert status["message"] == (
+        "InvalidInput: step debit-buyer: input.reference: ${steps['record-purchase'].result.purchaseId} refers to "
+        "step record-purchase, which step debit-buyer does not depend on (directly or through others)"
+    )
+    assert all(s["attempt"] == 0 for s in status.get("steps", []))  # nothing was sent
+    assert "InvalidInput" in {e["reason"] for e in world.events(name)}
+
+
+def test_a_template_edited_and_deleted_while_a_saga_of_it_runs_changes_nothing(
+    world: SagaWorld, saga_name: Names
+) -> None:
+    original = template(saga_name("tpl"))
+    template_name = world.apply(original)
+    parameters = {
+        "buyer": "alice",
+        "video": saga_name("v"),
+        "price": 150,
+        "agent": "bob-agency",
+        "simulate": {"videos": {"delaySeconds": 3}},
+    }
+    name = world.apply(templated_saga(saga_name("edited"), template_name, parameters))
+    wait_for(world, name, lambda s: s.get("currentStep") == "record-purchase")
+    recorded = world.get(name)["status"]["template"]
+
+    edited = copy.deepcopy(original)
+    edited["spec"]["steps"] = edited["spec"]["steps"][:2]  # the credit removed
+    edited["spec"]["steps"][1]["input"] = {"reference": "edited"}
+    edited["spec"]["parameters"][2]["type"] = "string"
+    world.apply(edited)
+    world.kubectl("delete", "sagatemplate", template_name, "-n", "default")
+
+    status = world.wait_terminal([name])[name]["status"]
+    assert status["phase"] == "Succeeded", json.dumps(status)
+    assert status["template"] == recorded
+    assert [s["name"] for s in status["steps"]] == ["record-purchase", "debit-buyer", "credit-agent"]
+    purchase = status["steps"][0]["result"]["purchaseId"]
+    assert status["steps"][1]["input"]["reference"] == purchase
+
+
+def test_the_api_server_refuses_a_saga_with_both_steps_and_a_template(world: SagaWorld, saga_name: Names) -> None:
+    saga = buy_video_saga(saga_name("both"), {})
+    saga["metadata"]["namespace"] = "default"
+    saga["spec"]["templateRef"] = {"name": "buy-video"}
+    result = world.endpoints.kubectl("create", "-f", "-", input=yaml.safe_dump(saga))
+    assert result.returncode != 0
+    assert "a saga has either steps or a templateRef, not both and not neither" in result.stderr
+
+    broken = template(saga_name("tpl"))
+    broken["spec"]["parameters"].append({"name": "buyer", "type": "string"})
+    result = world.endpoints.kubectl("create", "-f", "-", input=yaml.safe_dump(broken))
+    assert result.returncode != 0 and "parameter names must be unique" in result.stderr
+
+
+def test_kubectl_documents_and_lists_templates(world: SagaWorld, saga_name: Names) -> None:
+    explained = " ".join(world.kubectl("explain", "sagatemplate.spec.parameters").split())  # kubectl wraps lines
+    assert "the step inputs read it as payload.<name>" in explained
+    assert "without a default the parameter is required" in explained
+    name = world.apply(template(saga_name("tpl")))
+    table = world.kubectl("get", "sagatemplates", name, "-n", "default")
+    print(table)
+    header, row = table.splitlines()[:2]
+    assert header.split() == ["NAME", "PARAMETERS", "AGE"]
+    assert row.startswith(name) and '"name":"buyer"' in row
