@@ -150,3 +150,22 @@ def test_a_string_that_is_not_wholly_an_expression_is_sent_as_written() -> None:
     saga = Saga(saga_spec(step("a", input={"v": "price: ${payload.price}", "w": "${'${literal}'}"})))
     [command] = commands(saga.start())
     assert command.input == {"v": "price: ${payload.price}", "w": "${literal}"}
+
+
+def test_an_input_whose_expressions_read_too_many_values_fails_the_step_without_evaluating() -> None:
+    """Converting values to CEL is the cost of an evaluation: past MAX_VALUES_READ the step fails, so one
+    saga's input cannot hold the operator's event loop while every other saga waits."""
+    saga = Saga(saga_spec(step("a"), step("b", input={"n": "${size(steps.a.result.many)}"}), step("c")))
+    saga.start()
+    saga.reply("a", result={"many": list(range(1990))})
+    assert saga.states["b"] == StepState.DISPATCHED
+    assert saga.record("b").input == {"n": 1990}
+
+    saga = Saga(saga_spec(step("a"), step("b", input={"n": "${size(steps.a.result.many)}"}), step("c")))
+    saga.start()
+    effects = saga.reply("a", result={"many": list(range(2000))})
+    assert saga.states["b"] == StepState.REFUSED
+    record = saga.record("b")
+    assert record.error is not None and record.error.reason == "InputTooLarge"
+    assert "read more than 2000 JSON values" in record.error.message
+    assert sends(effects) == [("a", CommandKind.COMPENSATION, 1)]
