@@ -134,6 +134,9 @@ def _undo_bar(
                 settled.append(other.compensated_at)
             elif other.state == StepState.REFUSED and other.finished_at is not None:
                 settled.append(other.finished_at)
+        if not settled and action is not None and action.mark == "?" and record.finished_at is not None:
+            # Given up: the compensation went out in the same write, at finishedAt.
+            settled.append(record.finished_at)
         start = max(settled, default=record.dispatched_at or now)
     if action is not None:
         start = max(start, action.end)

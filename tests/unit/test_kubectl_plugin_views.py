@@ -114,6 +114,27 @@ def test_a_running_step_and_a_stuck_compensation() -> None:
     assert a is not None and (a.start, a.end, a.mark, a.retry_at) == (T0, at(5), "~", at(3))
 
 
+def test_a_step_given_up_is_compensated_from_the_moment_it_gave_up() -> None:
+    status = SagaStatus(
+        phase=Phase.FAILED,
+        reason="CompensationStuck",
+        started_at=T0,
+        finished_at=at(6),
+        undoing=True,
+        steps=[
+            StepStatus(
+                name="a", state=StepState.COMPENSATING, attempt=2, compensation_attempt=2, dispatched_at=at(5),
+                finished_at=at(3), error=ErrorRecord(reason="Timeout"),
+            ),
+            StepStatus(name="b", state=StepState.SKIPPED),
+            StepStatus(name="c", state=StepState.SKIPPED),
+        ],
+    )  # fmt: skip
+    a = timeline.step_bars(SPEC, status, at(100))[0]
+    assert a.action is not None and (a.action.start, a.action.end, a.action.mark) == (T0, at(3), "?")
+    assert a.undo is not None and (a.undo.start, a.undo.end, a.undo.mark, a.undo.retry_at) == (at(3), at(6), "!", at(5))
+
+
 def saga(status: SagaStatus, name: str = "s1") -> dict[str, Any]:
     return {
         "metadata": {"name": name, "namespace": "ns", "creationTimestamp": "2026-01-01T00:00:00Z"},
