@@ -60,6 +60,10 @@ demo: $(STAMP) ## the buy-video sagas end to end on the local stack: kubectl get
 	$(PY) -m saga_testenv build
 	$(PY) -m saga_harness.demo
 
+.PHONY: run
+run: $(STAMP) ## the operator and the buy-video participants in the foreground against `make up`'s stack, on free ports; Ctrl-C stops them
+	$(PY) -m saga_harness.run $(RUN_ARGS)
+
 .PHONY: generate
 generate: $(STAMP) ## regenerate the CRDs, the admission policies, the protocol JSON Schema, the step lifecycle diagram and the settings table from their sources
 	$(PY) -m saga_operator.crd > crds/saga.dev_sagas.yaml

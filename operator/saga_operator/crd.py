@@ -175,8 +175,24 @@ def _without_rules(node: Any) -> Any:
     return {key: _without_rules(value) for key, value in node.items() if key != "x-kubernetes-validations"}
 
 
+def _without_item_defaults(spec_schema: dict[str, Any]) -> dict[str, Any]:
+    """The spec's schema without the API server's defaults on the fields of a step.
+
+    `kubectl apply` (client side) sends a JSON merge patch for a custom resource, and such a patch replaces a
+    list whole: a step the server completed with a default (timeoutSeconds: 30) differs from the manifest's,
+    so applying an unchanged manifest said `configured` every time. The operator fills in the same defaults
+    when it reads the spec (the pydantic model), so a saga runs the same either way. Only a step's own
+    fields: inside `retry` the defaults stay, the backoff rule reads them (a manifest that gives `retry` in
+    part is reported `configured` on every apply; give it whole, or apply server side).
+    """
+    for field in spec_schema["properties"]["steps"]["items"]["properties"].values():
+        field.pop("default", None)
+    return spec_schema
+
+
 def custom_resource_definition() -> dict[str, Any]:
-    spec_schema = _document_bounds(_schema(SagaSpec))
+    # The defaults are documented in the descriptions first (kubectl explain), then dropped from a step's fields.
+    spec_schema = _without_item_defaults(_document_bounds(_schema(SagaSpec)))
     spec_schema["x-kubernetes-validations"] = [*spec_schema.get("x-kubernetes-validations", []), *immutability_rules()]
     status_schema = _without_rules(_schema(SagaStatus))
     return {
@@ -200,14 +216,20 @@ def custom_resource_definition() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
+                    # Read at a glance: where it is, how far, why it stopped (the machine-readable reason,
+                    # the sentence is in -o wide's MESSAGE), how long it ran. PROGRESS and DURATION are
+                    # written by the operator (saga_operator.domain.summary).
                     "additionalPrinterColumns": [
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                         {"name": "Step", "type": "string", "jsonPath": ".status.currentStep"},
                         {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
+                        {"name": "Reason", "type": "string", "jsonPath": ".status.reason"},
+                        {"name": "Duration", "type": "string", "jsonPath": ".status.duration"},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                        {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
                         {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
                     ],
+                    # kubectl get sagas --field-selector status.phase=Failed: served by Kubernetes 1.32+ (GA).
+                    "selectableFields": [{"jsonPath": ".status.phase"}],
                     "schema": {
                         "openAPIV3Schema": {
                             "description": "A saga: a business transaction split into steps, each with a "

@@ -126,7 +126,7 @@ def test_entry_points_are_console_scripts_of_the_package() -> None:
                 assert container["command"][0] in CONSOLE_SCRIPTS, container["command"]
 
 
-@pytest.mark.parametrize("script", ["saga-operator", "saga-participant"])
+@pytest.mark.parametrize("script", ["saga-operator", "saga-participant", "kubectl-saga"])
 def test_the_console_scripts_resolve(script: str) -> None:
     """The module:function each script names exists (what pip turns into /usr/local/bin/<script>)."""
     import importlib

@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PRODUCT = {"saga_operator", "saga_protocol", "saga_plumbing", "saga_participants", "saga_buyvideo", "saga_conformance"}
+PRODUCT = {
+    "saga_operator",
+    "saga_kubectl",
+    "saga_protocol",
+    "saga_plumbing",
+    "saga_participants",
+    "saga_buyvideo",
+    "saga_conformance",
+}
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ def test_start_dispatches_the_first_step_only_and_records_it_before_sending() ->
     assert saga.states == {"videos": StepState.DISPATCHED, "users": StepState.PENDING, "agents": StepState.PENDING}
     videos = saga.record("videos")
     assert (videos.attempt, videos.dispatched_at, videos.deadline) == (1, T0, at(10))
-    assert (status.current_step, status.progress) == ("videos", "0/3")
+    assert (status.current_step, status.progress, status.duration) == ("videos", "0/3 done", "0.0s")
     assert condition(status, "Completed") == "False"
     assert condition(status, "Succeeded") == "Unknown"
 
@@ -73,7 +73,8 @@ def test_success_path_sends_one_command_per_step_in_order_and_writes_n_plus_one_
     assert set(saga.states.values()) == {SUCCEEDED}
     assert saga.record("users").result == {"done": "users"}
     assert ("Normal", "Succeeded") in events(saga.effects)
-    assert (status.progress, status.current_step, status.finished_at) == ("3/3", None, at(3))
+    assert (status.progress, status.current_step, status.finished_at) == ("3/3 done", None, at(3))
+    assert status.duration == "3.0s"
     assert condition(status, "Completed") == "True"
     assert condition(status, "Succeeded") == "True"
     assert next_deadline(status) is None

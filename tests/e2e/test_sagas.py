@@ -53,7 +53,7 @@ def test_success(world: SagaWorld, saga_name: Names) -> None:
     body = world.wait_terminal([name])[name]
     status = body["status"]
     assert status["phase"] == "Succeeded"
-    assert status["progress"] == "3/3"
+    assert status["progress"] == "3/3 done"
     assert [s["state"] for s in status["steps"]] == ["Succeeded"] * 3
     assert all(s["attempt"] == 1 and s["compensationAttempt"] == 0 for s in status["steps"])
     assert {c["type"]: c["status"] for c in status["conditions"]} == {"Completed": "True", "Succeeded": "True"}

@@ -48,7 +48,7 @@ def test_the_project_keeps_its_import_contracts() -> None:
 
 
 # The project's packages as the throwaway tree calls them.
-RENAMES = {"saga_operator": "vop", "saga_participants": "vsdk", "saga_buyvideo": "vexamples"}
+RENAMES = {"saga_operator": "vop", "saga_participants": "vsdk", "saga_buyvideo": "vexamples", "saga_kubectl": "vkctl"}
 
 # Each module of the throwaway tree and what it imports: one import that breaks each contract under test.
 VIOLATIONS = {
@@ -65,6 +65,9 @@ VIOLATIONS = {
     "vexamples/__init__.py": "",
     "vexamples/good.py": "from vsdk import BusinessError\n",  # allowed: the public face
     "vexamples/bad.py": "from vsdk.inbox import BusinessError\n",  # an SDK submodule
+    "vkctl/__init__.py": "",
+    "vkctl/good.py": "import vop.domain\n",  # allowed: the plugin reads the domain (its models)
+    "vkctl/bad.py": "import vop.runtime\n",  # the plugin imports the operator's runtime
 }
 
 
@@ -79,7 +82,7 @@ def renamed(value: Any) -> Any:
 
 
 def test_the_contracts_break_on_a_package_that_violates_them(tmp_path: Path) -> None:
-    wanted = {"operator-layers", "pure-domain", "examples-use-public-sdk"}
+    wanted = {"operator-layers", "pure-domain", "examples-use-public-sdk", "kubectl-plugin-without-runtime"}
     contracts = [c for c in project_contracts() if c["id"] in wanted]
     assert {c["id"] for c in contracts} == wanted
     lines = [
@@ -105,4 +108,6 @@ def test_the_contracts_break_on_a_package_that_violates_them(tmp_path: Path) -> 
     assert "vop.domain.model -> aiohttp" in output
     assert "vexamples.bad -> vsdk.inbox" in output
     assert "vexamples.good" not in output
+    assert "vkctl.bad -> vop.runtime" in output
+    assert "vkctl.good" not in output
     assert "vop.adapters.kube ->" not in output

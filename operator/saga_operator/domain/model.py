@@ -421,9 +421,18 @@ class SagaStatus(_Model):
     seq: int = Field(default=0, ge=0, description="Counts the operator's writes of this status.")
     observed_generation: int | None = Field(default=None, description="The spec generation last acted on.")
     current_step: str | None = Field(default=None, description="The step(s) in flight, for kubectl get.")
-    progress: str | None = Field(default=None, description="Steps succeeded / steps, for kubectl get.")
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    progress: str | None = Field(
+        default=None,
+        description="For kubectl get: steps done / steps (e.g. 2/3 done); once the saga is being undone, also how "
+        "many of them are compensated (2/3 done, 1 undone).",
+    )
+    started_at: datetime | None = Field(default=None, description="When the saga started (its first step).")
+    finished_at: datetime | None = Field(default=None, description="When the saga reached its latest end phase.")
+    duration: str | None = Field(
+        default=None,
+        description="For kubectl get: startedAt to finishedAt, or to the latest status write while the saga runs "
+        "(e.g. 1.2s, 2m5s).",
+    )
     undoing: bool = Field(
         default=False,
         description="The saga is being undone: an abort, a deletion, or a step that failed (refused, or its "

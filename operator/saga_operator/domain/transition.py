@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from saga_operator.domain import inputs, integrity
+from saga_operator.domain import inputs, integrity, summary
 from saga_operator.domain.conditions import derive_conditions, observe_generation
 from saga_operator.domain.events import (
     AbortRequested,
@@ -253,6 +253,8 @@ def _finish(
         and status.observed_generation != generation
     )
     if new != status or unobserved:
+        # Only with a change: a duration moved by the clock alone is not worth a write.
+        new.duration = summary.duration(new, now)
         observe_generation(new, generation)
         new.seq = status.seq + 1
     return new, work.effects
@@ -501,6 +503,7 @@ def settle(
     new.finished_at = now
     for record in new.steps:
         record.deadline = None
+    new.duration = summary.duration(new, now)
     derive_conditions(new, now)
     observe_generation(new, generation)
     new.seq = status.seq + 1
@@ -671,9 +674,7 @@ def _derive(work: _Work, now: datetime) -> None:
     status = work.status
     if status.phase == Phase.PENDING:
         return
-    total = len(status.steps)
-    done = sum(r.state == StepState.SUCCEEDED for r in status.steps)
-    status.progress = f"{done}/{total}" if total else None  # a saga rejected before its steps were laid out
+    status.progress = summary.progress(status)
     active = [r.name for r in status.steps if r.state in IN_FLIGHT]
     status.current_step = ",".join(active) or None
     derive_conditions(status, now)
