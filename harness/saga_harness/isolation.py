@@ -374,6 +374,7 @@ class IsolationRun:
 
     def bad_cases(self) -> None:
         names = self.cw.names
+        second_operator = self.start_second_operator()
         # Sagas that run (or are refused) in the background while the edits below are made.
         rename, payload_edit = self.slow(self.name("edit-steps")), self.slow(self.name("edit-payload"))
         forged_phase, forged_steps = self.slow(self.name("forge-phase")), self.slow(self.name("forge-steps"))
@@ -433,7 +434,7 @@ class IsolationRun:
         self.forgeries(forged_phase, forged_steps, jane)
         self.edits(rename, payload_edit)
         self.refused_at_apply()
-        self.port_in_use()
+        self.port_in_use(second_operator)
         self.size_outcomes(big_result, many, big_command)
         self.deletions(stranger, stuck)
         for victim in self.victims:
@@ -556,24 +557,34 @@ class IsolationRun:
             c.saw += f" | kubectl delete: {_one_line(gone.stderr or gone.stdout)}"
             c.ok = c.ok and "NotFound" in gone.stderr
 
-    def port_in_use(self) -> None:
+    def start_second_operator(self) -> subprocess.Popen[str]:
+        """A second operator on the running one's HTTP port, started now and read at the end of the cases
+        (it takes a few seconds to import and fail). Its own namespace and group: it must harm nothing."""
+        operator = self.world.operator
+        env = {
+            **operator.env,
+            "SAGA_NAMESPACE": self.other_ns,
+            "SAGA_CONSUMER_GROUP": f"{self.world.consumer_group}-port-probe",
+        }
+        process = subprocess.Popen(operator.argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        return process
+
+    def port_in_use(self, process: subprocess.Popen[str]) -> None:
         operator = self.world.operator
         with self.case(
             f"a second operator started on the running one's HTTP port {operator.http_port}",
             "exit 1 at once, 'is already in use'; the running operator stays ready",
         ) as c:
-            env = {
-                **operator.env,
-                "SAGA_NAMESPACE": self.other_ns,
-                "SAGA_CONSUMER_GROUP": f"{self.world.consumer_group}-port-probe",
-            }
-            began = time.monotonic()
-            result = subprocess.run(operator.argv, env=env, capture_output=True, text=True, timeout=120)
-            took = time.monotonic() - began
-            line = next((ln for ln in result.stderr.splitlines() if "cannot start" in ln), result.stderr[-300:])
+            try:
+                _, stderr = process.communicate(timeout=120)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+            line = next((ln for ln in stderr.splitlines() if "cannot start" in ln), stderr[-300:])
             ready = operator._get("/readyz") is not None
-            c.saw = f"exit {result.returncode} after {took:.1f}s: {_one_line(line)} | running operator ready: {ready}"
-            c.ok = result.returncode == 1 and "is already in use" in result.stderr and ready
+            c.saw = f"exit {process.returncode}: {_one_line(line)} | running operator ready: {ready}"
+            c.ok = process.returncode == 1 and "is already in use" in stderr and ready
 
     def size_outcomes(self, big_result: str, many: str, big_command: str) -> None:
         for name, what, reason in (

@@ -13,10 +13,11 @@ operator retries) and succeed on attempt 3, and
     {"simulate": {"users": {"resultBytes": 16000}}}
 
 adds a `simulatedPadding` string of 16000 characters to the `users` action's result (a participant whose
-results are too big: over 16 KiB the SDK refuses it, ResultTooLarge). It exists for demos, end-to-end tests and chaos runs, and is
-OFF unless a participant is started with it (`Participant(..., interceptors=[FaultInjection()])`,
-`SAGA_ALLOW_FAULT_INJECTION=true`, `saga-participant run --allow-fault-injection`): a shared participant
-must not let any saga author stall or fail it for every tenant. A malformed knob is ignored with a warning:
+results are too big: over 16 KiB the SDK refuses it, ResultTooLarge). It exists for demos, end-to-end
+tests and chaos runs, and is OFF unless a participant is started with it
+(`Participant(..., interceptors=[FaultInjection()])`, `SAGA_ALLOW_FAULT_INJECTION=true`,
+`saga-participant run --allow-fault-injection`): a shared participant must not let any saga author stall
+or fail it for every tenant. A malformed knob is ignored with a warning:
 a demo knob must not be able to break a real saga.
 """
 
