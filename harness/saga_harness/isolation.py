@@ -190,12 +190,12 @@ class IsolationRun:
         options.setdefault("participants", self.cw.names)
         return buy_video_saga(name, payload, namespace=self.ns, **options)
 
-    def slow(self, name: str) -> str:
-        """A saga whose last step takes 10 s to answer: time to do something to it mid-run."""
-        simulate = {"simulate": {self.cw.names["agents"]: {"delaySeconds": 10}}}
-        self.world.apply(self.buy(name, self.payload(f"v-{name}", **simulate), timeout_seconds=30))
+    def slow(self, name: str) -> dict[str, Any]:
+        """A saga whose last step takes 20 s to answer: time to do something to it mid-run, even on a machine so
+        loaded that each kubectl call takes seconds."""
+        simulate = {"simulate": {self.cw.names["agents"]: {"delaySeconds": 20}}}
         self.victims.append(name)
-        return name
+        return self.buy(name, self.payload(f"v-{name}", **simulate), timeout_seconds=60)
 
     def wait_for(self, name: str, check: Callable[[dict[str, Any]], bool], timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -376,9 +376,9 @@ class IsolationRun:
         names = self.cw.names
         second_operator = self.start_second_operator()
         # Sagas that run (or are refused) in the background while the edits below are made.
-        rename, payload_edit = self.slow(self.name("edit-steps")), self.slow(self.name("edit-payload"))
-        forged_phase, forged_steps = self.slow(self.name("forge-phase")), self.slow(self.name("forge-steps"))
-        jane = self.slow(self.name("forge-jane"))
+        victims = [self.slow(self.name(n)) for n in ("edit-steps", "edit-payload", "forge-phase", "forge-steps")]
+        victims.append(self.slow(self.name("forge-jane")))
+        rename, payload_edit, forged_phase, forged_steps, jane = (v["metadata"]["name"] for v in victims)
         big_result = self.world.apply(
             self.buy(
                 self.name("big-result"),
@@ -429,8 +429,14 @@ class IsolationRun:
         stuck_manifest["spec"]["compensationAttemptLimit"] = 2
         stuck = self.world.apply(stuck_manifest)
 
+        self.world.apply_all(victims)  # last, and in one call: they are all mid-run when the edits come
         for victim in self.victims:
-            self.wait_for(victim, lambda s: s.get("currentStep") == "credit-agent")
+            try:
+                self.wait_for(victim, lambda s: s.get("currentStep") == "credit-agent" or s.get("phase") in TERMINAL)
+            except TimeoutError as exc:
+                self.problems.append(f"victim {victim} never reached its last step: {exc}")
+            if self.status(victim).get("phase") in TERMINAL:
+                self.problems.append(f"victim {victim} had finished before it was edited or forged: too slow a machine")
         self.forgeries(forged_phase, forged_steps, jane)
         self.edits(rename, payload_edit)
         self.refused_at_apply()
