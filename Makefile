@@ -187,6 +187,13 @@ chaos: $(STAMP) ## N sagas (default 300) while everything breaks, then audit the
 	$(PY) -m saga_testenv build
 	$(PY) -m saga_harness.chaos --sagas $(CHAOS_SAGAS) $(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)
 
+ISOLATION_SAGAS ?= $(or $(N),100)
+
+.PHONY: isolation
+isolation: $(STAMP) ## issue 10's acceptance: N ordinary sagas (default 100) alone, then beside every bad case; the table, the books, the times
+	$(PY) -m saga_testenv build
+	$(PY) -m saga_harness.isolation --sagas $(ISOLATION_SAGAS) $(ISOLATION_ARGS)
+
 .PHONY: bench
 bench: $(STAMP) ## benchmark the operator against its floor; prints the figures, JSON in harness/bench-results/ (BENCH_ARGS="--sagas 1000 --concurrency 100 --scale-sagas 5000")
 	$(PY) -m saga_harness.bench $(BENCH_ARGS)

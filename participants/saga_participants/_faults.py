@@ -8,10 +8,16 @@ step timeout fires and it retries), and
     {"simulate": {"agents": {"errorAttempts": 2}}}
 
 makes the `agents` action fail with a transient error on attempts 1 and 2 (reply outcome `error`, so the
-operator retries) and succeed on attempt 3. It exists for demos, end-to-end tests and chaos runs, and is
-OFF unless a participant is started with it (`Participant(..., interceptors=[FaultInjection()])`,
-`SAGA_ALLOW_FAULT_INJECTION=true`, `saga-participant run --allow-fault-injection`): a shared participant
-must not let any saga author stall or fail it for every tenant. A malformed knob is ignored with a warning:
+operator retries) and succeed on attempt 3, and
+
+    {"simulate": {"users": {"resultBytes": 16000}}}
+
+adds a `simulatedPadding` string of 16000 characters to the `users` action's result (a participant whose
+results are too big: over 16 KiB the SDK refuses it, ResultTooLarge). It exists for demos, end-to-end
+tests and chaos runs, and is OFF unless a participant is started with it
+(`Participant(..., interceptors=[FaultInjection()])`, `SAGA_ALLOW_FAULT_INJECTION=true`,
+`saga-participant run --allow-fault-injection`): a shared participant must not let any saga author stall
+or fail it for every tenant. A malformed knob is ignored with a warning:
 a demo knob must not be able to break a real saga.
 """
 
@@ -31,6 +37,8 @@ from saga_protocol import Command, CommandKind
 log = logging.getLogger(__name__)
 
 PAYLOAD_KEY: Final = "simulate"
+#: The result field `resultBytes` adds.
+PADDING_KEY: Final = "simulatedPadding"
 
 
 class SimulatedFault(RuntimeError):
@@ -69,7 +77,19 @@ class FaultInjection:
                 raise SimulatedFault(f"simulate: transient fault requested for attempt {command.attempt}")
 
             handler = failing
+        elif simulation.pads(command):
+            handler = _padded(handler, simulation.result_bytes)
         return await proceed(handler)
+
+
+def _padded(handler: Handler, size: int) -> Handler:
+    """`handler` whose result carries `simulatedPadding`: `size` characters more (the SDK then checks its size)."""
+
+    def padded(*args: Any) -> dict[str, Any]:
+        result = handler(*args)
+        return {**(result or {}), PADDING_KEY: "x" * size}
+
+    return padded
 
 
 @dataclass(frozen=True)
@@ -80,6 +100,8 @@ class Simulation:
     delay_attempts: int | None = None
     #: Fail the handler with a transient error on attempts 1..error_attempts.
     error_attempts: int = 0
+    #: Add a string of this many characters to the handler's result (0: none).
+    result_bytes: int = 0
     #: Which kinds of command the knob applies to (by default actions only: compensations must succeed).
     kinds: frozenset[CommandKind] = frozenset({CommandKind.ACTION})
 
@@ -92,6 +114,9 @@ class Simulation:
 
     def fails(self, command: Command) -> bool:
         return command.kind in self.kinds and command.attempt <= self.error_attempts
+
+    def pads(self, command: Command) -> bool:
+        return command.kind in self.kinds and self.result_bytes > 0
 
 
 def _number(spec: Mapping[str, Any], key: str) -> float | None:
@@ -125,7 +150,7 @@ def simulation_for(command: Command, participant: str) -> Simulation | None:
             return None
         if not isinstance(spec, Mapping):
             raise ValueError(f"simulate.{participant} must be an object")
-        unknown = set(spec) - {"delaySeconds", "delayAttempts", "errorAttempts", "kinds"}
+        unknown = set(spec) - {"delaySeconds", "delayAttempts", "errorAttempts", "resultBytes", "kinds"}
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)}")
         kinds_raw = spec.get("kinds", [CommandKind.ACTION.value])
@@ -136,6 +161,7 @@ def simulation_for(command: Command, participant: str) -> Simulation | None:
             delay_seconds=_number(spec, "delaySeconds") or 0.0,
             delay_attempts=_count(spec, "delayAttempts"),
             error_attempts=_count(spec, "errorAttempts") or 0,
+            result_bytes=_count(spec, "resultBytes") or 0,
             kinds=kinds,
         )
     except ValueError as exc:

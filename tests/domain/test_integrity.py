@@ -173,6 +173,25 @@ def test_results_over_the_saga_budget_fail_the_step_and_undo_the_saga() -> None:
     assert (f"s{fits}", COMPENSATION, 1) in sends(saga.effects)  # it happened: it is undone with the others
 
 
+def test_results_over_the_budget_on_the_last_reply_of_parallel_steps_undo_every_step() -> None:
+    """Every step succeeded, but the last reply took the results over the budget: the saga is not Succeeded
+    (it was, before the isolation run found it: money debited 17 times and never refunded)."""
+    spec = saga_spec(step("s0"), *(step(f"s{i}", depends_on=[]) for i in range(1, 20)))
+    saga = Saga(spec)
+    saga.start()
+    big = {"blob": "x" * (MAX_RESULT_BYTES - 100)}
+    fits = MAX_SAGA_RESULTS_BYTES // (MAX_RESULT_BYTES - 80)
+    names = [f"s{i}" for i in range(fits + 1)]
+    for name in names[:-1]:
+        saga.reply(name, result=big)
+    for i in range(fits + 1, 20):
+        saga.reply(f"s{i}", result={})
+    saga.reply(names[-1], result=big)
+    assert saga.status.phase == Phase.COMPENSATING, saga.status
+    compensated = {s[0] for s in sends(saga.effects) if s[1] == COMPENSATION}
+    assert compensated == {f"s{i}" for i in range(20)}
+
+
 def test_a_command_refused_as_too_large_fails_the_step_without_a_retry() -> None:
     saga = running()
     saga.apply(CommandRefused("b", ACTION, integrity.COMMAND_TOO_LARGE, "the producer said no", saga.now))

@@ -361,3 +361,18 @@ def test_backoff_grows_and_is_bounded() -> None:
     policy = RetryPolicy(attempts=10, initial_backoff=1.0, max_backoff=8.0, multiplier=2.0)
     for retry, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (9, 8.0)]:
         assert ceiling / 2 <= policy.backoff(retry) <= ceiling
+
+
+async def test_simulated_result_bytes_pad_the_result_and_too_many_are_refused(tmp_path: Path) -> None:
+    flaky = Flaky(failures=0)
+    p = faulty(tmp_path, flaky)
+    fits = make_command(action="do", step="one", payload={"simulate": {p.name: {"resultBytes": 100}}})
+    over = make_command(action="do", step="two", payload={"simulate": {p.name: {"resultBytes": 17_000}}})
+    async with p:
+        padded = await run_command(p, fits)
+        refused = await run_command(p, over)
+
+    assert padded.outcome is Outcome.SUCCEEDED and padded.result == {"runs": 1, "simulatedPadding": "x" * 100}
+    assert refused.outcome is Outcome.FAILED and refused.error is not None
+    assert refused.error.reason == "ResultTooLarge"
+    assert effects(tmp_path) == 1  # the refused action's effect was rolled back
