@@ -32,7 +32,7 @@ from saga_harness.messages import action_command, succeeded_reply
 from saga_harness.topics import read_topic
 from saga_protocol import encode_command, encode_reply, reply_topic
 from saga_testenv import Acl, TopicSpec, check_connection, run_sync
-from saga_testenv.stack import StackEndpoints
+from saga_testenv.stack import Stack, StackEndpoints
 
 pytestmark = pytest.mark.stack
 
@@ -149,10 +149,30 @@ def test_a_forged_command_without_credentials_is_refused_at_the_connection(
     assert books(world) == before
 
 
-def test_no_listener_takes_a_client_without_credentials(stack: StackEndpoints) -> None:
-    if stack.kafka_plaintext_bootstrap:
-        pytest.skip(f"the transition's plaintext listener is still open at {stack.kafka_plaintext_bootstrap}")
+def test_no_listener_takes_a_client_without_credentials(
+    world: ChaosWorld, finished: dict[str, Any], stack: StackEndpoints
+) -> None:
+    """The stack has no plaintext listener: KAFKA_BOOTSTRAP_SERVERS is the secured one, and at every
+    listener the broker has (for a stack started here, as its configuration names them: the controller's
+    too) a forged command from a client without credentials, with TLS or without, is refused at the
+    connection. The books do not move."""
+    assert stack.kafka_plaintext_bootstrap is None
     assert stack.kafka_bootstrap == stack.kafka_secure_bootstrap
+    addresses = {stack.kafka_bootstrap}
+    if isinstance(stack, Stack):
+        props = (stack.directory / "kafka" / "server.properties").read_text().splitlines()
+        (listeners,) = (line.removeprefix("listeners=") for line in props if line.startswith("listeners="))
+        addresses |= {entry.partition("://")[2] for entry in listeners.split(",")}
+        assert len(addresses) == 2, addresses  # the client (BROKER) and the controller listener
+    before = books(world)
+    topic, key, value, headers = forged_debit(world)
+    tls_only = {"security_protocol": "SSL", "ssl_context": stack.kafka_ssl_context()}
+    for address in sorted(addresses):
+        for settings in ({}, tls_only):
+            with pytest.raises(KafkaConnectionError):
+                run_sync(_produce({"bootstrap_servers": address, **settings}, topic, key, value, headers))
+    settle()
+    assert books(world) == before
 
 
 def test_a_participant_cannot_write_another_participants_commands(
