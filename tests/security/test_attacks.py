@@ -29,8 +29,9 @@ from aiokafka.errors import (
 from saga_harness import kafka_access
 from saga_harness.chaos.world import ChaosWorld
 from saga_harness.messages import action_command, succeeded_reply
-from saga_harness.topics import read_topic
-from saga_protocol import encode_command, encode_reply, reply_topic
+from saga_harness.topics import read_records, read_topic
+from saga_plumbing import DLQ_REASON
+from saga_protocol import dead_letter_topic, encode_command, encode_reply, reply_topic
 from saga_testenv import Acl, TopicSpec, check_connection, run_sync
 from saga_testenv.stack import Stack, StackEndpoints
 
@@ -111,6 +112,10 @@ async def _produce(options: dict[str, Any], topic: str, key: bytes, value: bytes
         await producer.send_and_wait(topic, value, key=key, headers=headers)
     finally:
         await producer.stop()
+
+
+def _positions(records: list[Any]) -> list[tuple[int, int]]:
+    return sorted((r.partition, r.offset) for r in records)
 
 
 def as_principal(stack: StackEndpoints, principal: str) -> dict[str, Any]:
@@ -198,10 +203,13 @@ def test_a_participant_cannot_forge_another_participants_reply(
     reply = succeeded_reply(finished["metadata"]["uid"], "debit-buyer", world.names["users"])
     key, value, headers = encode_reply(reply)
     target = reply_topic(world.names["users"])
+    admin = kafka_access.client_options(stack)
+    honest = _positions(run_sync(read_topic(admin, target, patience=30)))  # the honest saga's debit reply
+    assert honest
     with pytest.raises(TopicAuthorizationFailedError):
         run_sync(_produce(as_principal(stack, VIDEOS), target, key, value, headers))
-    # nothing landed on the topic (read as the admin)
-    assert run_sync(read_topic(kafka_access.client_options(stack), target, patience=30)) == []
+    # nothing landed on the topic (read as the admin): its records are the honest ones
+    assert _positions(run_sync(read_topic(admin, target, patience=30))) == honest
     settle()
     assert books(world) == before
 
@@ -287,9 +295,9 @@ def test_a_command_naming_a_foreign_reply_topic_gets_no_reply_there(
     world: ChaosWorld, finished: dict[str, Any], stack: StackEndpoints
 ) -> None:
     """The operator (its credentials: it may write every command topic) sends `agents` a command whose
-    replyTopic is saga.replies.<videos>. The participant SDK in this tree still replies where a command
-    says (the trusted reply topic, UntrustedReplyTopic, is the SDK's next change): so what stops the
-    forgery here is the broker: agents may not write that topic, and nothing arrives on it."""
+    replyTopic is saga.replies.<videos>. Two defences stop it: the SDK replies only on its trusted topic
+    and dead-letters the command `UntrustedReplyTopic` unanswered, and the broker would refuse agents a
+    write to that topic anyway. No reply to it arrives anywhere."""
     foreign = reply_topic(world.names["videos"])
     command = action_command(
         str(uuid.uuid4()),
@@ -302,8 +310,16 @@ def test_a_command_naming_a_foreign_reply_topic_gets_no_reply_there(
     )
     key, value, headers = encode_command(command)
     run_sync(_produce(as_principal(stack, kafka_access.OPERATOR), world.command_topic("agents"), key, value, headers))
-    settle(8.0)
-    assert run_sync(read_topic(kafka_access.client_options(stack), foreign, patience=30)) == []
+    admin = kafka_access.client_options(stack)
+    dlq = dead_letter_topic(world.command_topic("agents"))
+    for _ in range(60):  # until agents has set the command aside
+        dead = [r for r in run_sync(read_topic(admin, dlq, patience=30)) if r.key == key]
+        if dead:
+            break
+        settle(0.5)
+    assert [dict(r.headers).get(DLQ_REASON) for r in dead] == [b"UntrustedReplyTopic"]
+    for topic in (foreign, reply_topic(world.names["agents"])):
+        assert [r for r in run_sync(read_topic(admin, topic, patience=30)) if r.key == key] == [], topic
     assert world.participants["agents"].running()
 
 
@@ -314,7 +330,7 @@ def test_a_replayed_reply_is_ignored_and_moves_nothing(
     that participant's topic): the operator recognises them as stale and changes nothing."""
     uid = finished["metadata"]["uid"]
     admin = kafka_access.client_options(stack)
-    old = [r for r in run_sync(read_topic(admin, world.reply_topic)) if (r.key or b"").decode() == uid]
+    old = [r for r in run_sync(read_records(admin, world.reply_topics)) if (r.key or b"").decode() == uid]
     assert len(old) >= 3, "one reply per step at least"
     operator = world.operator
     reasons = ("SagaFinished", "Duplicate", "Late")
