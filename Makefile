@@ -5,14 +5,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-# The transition to an authenticated Kafka (docs/operations.md, "Security"): until the operator, the
-# participant SDK and the harness speak SASL, the local stacks that `make up`, `make test`, `make demo`,
-# `make chaos` and `make bench` start also open a loopback-only PLAINTEXT listener for them. The broker's
-# other listeners authenticate regardless. `make up SAGA_TESTENV_KAFKA_PLAINTEXT_LISTENER=0` starts the
-# final state: no plaintext listener at all. Delete this line (and the one in tests/conftest.py) when the
-# clients have switched.
-export SAGA_TESTENV_KAFKA_PLAINTEXT_LISTENER ?= 1
-
 .DEFAULT_GOAL := help
 
 .PHONY: help

@@ -28,6 +28,7 @@ from saga_testenv import procs
 from saga_testenv.kafka import run_sync, wait_for_broker
 from saga_testenv.stack import Stack
 
+from . import kafka_access
 from .services import Service
 
 
@@ -99,7 +100,8 @@ class StackFaults:
             if not record.running():
                 raise FaultError(f"Kafka exited while restarting:\n{procs.log_tail(record)}")
             try:
-                run_sync(wait_for_broker(self.stack.kafka_bootstrap, timeout_s=5.0))
+                admin = kafka_access.client_options(self.stack)
+                run_sync(wait_for_broker(admin.pop("bootstrap_servers"), timeout_s=5.0, **admin))
                 return
             except Exception as exc:
                 if time.monotonic() > deadline:

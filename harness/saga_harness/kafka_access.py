@@ -5,7 +5,9 @@ docs/operations.md ("Security"), and topics created by the admin alone before an
   participant, the bench's echo): the secured listener, SASL_SSL, SCRAM-SHA-512, the principal's name, its
   0600 password *file* (never the password itself in an environment) and the CA.
 * ``client_options(endpoints, principal)``: the same as aiokafka keyword arguments, for the harness's and
-  the tests' own clients (``AIOKafkaProducer(**client_options(endpoints))`` is the admin).
+  the tests' own clients (``AIOKafkaProducer(**client_options(endpoints))`` is the admin);
+  ``kafka_settings`` as a ``saga_plumbing.KafkaSettings`` (what the SDK's ``Participant(kafka=...)`` and
+  the operator take); ``librdkafka_config`` for librdkafka clients (confluent-kafka, kcat's ``-X``).
 * ``operator_acls``/``participant_acls``: the ACL table; ``provision`` makes the principals and grants.
 
 A broker whose security the endpoints do not describe (a foreign one without
@@ -19,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from saga_plumbing import KafkaSettings
 from saga_testenv import ADMIN_PRINCIPAL, OPERATOR_PRINCIPAL, Acl, Stack, TopicSpec, ensure_topics
 from saga_testenv.kafka_auth import SASL_MECHANISM, SECURITY_PROTOCOL, password_file
 from saga_testenv.stack import StackEndpoints
@@ -77,6 +80,19 @@ def client_options(endpoints: StackEndpoints, principal: str = ADMIN) -> dict[st
     if not secured(endpoints):
         return {"bootstrap_servers": endpoints.kafka_bootstrap}
     return endpoints.kafka_client_config(principal)
+
+
+def kafka_settings(endpoints: StackEndpoints, principal: str = ADMIN) -> KafkaSettings:
+    """``client_env`` as the typed settings the operator and the SDK read from ``KAFKA_*``."""
+    env = client_env(endpoints, principal)
+    return KafkaSettings.model_validate({k.removeprefix("KAFKA_").lower(): v for k, v in env.items()})
+
+
+def librdkafka_config(endpoints: StackEndpoints, principal: str = ADMIN) -> dict[str, str]:
+    """librdkafka's settings (``bootstrap.servers`` included) that authenticate as ``principal``."""
+    if not secured(endpoints):
+        return {"bootstrap.servers": endpoints.kafka_bootstrap}
+    return endpoints.kafka_librdkafka_config(principal)
 
 
 def security_options(endpoints: StackEndpoints, principal: str = ADMIN) -> dict[str, Any]:

@@ -10,8 +10,8 @@ Public API::
                                        kafka_ca_file, kafka_credentials_dir, kafka_principals(),
                                        kafka_credentials(p), kafka_security(p), kafka_client_config(p),
                                        kafka_librdkafka_config(p), kafka_ssl_context()
-    Stack(.., kafka_principals=[..],   the SCRAM principals to make at start; the transition's loopback
-          plaintext_listener=None)     PLAINTEXT listener (None: $SAGA_TESTENV_KAFKA_PLAINTEXT_LISTENER)
+    Stack(.., kafka_principals=[..],   the SCRAM principals to make at start; the benchmark's loopback
+          plaintext_listener=False)    PLAINTEXT baseline listener (only saga-bench asks for it)
     Stack.add_kafka_principal(name)    a SCRAM principal made at run time -> (username, password)
     Stack.grant(principal, acls)       ACLs through Kafka's ACL tool; Stack.list_acls() reads them back
     Stack.grant_all({principal: acls}) the same for several principals, the tool's runs overlapping

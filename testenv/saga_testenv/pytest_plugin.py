@@ -7,9 +7,8 @@
   also on Ctrl-C/SIGTERM; its servers die with the pytest process even on SIGKILL.
 * ``kubectl`` (session): ``kubectl(*args, input=None, check=False, kubeconfig=None, timeout=120)`` runs the
   project's kubectl against the stack's cluster and returns the ``CompletedProcess`` (text output).
-* ``kafka_bootstrap`` (session): ``"host:port"`` of the broker for clients that do not authenticate:
-  the transition's loopback PLAINTEXT listener while it is open, else the secured listener.
-* ``kafka_secure_bootstrap`` (session): ``"host:port"`` of the broker's SASL_SSL listener.
+* ``kafka_secure_bootstrap`` (session): ``"host:port"`` of the broker's SASL_SSL listener, the only
+  client listener of a stack started here (none is plaintext).
 * ``kafka_security`` (session): aiokafka settings that authenticate as the admin (``saga-admin``) on
   that listener: ``AIOKafkaAdminClient(bootstrap_servers=kafka_secure_bootstrap, **kafka_security)``.
   For another principal: ``stack.kafka_security(name)``.
@@ -62,11 +61,6 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="session")
 def kubectl(stack: StackEndpoints) -> Callable[..., subprocess.CompletedProcess[str]]:
     return stack.kubectl
-
-
-@pytest.fixture(scope="session")
-def kafka_bootstrap(stack: StackEndpoints) -> str:
-    return stack.kafka_bootstrap
 
 
 @pytest.fixture(scope="session")

@@ -10,12 +10,14 @@ The broker authenticates on every listener, its KRaft controller listener includ
 SCRAM-SHA-512, TLS from the stack's CA, and ACLs (``StandardAuthorizer``, nothing allowed without one);
 see ``kafka_auth``. A client takes ``kafka_secure_bootstrap`` and ``kafka_security(principal)``.
 
-The transition: until the product's own clients speak SASL, ``plaintext_listener=True`` (or
-``SAGA_TESTENV_KAFKA_PLAINTEXT_LISTENER=1``) opens a second client listener, PLAINTEXT, bound to
-127.0.0.1 only, where the unauthenticated principal ``User:ANONYMOUS`` has ACLs for topics, groups and
-transactional ids from 127.0.0.1 (never cluster ACLs, never the ACLs themselves). Then
-``kafka_bootstrap`` and ``KAFKA_BOOTSTRAP_SERVERS`` name that listener, so that unchanged clients keep
-working; without it they name the secured listener. The controller listener is never plaintext.
+No listener is plaintext: ``kafka_bootstrap`` and ``KAFKA_BOOTSTRAP_SERVERS`` name the secured
+listener. One explicit exception, for the benchmark alone: ``Stack(..., plaintext_listener=True)``, which
+only ``saga-bench --kafka-security off|both`` passes (for a stack it starts for itself), also opens a
+``BASELINE`` listener, PLAINTEXT, bound to 127.0.0.1 only, where the unauthenticated principal
+``User:ANONYMOUS`` has ACLs for topics, groups and transactional ids from 127.0.0.1 (never cluster ACLs,
+never the ACLs themselves): the baseline that measures what TLS and SASL cost. It is
+``kafka_plaintext_bootstrap``; nothing else names it. No environment variable turns it on, and the
+controller listener is never plaintext.
 
 Why kube-controller-manager: without its namespace controller a deleted namespace stays Terminating
 forever, and without its garbage collector ownerReferences do nothing. Only those controllers (and the
@@ -65,19 +67,17 @@ ENV_KAFKA_SECURE_BOOTSTRAP = "SAGA_TESTENV_KAFKA_SECURE_BOOTSTRAP"
 ENV_KAFKA_CA_FILE = "SAGA_TESTENV_KAFKA_CA_FILE"
 #: A directory of ``<principal>.password`` files (mode 0600).
 ENV_KAFKA_CREDENTIALS_DIR = "SAGA_TESTENV_KAFKA_CREDENTIALS_DIR"
-#: The loopback PLAINTEXT listener of the transition, when open.
+#: The benchmark's loopback PLAINTEXT baseline listener, when a stack was started with it.
 ENV_KAFKA_PLAINTEXT_BOOTSTRAP = "SAGA_TESTENV_KAFKA_PLAINTEXT_BOOTSTRAP"
-#: "1": stacks started without an explicit ``plaintext_listener`` open the transition listener.
-ENV_KAFKA_PLAINTEXT_LISTENER = "SAGA_TESTENV_KAFKA_PLAINTEXT_LISTENER"
 
 #: The coordinator's principal, made with every stack (beside the admin and the broker's own).
 OPERATOR_PRINCIPAL = "saga-operator"
 #: The unauthenticated principal: what a client of a PLAINTEXT listener is.
 ANONYMOUS = "User:ANONYMOUS"
-#: What ``User:ANONYMOUS`` may do on the transition listener (from 127.0.0.1, the only address it binds):
-#: what the unconverted clients do (create, read, write and delete topics, consumer groups, idempotent
-#: and transactional producers). No cluster ACL: it can neither change ACLs nor act as a broker.
-TRANSITION_ACLS = (
+#: What ``User:ANONYMOUS`` may do on the bench's baseline listener (from 127.0.0.1, the only address it
+#: binds): what the bench's processes do (read and write topics, consumer groups, idempotent and
+#: transactional producers). No cluster ACL: it can neither change ACLs nor act as a broker.
+BASELINE_ACLS = (
     Acl.topic("*", "All", host="127.0.0.1"),
     Acl.group("*", "All", host="127.0.0.1"),
     Acl.transactional_id("*", "All", host="127.0.0.1"),
@@ -121,9 +121,9 @@ class StackEndpoints:
 
     Kafka: ``kafka_secure_bootstrap`` is the SASL_SSL listener (None for a foreign broker unless
     ``SAGA_TESTENV_KAFKA_SECURE_BOOTSTRAP`` names one), ``kafka_ca_file`` the CA to trust,
-    ``kafka_credentials_dir`` the ``<principal>.password`` files. ``kafka_plaintext_bootstrap`` is the
-    transition listener or None. ``kafka_bootstrap`` is what unchanged clients use: the transition
-    listener while it is open, else the secured one.
+    ``kafka_credentials_dir`` the ``<principal>.password`` files. ``kafka_bootstrap`` is
+    ``KAFKA_BOOTSTRAP_SERVERS``: for a stack started here, the secured listener. ``kafka_plaintext_bootstrap``
+    is the benchmark's baseline listener, None unless a stack was started for it (see the module).
     """
 
     managed: bool = False
@@ -305,7 +305,7 @@ class StackEndpoints:
             lines.append(f"Kafka CA               {self.kafka_ca_file}")
         if self.kafka_plaintext_bootstrap:
             lines.append(
-                f"Kafka PLAINTEXT        {self.kafka_plaintext_bootstrap}  (transition listener, loopback only)"
+                f"Kafka PLAINTEXT        {self.kafka_plaintext_bootstrap}  (the bench's baseline, loopback only)"
             )
         if self.kafka_credentials_dir is not None:
             lines.append(f"Kafka principals       {', '.join(self.kafka_principals())}")
@@ -364,8 +364,8 @@ class Stack(StackEndpoints):
 
     ``kafka_principals``: SCRAM principals to make at start (with the admin, the broker's own and
     ``saga-operator``), each with a random password; ``add_kafka_principal`` makes more later.
-    ``plaintext_listener``: open the transition listener (see the module); None: as
-    ``SAGA_TESTENV_KAFKA_PLAINTEXT_LISTENER`` says (``1``), else not.
+    ``plaintext_listener``: also open the benchmark's loopback PLAINTEXT baseline listener (see the
+    module); only ``saga-bench --kafka-security off|both`` asks for it.
     """
 
     managed = True
@@ -379,7 +379,7 @@ class Stack(StackEndpoints):
         log: Log | None = None,
         startup_timeout: float = 90.0,
         kafka_principals: Iterable[str] = (),
-        plaintext_listener: bool | None = None,
+        plaintext_listener: bool = False,
     ) -> None:
         self.directory = Path(directory).absolute()
         super().__init__(
@@ -390,8 +390,6 @@ class Stack(StackEndpoints):
             kafka_ca_file=self.directory / "pki" / "ca.crt",
             kafka_credentials_dir=self.directory / "kafka" / "credentials",
         )
-        if plaintext_listener is None:
-            plaintext_listener = os.environ.get(ENV_KAFKA_PLAINTEXT_LISTENER, "").strip() == "1"
         self.plaintext_listener = plaintext_listener
         wanted = [ADMIN_PRINCIPAL, BROKER_PRINCIPAL, OPERATOR_PRINCIPAL, *kafka_principals]
         self.initial_kafka_principals = tuple(dict.fromkeys(kafka_auth.check_principal(p) for p in wanted))
@@ -485,7 +483,7 @@ class Stack(StackEndpoints):
         self._write_kubeconfig(pki)
         self.kafka_secure_bootstrap = f"127.0.0.1:{kafka_port}"
         self.kafka_plaintext_bootstrap = f"127.0.0.1:{plain_port}" if self.plaintext_listener else None
-        self.kafka_bootstrap = self.kafka_plaintext_bootstrap or self.kafka_secure_bootstrap
+        self.kafka_bootstrap = self.kafka_secure_bootstrap
 
         # Kafka: format the storage directory first (one short JVM run) while etcd and the API server boot.
         # The format writes the first SCRAM credentials into the metadata log: the broker authenticates
@@ -617,9 +615,9 @@ class Stack(StackEndpoints):
         self._wait_kafka(kafka, t0)
         if self.kafka_plaintext_bootstrap:
             # while kube-controller-manager finishes booting
-            self.grant(ANONYMOUS, TRANSITION_ACLS)
+            self.grant(ANONYMOUS, BASELINE_ACLS)
             self.log(
-                f"kafka: transition PLAINTEXT listener at {self.kafka_plaintext_bootstrap} (loopback, "
+                f"kafka: the bench's baseline PLAINTEXT listener at {self.kafka_plaintext_bootstrap} (loopback, "
                 "User:ANONYMOUS has topic, group and transactional-id ACLs from 127.0.0.1)"
             )
         if kcm is not None:
@@ -647,10 +645,10 @@ class Stack(StackEndpoints):
         advertised = [f"BROKER://127.0.0.1:{port}"]
         protocols = ["BROKER:SASL_SSL", "CONTROLLER:SASL_SSL"]
         if plaintext_port is not None:
-            # the transition listener: loopback only, unauthenticated (User:ANONYMOUS), see TRANSITION_ACLS
-            listeners.append(f"TRANSITION://127.0.0.1:{plaintext_port}")
-            advertised.append(f"TRANSITION://127.0.0.1:{plaintext_port}")
-            protocols.append("TRANSITION:PLAINTEXT")
+            # the bench's baseline: loopback only, unauthenticated (User:ANONYMOUS), see BASELINE_ACLS
+            listeners.append(f"BASELINE://127.0.0.1:{plaintext_port}")
+            advertised.append(f"BASELINE://127.0.0.1:{plaintext_port}")
+            protocols.append("BASELINE:PLAINTEXT")
         jaas = kafka_auth.jaas(BROKER_PRINCIPAL, broker_password)
         mechanism = kafka_auth.SASL_MECHANISM
         return "\n".join(
@@ -864,9 +862,9 @@ class Stack(StackEndpoints):
         if self.kafka_plaintext_bootstrap:
             try:
                 run_sync(wait_for_broker(self.kafka_plaintext_bootstrap, timeout_s=5.0))
-                out["kafka metadata (transition PLAINTEXT)"] = True
+                out["kafka metadata (baseline PLAINTEXT)"] = True
             except Exception:
-                out["kafka metadata (transition PLAINTEXT)"] = False
+                out["kafka metadata (baseline PLAINTEXT)"] = False
         return out
 
     # -------------------------------------------------------------------- Kafka principals and ACLs

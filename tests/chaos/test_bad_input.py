@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from saga_harness import kafka_access
 from saga_harness.chaos.malformed import (
     MARKER,
     NEEDS_SAGA,
@@ -48,8 +49,8 @@ def purchase(video: str) -> dict[str, Any]:
     return {"buyer": "alice", "video": video, "price": 300, "agent": "acme-films"}
 
 
-async def _inject(bootstrap: str, sends: Sequence[tuple[str, str, Made, str | None]]) -> list[Injected]:
-    injector = Injector(bootstrap)
+async def _inject(kafka: dict[str, Any], sends: Sequence[tuple[str, str, Made, str | None]]) -> list[Injected]:
+    injector = Injector(kafka)
     await injector.start()
     try:
         return [await injector.send(topic, kind, made, saga) for topic, kind, made, saga in sends]
@@ -57,8 +58,8 @@ async def _inject(bootstrap: str, sends: Sequence[tuple[str, str, Made, str | No
         await injector.stop()
 
 
-async def _copy(bootstrap: str, records: list[Any]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+async def _copy(kafka: dict[str, Any], records: list[Any]) -> None:
+    producer = AIOKafkaProducer(**kafka, acks="all")
     await producer.start()
     try:
         for r in records:
@@ -71,7 +72,7 @@ async def _copy(bootstrap: str, records: list[Any]) -> None:
 
 def test_malformed_replies_are_dead_lettered_counted_and_harm_nothing(make_world: MakeWorld) -> None:
     world = make_world()
-    operator, bootstrap = world.operator, world.endpoints.kafka_bootstrap
+    operator, admin = world.operator, kafka_access.client_options(world.endpoints)  # the admin
     world.apply([world.saga("target", purchase("v-target"))])
     target = world.wait_terminal(["target"], timeout=120)["target"]
     assert target["status"]["phase"] == "Succeeded"
@@ -91,24 +92,24 @@ def test_malformed_replies_are_dead_lettered_counted_and_harm_nothing(make_world
         )
         for kind in REPLY_KINDS
     ]
-    replies = run_sync(read_records(bootstrap, world.reply_topics))
+    replies = run_sync(read_records(admin, world.reply_topics))
     stale = [r for r in replies if (r.key or b"").decode() == uid]
     assert len(stale) >= 3  # one per step (more if the slow machine made the operator retry)
     world.apply([world.saga("bystander", purchase("v-bystander"))])
-    injected = run_sync(_inject(bootstrap, sends))
-    run_sync(_copy(bootstrap, stale))
+    injected = run_sync(_inject(admin, sends))
+    run_sync(_copy(admin, stale))
     assert all(i.acked for i in injected)
 
     bystander = world.wait_terminal(["bystander"], timeout=120)["bystander"]
     assert bystander["status"]["phase"] == "Succeeded"
     wait_until(
-        lambda: run_sync(group_lag(bootstrap, world.operator_group, world.reply_topics)) == 0,
+        lambda: run_sync(group_lag(admin, world.operator_group, world.reply_topics)) == 0,
         60,
         "the operator through the reply topic",
         every=1.0,
     )
 
-    dead = run_sync(read_topic(bootstrap, world.reply_dead_letter_topic))
+    dead = run_sync(read_topic(admin, world.reply_dead_letter_topic))
     by_marker = {headers_of(r)[MARKER]: r for r in dead if headers_of(r).get(MARKER)}
     assert len(dead) == len(by_marker) == len(injected), "only the malformed ones, each once"
     reasons: dict[str, str] = {}
@@ -135,18 +136,18 @@ def test_malformed_replies_are_dead_lettered_counted_and_harm_nothing(make_world
 
 def test_a_participant_moves_past_a_null_header_and_a_deeply_nested_command(make_world: MakeWorld) -> None:
     world = make_world()
-    users, bootstrap = world.participants["users"], world.endpoints.kafka_bootstrap
+    users, admin = world.participants["users"], kafka_access.client_options(world.endpoints)  # the admin
     topic = world.command_topic("users")
     sends = [
         (topic, kind, make_malformed_command(kind, world.names["users"], world.reply_topic), None)
         for kind in ("null-type-header", "nested-too-deep")
     ]
-    injected = run_sync(_inject(bootstrap, sends))
+    injected = run_sync(_inject(admin, sends))
     # A good saga behind them in the same topic: it finishes only if the participant moved on.
     world.apply([world.saga("behind-poison", purchase("v-poison"))])
     body = world.wait_terminal(["behind-poison"], timeout=120)["behind-poison"]
     assert body["status"]["phase"] == "Succeeded"
-    dead = run_sync(read_topic(bootstrap, dead_letter_topic(topic)))
+    dead = run_sync(read_topic(admin, dead_letter_topic(topic)))
     reasons = {headers_of(r)[MARKER]: headers_of(r)[DLQ_REASON] for r in dead}
     assert reasons == {i.id.encode(): i.expected[0].encode() for i in injected}
     assert users.metric("saga_participant_malformed_messages_total", reason="WrongType") == 1

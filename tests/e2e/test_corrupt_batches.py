@@ -10,6 +10,7 @@ a header name that is not UTF-8), or those corrupted on disk after they were wri
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from aiokafka import AIOKafkaClient, TopicPartition
 from aiokafka.errors import for_code
@@ -17,7 +18,8 @@ from aiokafka.protocol.produce import ProduceRequest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.util import calc_crc32c
 
-from saga_plumbing import KafkaSettings, TopicSpec, ensure_topics
+from saga_harness import kafka_access
+from saga_plumbing import TopicSpec, ensure_topics
 from saga_testenv.kafka import run_sync
 from saga_testenv.stack import StackEndpoints
 
@@ -47,8 +49,8 @@ def _bad_gzip() -> bytes:
     return bytes(batch)
 
 
-async def _produce(bootstrap: str, topic: str, batch: bytes) -> str:
-    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+async def _produce(options: dict[str, Any], topic: str, batch: bytes) -> str:
+    client = AIOKafkaClient(**options)
     await client.bootstrap()
     try:
         await client.force_metadata_update()
@@ -62,10 +64,11 @@ async def _produce(bootstrap: str, topic: str, batch: bytes) -> str:
 
 def test_the_broker_refuses_a_batch_whose_crc_is_wrong_or_that_does_not_decompress(stack: StackEndpoints) -> None:
     topic = f"saga.replies.corrupt-{uuid.uuid4().hex[:8]}"
-    run_sync(ensure_topics(KafkaSettings(bootstrap_servers=stack.kafka_bootstrap), [TopicSpec(topic, 1, 1)]))
-    bad_crc = run_sync(_produce(stack.kafka_bootstrap, topic, _bad_crc()))
-    bad_gzip = run_sync(_produce(stack.kafka_bootstrap, topic, _bad_gzip()))
-    good = run_sync(_produce(stack.kafka_bootstrap, topic, bytes(_batch(GZIP))))
+    admin = kafka_access.client_options(stack)  # the admin on the secured listener
+    run_sync(ensure_topics(kafka_access.kafka_settings(stack), [TopicSpec(topic, 1, 1)]))
+    bad_crc = run_sync(_produce(admin, topic, _bad_crc()))
+    bad_gzip = run_sync(_produce(admin, topic, _bad_gzip()))
+    good = run_sync(_produce(admin, topic, bytes(_batch(GZIP))))
     assert good == "NoError"
     assert bad_crc == "CorruptRecordException"
     assert bad_gzip != "NoError"  # refused; the broker answers UNKNOWN_SERVER_ERROR (its decompression failed)

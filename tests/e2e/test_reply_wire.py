@@ -1,11 +1,14 @@
-"""Replies on the wire, from a client that is not ours: kcat (librdkafka) plays the participant `wire`, which
+"""Replies on the wire, from a client that is not ours: librdkafka (confluent-kafka; kcat is librdkafka too, but
+Debian 12's links 2.0, whose SCRAM Kafka 4 refuses) plays the participant `wire`, as the admin on the secured
+listener (the operator knows a reply's participant from its topic), which
 the test world lists in SAGA_PARTICIPANTS (its topics exist, the operator reads `saga.replies.wire`) and which
 no process of ours serves.
 
 - Replies compressed with gzip, snappy, lz4 and zstd are applied (one step each).
 - A record the operator's client cannot read (a header name that is not UTF-8: the broker accepts it, aiokafka
   raises out of getmany on it) is dead-lettered `Undecodable` with its offsets, and the saga whose replies come
-  after it on the same partition goes on.
+  after it on the same partition goes on. No client library writes such a name, so that record is a batch
+  built here and sent in a raw Produce request (as tests/e2e/test_corrupt_batches.py does).
 
 The broker refuses a batch whose CRC is wrong or whose compressed payload does not decompress (it validates
 every produced batch), so a truly corrupt batch cannot be put on a topic from outside; the header case goes
@@ -14,13 +17,18 @@ through the same path in the operator (runtime/replies.py) and the unit tests ra
 
 from __future__ import annotations
 
-import subprocess
 import time
 import uuid
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import for_code
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.protocol.produce import ProduceRequest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.util import calc_crc32c
 
+from saga_harness import kafka_access
 from saga_harness.manifests import saga_manifest
 from saga_harness.topics import read_topic
 from saga_harness.world import WIRE_PARTICIPANT, SagaWorld
@@ -30,20 +38,70 @@ from saga_testenv.kafka import run_sync
 CODECS = ("gzip", "snappy", "lz4", "zstd")
 
 
-def kcat_produce(
-    bootstrap: str, topic: str, key: bytes, value: bytes, headers: list[tuple[bytes, bytes]], codec: str
+#: The first bytes after a v2 batch's CRC (baseOffset 8, batchLength 4, partitionLeaderEpoch 4, magic 1, crc 4).
+CRC_AT, CRC_FROM = 17, 21
+
+
+def librdkafka_produce(
+    config: dict[str, str], topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]], codec: str
 ) -> None:
     """One record, produced by librdkafka with Kafka's murmur2 partitioner (docs/protocol.md §3.1, §16)."""
-    argv: list[bytes] = [b"kcat", b"-P", b"-b", bootstrap.encode(), b"-t", topic.encode(), b"-z", codec.encode()]
-    argv += [b"-X", b"partitioner=murmur2_random", b"-X", b"enable.idempotence=true", b"-k", key]
-    for name, header_value in headers:
-        argv += [b"-H", name + b"=" + header_value]
-    subprocess.run(argv, input=value + b"\n", check=True, timeout=30, capture_output=True)
+    from confluent_kafka import Producer
+
+    producer = Producer(
+        {
+            **config,
+            "partitioner": "murmur2_random",
+            "enable.idempotence": True,
+            "compression.type": codec,
+            "linger.ms": 0,
+            "log_level": 0,
+        }
+    )
+    failures: list[object] = []
+
+    def delivered(error: object, _message: object) -> None:
+        if error is not None:
+            failures.append(error)
+
+    named: list[tuple[str, str | bytes | None]] = list(headers)
+    producer.produce(topic, value, key, headers=named, on_delivery=delivered)
+    assert producer.flush(30) == 0, "not delivered within 30 s"
+    assert failures == [], failures
 
 
-async def _commands(bootstrap: str, topic: str, uid: str, count: int) -> list[Command]:
+def _unreadable_batch(key: bytes, value: bytes, header_name: bytes, rest: list[tuple[str, bytes]]) -> bytes:
+    """An uncompressed v2 batch of one record whose first header's name is ``header_name`` (not UTF-8): built
+    with a placeholder name of the same length, the bytes swapped in, the CRC made to match again."""
+    placeholder = "@" * len(header_name)
+    builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 1 << 20)
+    builder.append(0, timestamp=None, key=key, value=value, headers=[(placeholder, b"x"), *rest])
+    batch = bytearray(builder.build())
+    at = batch.index(placeholder.encode())
+    batch[at : at + len(header_name)] = header_name
+    batch[CRC_AT:CRC_FROM] = calc_crc32c(bytes(batch[CRC_FROM:])).to_bytes(4, "big")
+    return bytes(batch)
+
+
+async def _produce_raw(options: dict[str, Any], topic: str, key: bytes, batch: bytes) -> None:
+    """``batch`` to the partition Kafka's murmur2 partitioner gives ``key`` (a raw Produce request, acks=all)."""
+    client = AIOKafkaClient(**options)
+    await client.bootstrap()
+    try:
+        await client.force_metadata_update()
+        partitions = sorted(client.cluster.partitions_for_topic(topic) or ())
+        partition = DefaultPartitioner()(key, partitions, partitions)
+        leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
+        response = await client.send(leader, ProduceRequest(None, -1, 10_000, [(topic, [(partition, batch)])]))
+        [(_, [answer])] = response.topics
+        assert answer[1] == 0, for_code(answer[1]).__name__
+    finally:
+        await client.close()
+
+
+async def _commands(options: dict[str, Any], topic: str, uid: str, count: int) -> list[Command]:
     """The first `count` commands of saga `uid` on `topic`, waiting for them up to 90 s (no consumer group)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    consumer = AIOKafkaConsumer(topic, **options, auto_offset_reset="earliest", group_id=None)
     await consumer.start()
     found: list[Command] = []
     deadline = time.monotonic() + 90.0
@@ -61,9 +119,9 @@ async def _commands(bootstrap: str, topic: str, uid: str, count: int) -> list[Co
     return found
 
 
-def _reply_record(command: Command, participant: str) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
+def _reply_record(command: Command, participant: str) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     key, value, headers = encode_reply(answer(command, participant, Outcome.SUCCEEDED, result={"ok": True}))
-    return key, value, [(name.encode(), raw or b"") for name, raw in headers]
+    return key, value, [(name, raw or b"") for name, raw in headers]
 
 
 def _wait_phase(world: SagaWorld, name: str, phase: str, timeout: float = 90.0) -> dict[str, Any]:
@@ -79,7 +137,7 @@ def _wait_phase(world: SagaWorld, name: str, phase: str, timeout: float = 90.0) 
 def test_replies_in_every_codec_from_another_client_are_applied_and_an_unreadable_one_is_skipped(
     world: SagaWorld,
 ) -> None:
-    bootstrap = world.endpoints.kafka_bootstrap
+    admin, librdkafka = kafka_access.client_options(world.endpoints), kafka_access.librdkafka_config(world.endpoints)
     participant = WIRE_PARTICIPANT
     steps = [(f"step-{codec}", participant, "do", "undo") for codec in CODECS]
     name = world.apply(saga_manifest(f"wire-{uuid.uuid4().hex[:8]}", {"n": 1}, steps, timeout_seconds=120))
@@ -87,21 +145,21 @@ def test_replies_in_every_codec_from_another_client_are_applied_and_an_unreadabl
     before = world.operator.metric("saga_operator_malformed_messages_total", reason="Undecodable")
 
     # First a record the operator's client cannot read, keyed like the saga: on the partition its replies use.
-    unreadable_headers = [(b"\xff\xfename", b"x"), (b"ce_type", b"dev.saga.reply.v2")]
-    kcat_produce(bootstrap, reply_topic(participant), uid.encode(), b"{}", unreadable_headers, "none")
+    unreadable = _unreadable_batch(uid.encode(), b"{}", b"\xff\xfename", [("ce_type", b"dev.saga.reply.v2")])
+    run_sync(_produce_raw(admin, reply_topic(participant), uid.encode(), unreadable))
     for index, codec in enumerate(CODECS):
-        command = run_sync(_commands(bootstrap, command_topic(participant), uid, index + 1))[index]
+        command = run_sync(_commands(admin, command_topic(participant), uid, index + 1))[index]
         assert command.message_id == world.get(name)["status"]["steps"][index]["commandId"]
         assert command.reply_topic == reply_topic(participant)
         key, value, headers = _reply_record(command, participant)
-        kcat_produce(bootstrap, reply_topic(participant), key, value, headers, codec)
+        librdkafka_produce(librdkafka, reply_topic(participant), key, value, headers, codec)
 
     body = _wait_phase(world, name, "Succeeded")
     assert [step["result"] for step in body["status"]["steps"]] == [{"ok": True}] * len(CODECS)
 
     dead = [
         r
-        for r in run_sync(read_topic(bootstrap, world.reply_dead_letter_topic))
+        for r in run_sync(read_topic(admin, world.reply_dead_letter_topic))
         if dict(r.headers).get("dlq_topic") == reply_topic(participant).encode()
     ]
     assert len(dead) == 1, dead

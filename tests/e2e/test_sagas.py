@@ -193,12 +193,13 @@ def test_deleting_a_running_saga_compensates_first(world: SagaWorld, saga_name: 
 def test_malformed_replies_are_set_aside_and_sagas_go_on(world: SagaWorld, saga_name: Names) -> None:
     from aiokafka import AIOKafkaProducer
 
+    from saga_harness import kafka_access
     from saga_testenv.kafka import run_sync
 
     before = world.operator.metric("saga_operator_malformed_messages_total")
 
     async def produce() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=world.endpoints.kafka_bootstrap)
+        producer = AIOKafkaProducer(**kafka_access.client_options(world.endpoints))  # the admin
         await producer.start()
         try:
             await producer.send_and_wait(world.reply_topic("users"), b"not json at all", key=b"x")

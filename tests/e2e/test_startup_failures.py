@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from saga_harness import kafka_access
 from saga_harness.services import operator_service
 from saga_testenv.stack import StackEndpoints
 
@@ -65,21 +66,17 @@ def test_a_setting_that_does_not_parse_ends_the_operator_naming_the_variable(
 def test_a_broker_that_refuses_the_login_ends_the_operator_naming_broker_and_principal(
     stack: StackEndpoints, tmp_path: Path
 ) -> None:
-    """The local broker's listener is PLAINTEXT: one that speaks SASL to it is refused at the handshake, the
-    same path as a wrong password on a secured broker (KafkaAuthenticationError), not an outage waited out."""
-    result, took = _run(
-        tmp_path,
-        stack,
-        SAGA_HTTP_HOST="127.0.0.1",
-        KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT",
-        KAFKA_SASL_MECHANISM="SCRAM-SHA-512",
-        KAFKA_SASL_USERNAME="saga-operator",
-        KAFKA_SASL_PASSWORD="not-the-password",
-    )
+    """The secured listener, the operator's principal with a wrong password: refused by SCRAM
+    (KafkaAuthenticationError), not an outage waited out."""
+    if not kafka_access.secured(stack):
+        pytest.skip("the broker's security is not known (no secured listener, CA or admin credentials)")
+    env = kafka_access.client_env(stack, kafka_access.OPERATOR)
+    env.pop("KAFKA_SASL_PASSWORD_FILE")
+    result, took = _run(tmp_path, stack, SAGA_HTTP_HOST="127.0.0.1", **env, KAFKA_SASL_PASSWORD="not-the-password")
     assert result.returncode == 1, result.stderr
     assert took < PROMPTLY, f"took {took:.1f}s:\n{result.stderr}"
     assert (
-        f"saga-operator cannot start: KafkaAuthenticationError: Kafka broker {stack.kafka_bootstrap} refused to "
-        "authenticate User:saga-operator (SASL_PLAINTEXT, SCRAM-SHA-512)"
+        f"saga-operator cannot start: KafkaAuthenticationError: Kafka broker {env['KAFKA_BOOTSTRAP_SERVERS']} refused "
+        "to authenticate User:saga-operator (SASL_SSL, SCRAM-SHA-512)"
     ) in result.stderr
     assert "not-the-password" not in result.stderr

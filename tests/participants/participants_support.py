@@ -11,8 +11,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from pydantic import SecretStr
 
-from saga_participants import Participant, testing
+from saga_participants import KafkaSettings, Participant, testing
 from saga_protocol import Command, CommandKind, DecodeError, Reply, decode_reply, encode_command
 
 WAIT = 60.0  # seconds a test waits for something that should happen: a failure, never a measurement
@@ -70,10 +71,15 @@ BUY_VIDEO_STEPS = (
 
 
 class KafkaHarness:
-    """Drives participants over a real broker: produces commands, collects replies and dead letters."""
+    """Drives participants over a real broker: produces commands, collects replies and dead letters.
 
-    def __init__(self, bootstrap_servers: str) -> None:
-        self.bootstrap_servers = bootstrap_servers
+    ``settings`` are the admin's (conftest.py's ``participants_kafka``): the harness's own clients use them,
+    and so do the participants under test (``Participant(..., kafka=harness.settings)``), which these
+    tests are not about the ACLs of (tests/security and the worlds run each as its own principal)."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
+        self.bootstrap_servers = settings.bootstrap_servers
         self.reply_topic = unique("saga.replies.test")
         self.replies: list[Reply] = []
         self.arrived: dict[str, float] = {}  # reply message id -> time.monotonic() when it was read
@@ -83,10 +89,29 @@ class KafkaHarness:
 
     async def __aenter__(self) -> KafkaHarness:
         await self.create_topic(self.reply_topic)
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, enable_idempotence=True, acks="all")
+        self._producer = AIOKafkaProducer(**self.options(), enable_idempotence=True, acks="all")
         await self._producer.start()
         self._reader = asyncio.create_task(self._read_replies())
         return self
+
+    def options(self) -> dict[str, Any]:
+        """aiokafka keyword arguments, ``bootstrap_servers`` included."""
+        return self.settings.client_options()
+
+    def env(self) -> dict[str, str]:
+        """The same as ``KAFKA_*`` variables, for a participant run as a process."""
+        return kafka_env(self.settings)
+
+    def librdkafka_config(self) -> dict[str, str]:
+        """The same for a librdkafka client (confluent-kafka)."""
+        s = self.settings
+        config = {"bootstrap.servers": s.bootstrap_servers, "security.protocol": s.security_protocol}
+        if s.security_protocol.startswith("SASL_"):
+            config |= {"sasl.mechanisms": s.sasl_mechanism, "sasl.username": s.sasl_username or ""}
+            config["sasl.password"] = s.password() or ""
+        if s.ssl_ca_file is not None:
+            config["ssl.ca.location"] = str(s.ssl_ca_file)
+        return config
 
     async def __aexit__(self, *_: object) -> None:
         for participant, _task in self._participants:
@@ -102,7 +127,7 @@ class KafkaHarness:
             await self._producer.stop()
 
     async def create_topic(self, topic: str) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
+        admin = AIOKafkaAdminClient(**self.options())
         await admin.start()
         try:
             await admin.create_topics([NewTopic(topic, 1, 1)])
@@ -110,9 +135,7 @@ class KafkaHarness:
             await admin.close()
 
     async def _read_replies(self) -> None:
-        consumer = AIOKafkaConsumer(
-            self.reply_topic, bootstrap_servers=self.bootstrap_servers, auto_offset_reset="earliest"
-        )
+        consumer = AIOKafkaConsumer(self.reply_topic, **self.options(), auto_offset_reset="earliest")
         await consumer.start()
         try:
             async for record in consumer:
@@ -171,7 +194,7 @@ class KafkaHarness:
 
     async def read_topic(self, topic: str, count: int) -> list[Any]:
         """The first `count` records of a topic (from the beginning), waiting for them."""
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=self.bootstrap_servers, auto_offset_reset="earliest")
+        consumer = AIOKafkaConsumer(topic, **self.options(), auto_offset_reset="earliest")
         await consumer.start()
         records: list[Any] = []
         try:
@@ -199,3 +222,11 @@ async def until(condition: Callable[[], bool], *, what: str, seconds: float = WA
 
 def headers_of(record: Any) -> dict[str, str]:
     return {name: bytes(value).decode() for name, value in record.headers}
+
+
+def kafka_env(settings: KafkaSettings) -> dict[str, str]:
+    """``KAFKA_<FIELD>`` for every field of ``settings`` that is set (what KafkaSettings reads back)."""
+    env: dict[str, str] = {}
+    for field, value in settings.model_dump(exclude_none=True).items():
+        env[f"KAFKA_{field.upper()}"] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    return env

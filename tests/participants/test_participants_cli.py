@@ -18,6 +18,7 @@ from participants_support import WAIT, KafkaHarness, make_command, order, unique
 from saga_buyvideo import build
 from saga_buyvideo.cli import ServiceSettings, _parser, main, settings_from
 from saga_buyvideo.demo import DEMO_USERS
+from saga_participants import KafkaSettings
 from saga_participants.testing import run_command
 from saga_protocol import Outcome, command_topic
 
@@ -158,7 +159,7 @@ def free_port() -> int:
 
 
 @pytest.fixture
-async def kafka(participants_kafka: str) -> AsyncIterator[KafkaHarness]:
+async def kafka(participants_kafka: KafkaSettings) -> AsyncIterator[KafkaHarness]:
     async with KafkaHarness(participants_kafka) as harness:
         yield harness
 
@@ -172,7 +173,7 @@ async def test_run_serves_probes_and_metrics_handles_commands_and_stops_on_sigte
     env = {
         **os.environ,
         "SAGA_DATA_DIR": str(tmp_path),
-        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        **kafka.env(),
         "SAGA_HTTP_PORT": str(port),
         "SAGA_PARTICIPANT_NAME": name,
         "SAGA_REPLY_TOPIC": kafka.reply_topic,
@@ -236,7 +237,7 @@ async def test_a_participant_started_before_its_topic_exists_creates_it(tmp_path
     p = agents.participant(
         tmp_path / "agents.db",
         name=unique("agents"),
-        bootstrap_servers=kafka.bootstrap_servers,
+        kafka=kafka.settings,
         reply_topic=kafka.reply_topic,
     )
     await kafka.start(p)  # returns once consuming: its topic exists, it has the partition

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from participants_support import KafkaHarness, compensation_of, make_command, unique
 
-from saga_participants import Participant, PostgresStore
+from saga_participants import KafkaSettings, Participant, PostgresStore
 from saga_participants.testing import FaultInjection
 from saga_protocol import Command, Outcome, Reply
 
@@ -30,7 +30,7 @@ SCHEMA = "CREATE TABLE IF NOT EXISTS effects (idempotency_key TEXT PRIMARY KEY, 
 
 
 @pytest.fixture
-async def kafka(participants_kafka: str) -> AsyncIterator[KafkaHarness]:
+async def kafka(participants_kafka: KafkaSettings) -> AsyncIterator[KafkaHarness]:
     async with KafkaHarness(participants_kafka) as harness:
         yield harness
 
@@ -45,12 +45,10 @@ def participant(
     kind: str, name: str, tmp_path: Path, request: pytest.FixtureRequest, kafka: KafkaHarness, **options: Any
 ) -> Participant:
     """A participant whose action `work` takes SLOW seconds when the payload says {"slow": true}."""
-    bootstrap, reply = kafka.bootstrap_servers, kafka.reply_topic
+    settings, reply = kafka.settings, kafka.reply_topic
     if kind == "postgres":
         dsn: str = request.getfixturevalue("postgres_dsn")  # one database per test: a restart finds it again
-        p = Participant(
-            name, store=PostgresStore(dsn, schema=SCHEMA), bootstrap_servers=bootstrap, reply_topic=reply, **options
-        )
+        p = Participant(name, store=PostgresStore(dsn, schema=SCHEMA), kafka=settings, reply_topic=reply, **options)
     else:
         # SQLite runs one handler at a time: the slow part is a delay before the handler, as a slow
         # dependency called first would be.
@@ -58,7 +56,7 @@ def participant(
             name,
             database=tmp_path / "work.db",
             schema=SCHEMA,
-            bootstrap_servers=bootstrap,
+            kafka=settings,
             reply_topic=reply,
             interceptors=[FaultInjection(max_delay=SLOW)],
             **options,

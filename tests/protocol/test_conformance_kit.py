@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kit_support import run_kit
+from kit_support import ProtocolKafka, run_kit
 
 from saga_conformance.rules import RULES
 
@@ -29,13 +29,14 @@ NAMESPACE, FOREIGN = "conformance", "conformance-foreign"
 
 
 @pytest.fixture(scope="module")
-def verdicts(protocol_kafka: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+def verdicts(protocol_kafka: ProtocolKafka, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     data = tmp_path_factory.mktemp("kit-users")
     name = f"users-kit-{uuid.uuid4().hex[:8]}"  # topics and a consumer group of its own
     subprocess.run([sys.executable, "-m", "saga_buyvideo.cli", "seed", "--data-dir", str(data)], check=True)
     participant = (
-        f"{sys.executable} -m saga_buyvideo.cli run users --name {name} --data-dir {data} "
-        f"--http-port 0 --bootstrap-servers {protocol_kafka} "
+        protocol_kafka.participant(name)  # its own principal and ACLs
+        + f"{sys.executable} -m saga_buyvideo.cli run users --name {name} --data-dir {data} "
+        f"--http-port 0 --bootstrap-servers {protocol_kafka.bootstrap} "
         # the kit's slow-handler convention (--slow-simulate) is the SDK's fault injection, off by default
         f"--allow-fault-injection --allowed-namespaces {NAMESPACE}"
     )
@@ -64,13 +65,13 @@ def verdicts(protocol_kafka: str, tmp_path_factory: pytest.TempPathFactory) -> d
         "--foreign-namespace",
         FOREIGN,
         "--bootstrap-servers",
-        protocol_kafka,
+        protocol_kafka.bootstrap,
         "--log-dir",
         str(data / "logs"),
         "--json",
         str(report),
     ]
-    found: dict[str, dict[str, Any]] = run_kit(argv, report)
+    found: dict[str, dict[str, Any]] = run_kit(argv, report, protocol_kafka.kit_env)
     return found
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kit_support import run_kit
+from kit_support import ProtocolKafka, run_kit
 
 from saga_conformance.rules import RULES
 
@@ -55,12 +55,15 @@ def test_go_test_passes() -> None:
 
 
 @pytest.fixture(scope="module")
-def verdicts(binary: Path, protocol_kafka: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+def verdicts(
+    binary: Path, protocol_kafka: ProtocolKafka, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, dict[str, Any]]:
     data = tmp_path_factory.mktemp("kit-go")
     name = f"wallet-kit-{uuid.uuid4().hex[:8]}"  # topics and a consumer group of its own
     participant = (
-        f"{binary} --name {name} --database {data / 'wallet.db'} --seed alice=1000000,dave=0 "
-        f"--allowed-namespaces conformance --allow-fault-injection --bootstrap-servers {protocol_kafka}"
+        protocol_kafka.participant(name)  # its own principal and ACLs: SASL_SSL, SCRAM-SHA-512, the CA
+        + f"{binary} --name {name} --database {data / 'wallet.db'} --seed alice=1000000,dave=0 "
+        f"--allowed-namespaces conformance --allow-fault-injection --bootstrap-servers {protocol_kafka.bootstrap}"
     )
     report = data / "verdicts.json"
     argv = [
@@ -86,13 +89,13 @@ def verdicts(binary: Path, protocol_kafka: str, tmp_path_factory: pytest.TempPat
         "--participant-command",
         participant,
         "--bootstrap-servers",
-        protocol_kafka,
+        protocol_kafka.bootstrap,
         "--log-dir",
         str(data / "logs"),
         "--json",
         str(report),
     ]
-    found: dict[str, dict[str, Any]] = run_kit(argv, report)
+    found: dict[str, dict[str, Any]] = run_kit(argv, report, protocol_kafka.kit_env)
     return found
 
 

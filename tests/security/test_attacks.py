@@ -30,9 +30,10 @@ from saga_harness import kafka_access
 from saga_harness.chaos.world import ChaosWorld
 from saga_harness.messages import action_command, succeeded_reply
 from saga_harness.topics import read_records, read_topic
-from saga_protocol import encode_command, encode_reply, reply_topic
+from saga_plumbing import DLQ_REASON
+from saga_protocol import dead_letter_topic, encode_command, encode_reply, reply_topic
 from saga_testenv import Acl, TopicSpec, check_connection, run_sync
-from saga_testenv.stack import StackEndpoints
+from saga_testenv.stack import Stack, StackEndpoints
 
 pytestmark = pytest.mark.stack
 
@@ -113,6 +114,10 @@ async def _produce(options: dict[str, Any], topic: str, key: bytes, value: bytes
         await producer.stop()
 
 
+def _positions(records: list[Any]) -> list[tuple[int, int]]:
+    return sorted((r.partition, r.offset) for r in records)
+
+
 def as_principal(stack: StackEndpoints, principal: str) -> dict[str, Any]:
     return kafka_access.client_options(stack, principal)
 
@@ -149,10 +154,30 @@ def test_a_forged_command_without_credentials_is_refused_at_the_connection(
     assert books(world) == before
 
 
-def test_no_listener_takes_a_client_without_credentials(stack: StackEndpoints) -> None:
-    if stack.kafka_plaintext_bootstrap:
-        pytest.skip(f"the transition's plaintext listener is still open at {stack.kafka_plaintext_bootstrap}")
+def test_no_listener_takes_a_client_without_credentials(
+    world: ChaosWorld, finished: dict[str, Any], stack: StackEndpoints
+) -> None:
+    """The stack has no plaintext listener: KAFKA_BOOTSTRAP_SERVERS is the secured one, and at every
+    listener the broker has (for a stack started here, as its configuration names them: the controller's
+    too) a forged command from a client without credentials, with TLS or without, is refused at the
+    connection. The books do not move."""
+    assert stack.kafka_plaintext_bootstrap is None
     assert stack.kafka_bootstrap == stack.kafka_secure_bootstrap
+    addresses = {stack.kafka_bootstrap}
+    if isinstance(stack, Stack):
+        props = (stack.directory / "kafka" / "server.properties").read_text().splitlines()
+        (listeners,) = (line.removeprefix("listeners=") for line in props if line.startswith("listeners="))
+        addresses |= {entry.partition("://")[2] for entry in listeners.split(",")}
+        assert len(addresses) == 2, addresses  # the client (BROKER) and the controller listener
+    before = books(world)
+    topic, key, value, headers = forged_debit(world)
+    tls_only = {"security_protocol": "SSL", "ssl_context": stack.kafka_ssl_context()}
+    for address in sorted(addresses):
+        for settings in ({}, tls_only):
+            with pytest.raises(KafkaConnectionError):
+                run_sync(_produce({"bootstrap_servers": address, **settings}, topic, key, value, headers))
+    settle()
+    assert books(world) == before
 
 
 def test_a_participant_cannot_write_another_participants_commands(
@@ -178,12 +203,13 @@ def test_a_participant_cannot_forge_another_participants_reply(
     reply = succeeded_reply(finished["metadata"]["uid"], "debit-buyer", world.names["users"])
     key, value, headers = encode_reply(reply)
     target = reply_topic(world.names["users"])
+    admin = kafka_access.client_options(stack)
+    honest = _positions(run_sync(read_topic(admin, target, patience=30)))  # the honest saga's debit reply
+    assert honest
     with pytest.raises(TopicAuthorizationFailedError):
         run_sync(_produce(as_principal(stack, VIDEOS), target, key, value, headers))
-    # the forged reply did not land on the topic (read as the admin; the honest replies of users are there)
-    landed = run_sync(read_topic(kafka_access.client_options(stack), target, patience=30))
-    assert landed, "the honest saga's replies from users are on the topic"
-    assert value not in [r.value for r in landed]
+    # nothing landed on the topic (read as the admin): its records are the honest ones
+    assert _positions(run_sync(read_topic(admin, target, patience=30))) == honest
     settle()
     assert books(world) == before
 
@@ -269,9 +295,9 @@ def test_a_command_naming_a_foreign_reply_topic_gets_no_reply_there(
     world: ChaosWorld, finished: dict[str, Any], stack: StackEndpoints
 ) -> None:
     """The operator (its credentials: it may write every command topic) sends `agents` a command whose
-    replyTopic is saga.replies.<videos>. Two walls stop the forgery: the SDK replies only on its own
-    trusted topic (it dead-letters the command as UntrustedReplyTopic), and the broker would not let
-    agents write that topic anyway. Nothing about this saga arrives on it."""
+    replyTopic is saga.replies.<videos>. Two defences stop it: the SDK replies only on its trusted topic
+    and dead-letters the command `UntrustedReplyTopic` unanswered, and the broker would refuse agents a
+    write to that topic anyway. No reply to it arrives anywhere."""
     foreign = reply_topic(world.names["videos"])
     command = action_command(
         str(uuid.uuid4()),
@@ -284,9 +310,16 @@ def test_a_command_naming_a_foreign_reply_topic_gets_no_reply_there(
     )
     key, value, headers = encode_command(command)
     run_sync(_produce(as_principal(stack, kafka_access.OPERATOR), world.command_topic("agents"), key, value, headers))
-    settle(8.0)
-    landed = run_sync(read_topic(kafka_access.client_options(stack), foreign, patience=30))
-    assert [r.value for r in landed if (r.key or b"") == key] == [], "a reply to the forged command landed there"
+    admin = kafka_access.client_options(stack)
+    dlq = dead_letter_topic(world.command_topic("agents"))
+    for _ in range(60):  # until agents has set the command aside
+        dead = [r for r in run_sync(read_topic(admin, dlq, patience=30)) if r.key == key]
+        if dead:
+            break
+        settle(0.5)
+    assert [dict(r.headers).get(DLQ_REASON) for r in dead] == [b"UntrustedReplyTopic"]
+    for topic in (foreign, reply_topic(world.names["agents"])):
+        assert [r for r in run_sync(read_topic(admin, topic, patience=30)) if r.key == key] == [], topic
     assert world.participants["agents"].running()
 
 

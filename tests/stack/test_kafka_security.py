@@ -39,7 +39,7 @@ from saga_testenv import (
     wait_for_broker,
 )
 from saga_testenv.kafka import KafkaNotReady
-from saga_testenv.stack import ANONYMOUS
+from saga_testenv.stack import BASELINE_ACLS, ENV_KAFKA_PLAINTEXT_BOOTSTRAP
 
 pytestmark = pytest.mark.stack
 
@@ -142,32 +142,38 @@ def test_every_listener_authenticates(managed: Stack) -> None:
     assert props["authorizer.class.name"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
     assert props["allow.everyone.if.no.acl.found"] == "false"
     assert props["super.users"] == f"User:{BROKER_PRINCIPAL};User:{ADMIN_PRINCIPAL}"
-    # the only listener that does not authenticate is the transition's, and only on loopback
-    plaintext = {name for name, protocol in protocols.items() if protocol == "PLAINTEXT"}
-    if managed.kafka_plaintext_bootstrap:
-        assert plaintext == {"TRANSITION"}
-        assert listeners["TRANSITION"] == managed.kafka_plaintext_bootstrap
-        assert listeners["TRANSITION"].startswith("127.0.0.1:")
-        assert managed.kafka_bootstrap == managed.kafka_plaintext_bootstrap
-    else:
-        assert plaintext == set()
-        assert managed.kafka_bootstrap == managed.kafka_secure_bootstrap
-    assert listeners["BROKER"] == managed.kafka_secure_bootstrap
+    # no listener is plaintext: the suite's stack is the default one
+    assert {name for name, protocol in protocols.items() if protocol != "SASL_SSL"} == set()
+    assert set(listeners) == {"BROKER", "CONTROLLER"}
+    assert listeners["BROKER"] == managed.kafka_secure_bootstrap == managed.kafka_bootstrap
+    assert managed.kafka_plaintext_bootstrap is None
+    assert ENV_KAFKA_PLAINTEXT_BOOTSTRAP not in managed.env()
 
 
-def test_without_the_transition_listener_no_listener_is_plaintext(tmp_path: Path) -> None:
-    """The final state, as the broker's configuration: what `Stack(plaintext_listener=False)` writes."""
+def test_no_stack_has_a_plaintext_listener_unless_the_bench_asks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default, as the broker's configuration; the transition's old switch turns nothing on; the bench's
+    explicit baseline (`Stack(plaintext_listener=True)`) is on loopback only, for User:ANONYMOUS with no
+    cluster ACL."""
+    monkeypatch.setenv("SAGA_TESTENV_KAFKA_PLAINTEXT_LISTENER", "1")
     pki = certs.generate(tmp_path / "pki")
-    final = Stack(tmp_path, plaintext_listener=False)
-    props = final._kafka_properties(
+    default = Stack(tmp_path)
+    assert default.plaintext_listener is False
+    props = default._kafka_properties(
         9092, 9093, tmp_path / "data", pki=pki, broker_password="secret", plaintext_port=None
     )
     assert "PLAINTEXT" not in props
     assert "listeners=BROKER://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093\n" in props
     assert "listener.security.protocol.map=BROKER:SASL_SSL,CONTROLLER:SASL_SSL\n" in props
-    # the switch is explicit either way: the keyword wins over the environment
-    assert Stack(tmp_path, plaintext_listener=True).plaintext_listener is True
-    assert final.plaintext_listener is False
+    baseline = Stack(tmp_path, plaintext_listener=True)
+    assert baseline.plaintext_listener is True
+    props = baseline._kafka_properties(
+        9092, 9093, tmp_path / "data", pki=pki, broker_password="secret", plaintext_port=9094
+    )
+    assert "listeners=BROKER://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093,BASELINE://127.0.0.1:9094\n" in props
+    assert "listener.security.protocol.map=BROKER:SASL_SSL,CONTROLLER:SASL_SSL,BASELINE:PLAINTEXT\n" in props
+    assert all(acl.host == "127.0.0.1" and acl.resource != "cluster" for acl in BASELINE_ACLS)
 
 
 def test_secrets_are_private(managed: Stack) -> None:
@@ -334,27 +340,21 @@ async def test_the_admin_creates_and_deletes_topics(
         await admin.close()
 
 
-# ---- the transition listener -------------------------------------------------------------------------
+# ---- no way in without credentials ------------------------------------------------------------------
 
 
-async def test_the_transition_listener_is_loopback_and_anonymous_only(managed: Stack) -> None:
-    if not managed.kafka_plaintext_bootstrap:
-        pytest.skip("this stack has no transition listener (SAGA_TESTENV_KAFKA_PLAINTEXT_LISTENER is not 1)")
-    assert managed.kafka_plaintext_bootstrap.startswith("127.0.0.1:")
-    anonymous = managed.list_acls(ANONYMOUS)
-    bindings = re.findall(
-        r"\(principal=User:ANONYMOUS, host=([^,]+), operation=(\w+), permissionType=(\w+)\)", anonymous
-    )
-    assert bindings and all(b == ("127.0.0.1", "ALL", "ALLOW") for b in bindings), anonymous
-    for resource in ("TOPIC", "GROUP", "TRANSACTIONAL_ID"):
-        assert f"ResourcePattern(resourceType={resource}, name=*, patternType=LITERAL)" in anonymous
-    assert "CLUSTER" not in anonymous  # no ACL management, no broker actions
-    # an unauthenticated client there is what it always was: it reaches the broker ...
-    await check_connection(managed.kafka_plaintext_bootstrap)
-    # ... and the same unauthenticated client at the secured listener is refused
-    assert managed.kafka_secure_bootstrap is not None
-    with pytest.raises(KafkaConnectionError):
-        await _admin_brokers(managed.kafka_secure_bootstrap)
+async def test_an_unauthenticated_client_is_refused_on_every_listener(managed: Stack) -> None:
+    """The broker's every listener (as its configuration names them), tried without TLS and SASL, and with
+    TLS but no SASL: none takes the client. User:ANONYMOUS has no ACL either."""
+    props = _properties(managed)
+    addresses = [entry.partition("://")[2] for entry in props["listeners"].split(",")]
+    assert len(addresses) == 2  # BROKER and CONTROLLER
+    tls_only = {"security_protocol": "SSL", "ssl_context": managed.kafka_ssl_context()}
+    for address in addresses:
+        for settings in ({}, tls_only):
+            with pytest.raises(KafkaConnectionError):
+                await _admin_brokers(address, **settings)
+    assert "ANONYMOUS" not in managed.list_acls()
 
 
 # ---- other clients -----------------------------------------------------------------------------------

@@ -50,10 +50,10 @@ def _wait_gone(records: list[ProcessRecord], timeout: float = 30.0) -> list[Proc
 
 
 def test_up_twice_then_down_leaves_no_process(tmp_path: Path) -> None:
-    """Also the final state of the transition: a stack without the plaintext listener, whose health
-    check (`status`) reaches the broker over SASL_SSL as the admin."""
+    """Also: the stack has no plaintext listener, whose health check (`status`) reaches the broker over
+    SASL_SSL as the admin. The transition's old switch is gone: even set, it opens nothing."""
     directory = tmp_path / "stack"
-    up = _cli(directory, "up", env={"SAGA_TESTENV_KAFKA_PLAINTEXT_LISTENER": "0"})
+    up = _cli(directory, "up", env={"SAGA_TESTENV_KAFKA_PLAINTEXT_LISTENER": "1"})
     assert up.returncode == 0, up.stdout + up.stderr
     records = read_records(directory)
     assert {r.name for r in records} == SERVERS
@@ -64,12 +64,12 @@ def test_up_twice_then_down_leaves_no_process(tmp_path: Path) -> None:
     exported = dict(
         line.removeprefix("export ").split("=", 1) for line in env.splitlines() if line.startswith("export")
     )
-    # no transition listener: the one bootstrap address is the secured listener
+    # no plaintext listener: the one bootstrap address is the secured listener
     assert exported["KAFKA_BOOTSTRAP_SERVERS"] == exported["SAGA_TESTENV_KAFKA_SECURE_BOOTSTRAP"]
     assert "SAGA_TESTENV_KAFKA_PLAINTEXT_BOOTSTRAP" not in exported
     assert exported["SAGA_TESTENV_KAFKA_CA_FILE"] == str(directory / "pki" / "ca.crt")
     assert exported["SAGA_TESTENV_KAFKA_CREDENTIALS_DIR"] == str(directory / "kafka" / "credentials")
-    assert "TRANSITION" not in (directory / "kafka" / "server.properties").read_text()
+    assert ":PLAINTEXT" not in (directory / "kafka" / "server.properties").read_text()
     try:
         again = _cli(directory, "up")
         assert again.returncode == 0

@@ -1,15 +1,12 @@
 """Smoke tests of the real stack: the same tests run against the local stack or any cluster and broker
-named by KUBECONFIG and KAFKA_BOOTSTRAP_SERVERS.
-
-The Kafka tests run twice: as the admin on the secured (SASL_SSL) listener, and as an unauthenticated
-client on `kafka_bootstrap` while that is the transition's plaintext listener (what the unconverted
-clients use; skipped once the transition is over)."""
+named by KUBECONFIG and KAFKA_BOOTSTRAP_SERVERS. The Kafka tests
+authenticate as the admin on the secured (SASL_SSL) listener (`kafka_access.client_options`); a foreign
+broker whose security the environment does not describe is used as KAFKA_BOOTSTRAP_SERVERS names it."""
 
 from __future__ import annotations
 
 import base64
 import json
-import shutil
 import ssl
 import subprocess
 import time
@@ -24,6 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from saga_harness import kafka_access
 from saga_testenv import StackEndpoints, TopicSpec, ensure_topics, kubectl_path
 
 pytestmark = pytest.mark.stack
@@ -63,16 +61,12 @@ def test_server_version(stack: StackEndpoints, kubectl: Kubectl) -> None:
     assert Path(kubectl_path()).is_file()
 
 
-@pytest.fixture(params=["sasl_ssl", "transition"])
-def kafka_client(request: pytest.FixtureRequest, stack: StackEndpoints) -> tuple[str, dict[str, Any]]:
-    """``(bootstrap, aiokafka settings)`` of one way in."""
-    if request.param == "sasl_ssl":
-        bootstrap: str = request.getfixturevalue("kafka_secure_bootstrap")
-        security: dict[str, Any] = request.getfixturevalue("kafka_security")
-        return bootstrap, security
-    if stack.kafka_secure_bootstrap and stack.kafka_bootstrap == stack.kafka_secure_bootstrap:
-        pytest.skip("no transition listener: kafka_bootstrap is the secured listener")
-    return stack.kafka_bootstrap, {}
+@pytest.fixture
+def kafka_client(stack: StackEndpoints) -> tuple[str, dict[str, Any]]:
+    """``(bootstrap, aiokafka settings)``: the admin's."""
+    security = kafka_access.client_options(stack)
+    bootstrap: str = security.pop("bootstrap_servers")
+    return bootstrap, security
 
 
 def test_namespace_create_and_delete(kubectl: Kubectl) -> None:
@@ -222,20 +216,3 @@ async def test_produce_consume_round_trip(kafka_client: tuple[str, dict[str, Any
     finally:
         await second.stop()
     assert sum(len(m) for m in again.values()) == 0
-
-
-def test_kcat_lists_the_broker(stack: StackEndpoints) -> None:
-    """kcat without credentials at `kafka_bootstrap` (the transition listener); tests/stack/
-    test_kafka_security.py runs it over SASL_SSL."""
-    kcat = shutil.which("kcat")
-    if kcat is None:
-        pytest.skip("kcat is not installed (apt-get install kcat; .ci/run installs it)")
-    if stack.kafka_secure_bootstrap and stack.kafka_bootstrap == stack.kafka_secure_bootstrap:
-        pytest.skip("no transition listener: kafka_bootstrap is the secured listener")
-    result = subprocess.run(
-        [kcat, "-L", "-b", stack.kafka_bootstrap, "-m", "10"], capture_output=True, text=True, timeout=30
-    )
-    assert result.returncode == 0, result.stderr
-    assert "brokers:" in result.stdout
-    if stack.managed:
-        assert f"broker 1 at {stack.kafka_bootstrap}" in result.stdout, result.stdout

@@ -93,7 +93,9 @@ def _endpoints(stack_dir: Path, plaintext: bool) -> tuple[StackEndpoints, Stack 
         return attached, None, attached
     _log("no stack named: starting a fresh local stack for this run")
     directory = Path(tempfile.mkdtemp(prefix="saga-bench-stack-"))
-    stack = Stack(directory, detached=False, log=_log, plaintext_listener=plaintext or None).start()
+    # the plaintext baseline listener exists only here: a stack the bench starts for itself, for --kafka-security
+    # off|both, on loopback (saga_testenv.stack); no other stack has one
+    stack = Stack(directory, detached=False, log=_log, plaintext_listener=plaintext).start()
     return stack, stack, stack
 
 
@@ -276,7 +278,10 @@ async def run(
     bench = Bench(endpoints, kube, run_dir, args.concurrency, args.partitions, _log, profile=args.profile)
     if False in modes and bench.plaintext_bootstrap() is None:
         await kube.close()
-        raise SystemExit("--kafka-security off/both: this broker has no plaintext listener to compare with")
+        raise SystemExit(
+            "--kafka-security off/both: this broker has no plaintext listener to compare with (only a stack the "
+            "bench starts for itself has one: run it with no KUBECONFIG/KAFKA_BOOTSTRAP_SERVERS and no stack up)"
+        )
     if True in modes and not kafka_access.secured(endpoints):
         await kube.close()
         raise SystemExit("--kafka-security on/both: the broker's secured listener and credentials are not known")

@@ -21,6 +21,7 @@ from saga_protocol import (
 )
 
 from ..messages import action_command, succeeded_reply
+from ..topics import KafkaClient, options
 
 #: The header that marks a message the injector made up; dead-letter topics keep the original headers.
 MARKER: Final = "chaos_injected"
@@ -137,15 +138,16 @@ def make_malformed_command(kind: str, participant: str, reply_topic: str) -> Mad
 class Injector:
     """Produces malformed messages, each marked with a header so that its dead letter can be found."""
 
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, kafka: KafkaClient) -> None:
+        #: as whom it writes (the admin: ``kafka_access.client_options``)
+        self.kafka = kafka
         self.sent: list[Injected] = []
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
         # max_request_size: room for the oversized messages (the broker takes up to 1 MiB).
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", request_timeout_ms=10_000, max_request_size=1_000_000
+            **options(self.kafka), acks="all", request_timeout_ms=10_000, max_request_size=1_000_000
         )
         await self._producer.start()
 

@@ -67,7 +67,7 @@ async def finish(storm: Storm) -> None:
     deadline = time.monotonic() + 180.0
     quiet = 0
     while quiet < 2:
-        lags = [await group_lag(storm.bootstrap, g, t) for g, t in groups]
+        lags = [await group_lag(storm.kafka, g, t) for g, t in groups]
         quiet = quiet + 1 if not any(lags) else 0
         if time.monotonic() > deadline:
             lag = dict(zip((g for g, _ in groups), lags, strict=True))

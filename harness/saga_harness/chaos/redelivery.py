@@ -11,7 +11,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from ..topics import header, partitions_of
+from ..topics import KafkaClient, header, options, partitions_of
 from .aio import sleep_or_stop
 from .malformed import MARKER
 
@@ -20,10 +20,11 @@ class Redeliverer:
     """Reads the real commands and replies back and produces copies of some of them onto the same
     partition: the at-least-once delivery every participant and the operator must absorb."""
 
-    def __init__(self, bootstrap: str, topics: Mapping[str, str], rng: random.Random) -> None:
+    def __init__(self, kafka: KafkaClient, topics: Mapping[str, str], rng: random.Random) -> None:
         #: topic -> "commands" or "replies"
         self.topics = dict(topics)
-        self.bootstrap = bootstrap
+        #: as whom it reads and writes (the admin: ``kafka_access.client_options``)
+        self.kafka = kafka
         self.rng = rng
         self.seen: dict[str, list[Any]] = defaultdict(list)
         self.copies: Counter[str] = Counter()
@@ -31,8 +32,8 @@ class Redeliverer:
         self.errors: list[str] = []
 
     async def run(self, stop: asyncio.Event, every: float) -> None:
-        tps = await partitions_of(self.bootstrap, list(self.topics))
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", request_timeout_ms=10_000)
+        tps = await partitions_of(self.kafka, list(self.topics))
+        producer = AIOKafkaProducer(**options(self.kafka), acks="all", request_timeout_ms=10_000)
         await producer.start()
         reader = asyncio.create_task(self._read(tps, stop), name="redeliverer-reader")
         try:
@@ -49,7 +50,7 @@ class Redeliverer:
         """Keep the latest messages of each topic at hand. A consumer that stops answering (it happens
         to aiokafka's after the broker came back) is replaced by a fresh one."""
         while not stop.is_set():
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+            consumer = AIOKafkaConsumer(**options(self.kafka), enable_auto_commit=False)
             try:
                 await consumer.start()
                 consumer.assign(tps)

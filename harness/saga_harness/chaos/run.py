@@ -12,6 +12,7 @@ from saga_protocol import dead_letter_topic
 from saga_testenv.kafka import run_sync
 from saga_testenv.stack import Stack, StackEndpoints
 
+from .. import kafka_access
 from ..faults import StackFaults
 from ..topics import read_topic
 from ..world import PARTICIPANTS
@@ -61,7 +62,7 @@ def run_chaos(
             cw.reply_dead_letter_topic,
             *(dead_letter_topic(cw.command_topic(s)) for s in PARTICIPANTS),
         ]
-        dead = {t: run_sync(read_topic(endpoints.kafka_bootstrap, t)) for t in dlq_topics}
+        dead = {t: run_sync(read_topic(kafka_access.client_options(endpoints), t)) for t in dlq_topics}
         dlq_violations, dlq_figures = audit_dead_letters(
             storm.injector.sent, dead, uid_to_name, reply_dead_letter_topic=cw.reply_dead_letter_topic
         )

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .. import kafka_access
 from ..faults import StackFaults
 from ..world import PARTICIPANTS
 from . import drivers, observers, schedule
@@ -69,16 +70,17 @@ class Storm:
         self.faults = faults
         self.log = log
         self.tally = Tally()
-        self.bootstrap = cw.endpoints.kafka_bootstrap
+        #: the storm's own Kafka clients (injector, redeliverer, lag observers): the admin
+        self.kafka = kafka_access.client_options(cw.endpoints)
         self.stop = asyncio.Event()
         self.summary: dict[str, tuple[str, str]] = {}
         self.in_flight: dict[str, str] = {}
         self.redeliverer = Redeliverer(
-            self.bootstrap,
+            self.kafka,
             {**dict.fromkeys(cw.reply_topics, "replies"), **{cw.command_topic(s): "commands" for s in PARTICIPANTS}},
             random.Random(f"{config.seed}/redeliver"),
         )
-        self.injector = Injector(self.bootstrap)
+        self.injector = Injector(self.kafka)
         self.started = time.monotonic()
 
     def rng(self, what: str) -> random.Random:
