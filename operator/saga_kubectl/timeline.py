@@ -1,9 +1,10 @@
 """`kubectl saga describe`: a saga's steps as bars on one time axis, drawn in plain text. Pure.
 
 Each step has up to two bars: its action and its compensation. The times come from the log
-(`status.steps`); where the log keeps only the latest send (`dispatchedAt`), the start of a bar is derived
-the way the operator decides it: an action is sent in the write that records its last prerequisite's
-success (or the saga's start), a compensation in the write that settles the last step depending on it.
+(`status.steps`): `dispatchedAt` is the latest send of the action, `compensationDispatchedAt` that of the
+compensation. Where a bar's first send is not kept (a later attempt replaced it), its start is derived the way
+the operator decides it: an action is sent in the write that records its last prerequisite's success (or the
+saga's start), a compensation in the write that settles the last step depending on it.
 Readable without colour: the bars are ASCII and a legend says what each mark means.
 """
 
@@ -90,7 +91,7 @@ def _action_bar(
 ) -> Bar | None:
     if record.attempt == 0:
         return None
-    exact = record.attempt == 1 and record.compensation_attempt == 0 and record.dispatched_at is not None
+    exact = record.attempt == 1 and record.dispatched_at is not None
     if exact:
         assert record.dispatched_at is not None
         start = record.dispatched_at
@@ -98,7 +99,7 @@ def _action_bar(
         finished = [r.finished_at for n in needs if (r := records.get(n)) is not None and r.finished_at is not None]
         start = max(finished, default=status.started_at or record.dispatched_at or now)
     retry_at = None
-    if record.attempt > 1 and record.compensation_attempt == 0 and record.dispatched_at is not None:
+    if record.attempt > 1 and record.dispatched_at is not None:
         retry_at = record.dispatched_at
     if record.finished_at is not None:
         mark = {StepState.REFUSED: "X", StepState.ABANDONED: "?"}.get(record.state, ">")
@@ -122,8 +123,8 @@ def _undo_bar(
 ) -> Bar | None:
     if record.compensation_attempt == 0 or record.state not in _UNDO_STATES:
         return None
-    if record.compensation_attempt == 1 and record.dispatched_at is not None:
-        start = record.dispatched_at
+    if record.compensation_attempt == 1 and record.compensation_dispatched_at is not None:
+        start = record.compensation_dispatched_at
     else:
         settled = []
         for name in dependents:
@@ -137,10 +138,10 @@ def _undo_bar(
         if not settled and action is not None and action.mark == "?" and record.finished_at is not None:
             # Given up: the compensation went out in the same write, at finishedAt.
             settled.append(record.finished_at)
-        start = max(settled, default=record.dispatched_at or now)
+        start = max(settled, default=record.compensation_dispatched_at or now)
     if action is not None:
         start = max(start, action.end)
-    retry_at = record.dispatched_at if record.compensation_attempt > 1 else None
+    retry_at = record.compensation_dispatched_at if record.compensation_attempt > 1 else None
     if record.compensated_at is not None:
         return Bar(start, record.compensated_at, "<", retry_at)
     return Bar(start, now if running else end_of_saga, "~" if running else "!", retry_at)

@@ -42,11 +42,13 @@ def compensated() -> SagaStatus:
         message="step c refused: NoWay",
         steps=[
             StepStatus(
-                name="a", state=StepState.COMPENSATED, attempt=1, compensation_attempt=1, dispatched_at=at(7),
+                name="a", state=StepState.COMPENSATED, attempt=1, compensation_attempt=1, dispatched_at=T0,
+                compensation_dispatched_at=at(7),
                 finished_at=at(2), compensated_at=at(8), result={"ok": 1},
             ),
             StepStatus(
-                name="b", state=StepState.COMPENSATED, attempt=2, compensation_attempt=1, dispatched_at=at(6),
+                name="b", state=StepState.COMPENSATED, attempt=2, compensation_attempt=1, dispatched_at=at(3),
+                compensation_dispatched_at=at(6),
                 finished_at=at(4), compensated_at=at(7), result={"ok": 2},
             ),
             StepStatus(
@@ -61,8 +63,8 @@ def test_bars_follow_the_log() -> None:
     bars = {b.name: b for b in timeline.step_bars(SPEC, compensated(), at(100))}
     a, b, c = bars["a"], bars["b"], bars["c"]
     assert a.action is not None and (a.action.start, a.action.end, a.action.mark) == (T0, at(2), ">")
-    # b's dispatchedAt is its compensation's: its action started when a succeeded.
-    assert b.action is not None and (b.action.start, b.action.end) == (at(2), at(4))
+    # b's dispatchedAt is its second attempt's: its action started when a succeeded, and was retried at 3 s.
+    assert b.action is not None and (b.action.start, b.action.end, b.action.retry_at) == (at(2), at(4), at(3))
     assert c.action is not None and (c.action.start, c.action.mark) == (at(4), "X") and c.undo is None
     assert b.undo is not None and (b.undo.start, b.undo.end, b.undo.mark) == (at(6), at(7), "<")
     assert a.undo is not None and (a.undo.start, a.undo.end) == (at(7), at(8))
@@ -79,7 +81,7 @@ def test_the_drawing_puts_each_bar_where_its_times_are() -> None:
         if len(line) > col and line[:col].strip()
     }
     assert cells["action:a"].rstrip() == "=" * 8 + ">"
-    assert cells["action:b"].rstrip() == " " * 8 + "=" * 8 + ">"
+    assert cells["action:b"].rstrip() == " " * 8 + "====*===>"  # its second attempt went out at 3 s
     assert cells["action:c"].rstrip() == " " * 16 + "=" * 8 + "X"
     undos = [line[col : col + 33].rstrip() for line in lines if line[:col].split() == ["undo"]]
     assert undos == [" " * 28 + "----<", " " * 24 + "----<"]  # a's, then b's: b was undone first
@@ -93,7 +95,8 @@ def test_a_running_step_and_a_stuck_compensation() -> None:
     status.phase = Phase.FAILED
     status.reason = "CompensationStuck"
     status.steps[0] = StepStatus(
-        name="a", state=StepState.COMPENSATING, attempt=1, compensation_attempt=3, dispatched_at=at(7.5),
+        name="a", state=StepState.COMPENSATING, attempt=1, compensation_attempt=3, dispatched_at=T0,
+        compensation_dispatched_at=at(7.5),
         finished_at=at(2), result={"ok": 1}, error=ErrorRecord(reason="Timeout"),
     )  # fmt: skip
     bars = {b.name: b for b in timeline.step_bars(SPEC, status, at(100))}
@@ -123,7 +126,8 @@ def test_a_step_given_up_is_compensated_from_the_moment_it_gave_up() -> None:
         undoing=True,
         steps=[
             StepStatus(
-                name="a", state=StepState.COMPENSATING, attempt=2, compensation_attempt=2, dispatched_at=at(5),
+                name="a", state=StepState.COMPENSATING, attempt=2, compensation_attempt=2, dispatched_at=at(1),
+                compensation_dispatched_at=at(5),
                 finished_at=at(3), error=ErrorRecord(reason="Timeout"),
             ),
             StepStatus(name="b", state=StepState.SKIPPED),
