@@ -12,6 +12,7 @@ from domain_support import Saga, pivot, saga_spec, sends, step
 
 import saga_operator
 from saga_operator.domain import transition as transition_module
+from saga_operator.domain.events import Start
 from saga_operator.domain.lifecycle import (
     IN_FLIGHT,
     MOVES,
@@ -145,7 +146,20 @@ def _stuck_compensations_retried_by_a_person() -> None:
     assert sends(saga.effects) == [("a", CommandKind.COMPENSATION, 3), ("b", CommandKind.COMPENSATION, 2)]
 
 
+def _aborted_after_a_restart_from_a_log_written_behind() -> None:
+    saga = Saga(saga_spec(step("a"), step("b"), step("c")))
+    saga.apply(Start(saga.now, write_behind=True))  # a: Dispatch
+    log = saga.status  # the only status written: a Dispatched; a succeeded and b went out, unrecorded
+    saga.status = log
+    saga.resume()  # the log may lag: b and c may have been dispatched
+    saga.abort()  # c, b: CompensateUnrecorded (c first); a waits for b
+    saga.compensated("c", "b")  # b Compensated: a: CompensationDispatch
+    saga.compensated("a")
+    assert saga.status.phase == Phase.COMPENSATED
+
+
 SCENARIOS = [
+    _aborted_after_a_restart_from_a_log_written_behind,
     _success_then_a_refusal,
     _answers_to_earlier_attempts_while_retrying,
     _retries_used_up,
