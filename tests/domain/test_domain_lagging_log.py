@@ -162,8 +162,18 @@ _HUNT = settings(
         (PivotWrittenBehind, "the pivot was sent before it was recorded"),
         # Without the direct check the harm itself shows: a pivot that went out, Pending in the store, is
         # skipped by an undo after a restart, and the steps it depends on are compensated under it.
-        (PivotWrittenBehindConsequences, "Compensated, but effects remain|which depends on it"),
-        (LagForgotten, "Compensated, but effects remain|which depends on it|an action sent after its compensation"),
+        # (or, as the world's first examples may go, the saga never settles around the pivot it lost track of).
+        (
+            PivotWrittenBehindConsequences,
+            "Compensated, but effects remain|which depends on it|did not finish|a genuine reply was classified invalid",
+        ),
+        # Forgetting the lag: effects left under a compensated saga, or answers to commands the log lost
+        # dead-lettered as if forged.
+        (
+            LagForgotten,
+            "Compensated, but effects remain|which depends on it|an action sent after its compensation|"
+            "a genuine reply was classified invalid",
+        ),
     ],
     ids=["pivot-behind", "pivot-behind-consequences", "lag-forgotten"],
 )

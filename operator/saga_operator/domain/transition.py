@@ -221,9 +221,11 @@ def _resume_behind(work: _Work) -> None:
         status.resumed_behind = True
 
 
-def _unsent(work: _Work, reason: str) -> None:
-    """A reply to a command the log does not record: forged or misrouted, unless the log may lag."""
-    if work.status.resumed_behind:
+def _unsent(work: _Work, reason: str, could_be_unrecorded: bool) -> None:
+    """A reply to a command the log does not record: forged or misrouted, unless the log may lag and the command
+    is one a lagging log can miss. Only first attempts can be: any later attempt is written ahead (`retry`), and
+    so is the undo before any compensation goes out."""
+    if work.status.resumed_behind and could_be_unrecorded:
         _ignore(work, "Unrecorded")
     else:
         _ignore(work, reason, invalid=True)
@@ -265,7 +267,7 @@ def _apply_reply(work: _Work, reply: Reply, now: datetime) -> None:
 
 def _apply_action_reply(work: _Work, spec: StepSpec, record: StepStatus, reply: Reply, now: datetime) -> None:
     if reply.attempt > record.attempt:
-        _unsent(work, "FutureAttempt")
+        _unsent(work, "FutureAttempt", could_be_unrecorded=reply.attempt == 1)
         return
     if work.status.phase in TERMINAL_PHASES:
         _ignore(work, "SagaFinished")
@@ -310,10 +312,10 @@ def _apply_action_reply(work: _Work, spec: StepSpec, record: StepStatus, reply: 
 
 def _apply_compensation_reply(work: _Work, spec: StepSpec, record: StepStatus, reply: Reply, now: datetime) -> None:
     if record.compensation_attempt == 0:
-        _unsent(work, "CompensationNotSent")
+        _unsent(work, "CompensationNotSent", could_be_unrecorded=work.status.undoing and reply.attempt == 1)
         return
     if reply.attempt > record.compensation_attempt:
-        _unsent(work, "FutureAttempt")
+        _ignore(work, "FutureAttempt", invalid=True)  # a compensation's next attempt is written ahead
         return
     if record.state == StepState.COMPENSATED:
         _ignore(work, "Duplicate")
