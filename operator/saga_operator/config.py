@@ -15,7 +15,7 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -100,6 +100,20 @@ class Settings(BaseSettings):
         description="A file (a mounted Secret) holding the key, at least 32 bytes, that signs every status the "
         "operator writes (`status.digest`); a status it did not sign is not adopted. Unset: no digests (a warning "
         "at start-up); the production manifests set it.",
+    )
+    status_writes: Literal["behind", "strict"] = Field(
+        default="behind",
+        description="`behind`: a saga's status is written before a command only where the saga rules need it (the "
+        "pivot, the decision to undo, a retry, the end) and otherwise at most once per SAGA_STATUS_COALESCE_MS; "
+        '`strict`: before every command (one status write per step). docs/architecture.md, "Writing the log '
+        'behind"; figures in docs/performance.md.',
+    )
+    status_coalesce_ms: int = Field(
+        default=1000,
+        ge=1,
+        le=60_000,
+        description="With SAGA_STATUS_WRITES=behind: the longest a change waits in memory before it is written; "
+        "how far `kubectl get sagas` may lag.",
     )
     kafka: KafkaSettings = Field(
         default_factory=KafkaSettings, description="How to reach the brokers: the `KAFKA_*` variables."

@@ -181,6 +181,15 @@ REASONS: Final[tuple[Reason, ...]] = (
     ),
     Reason("SagaFinished", "operator", "ignored", "", "The saga is in a terminal phase."),
     Reason(
+        "Unrecorded",
+        "operator",
+        "ignored",
+        "",
+        "After a restart from a log written behind its commands: an answer to a command the log does not "
+        "record (CompensationNotSent or FutureAttempt otherwise); the operator sends that command again, with "
+        "the same key.",
+    ),
+    Reason(
         "Late",
         "operator",
         "ignored",

@@ -12,7 +12,7 @@ from domain_support import T0, Saga, at, pivot, saga_spec, sends, step
 
 import saga_operator
 from saga_operator.domain import transition as transition_module
-from saga_operator.domain.events import EmitEvent
+from saga_operator.domain.events import EmitEvent, Start
 from saga_operator.domain.lifecycle import (
     IN_FLIGHT,
     MOVES,
@@ -153,8 +153,21 @@ def _an_input_that_cannot_be_evaluated() -> None:
     assert saga.states == {"a": StepState.COMPENSATING, "b": StepState.REFUSED}
 
 
+def _aborted_after_a_restart_from_a_log_written_behind() -> None:
+    saga = Saga(saga_spec(step("a"), step("b"), step("c")))
+    saga.apply(Start(saga.now, write_behind=True))  # a: Dispatch
+    log = saga.status  # the only status written: a Dispatched; a succeeded and b went out, unrecorded
+    saga.status = log
+    saga.resume()  # the log may lag: b and c may have been dispatched
+    saga.abort()  # c, b: CompensateUnrecorded (c first); a waits for b
+    saga.compensated("c", "b")  # b Compensated: a: CompensationDispatch
+    saga.compensated("a")
+    assert saga.status.phase == Phase.COMPENSATED
+
+
 SCENARIOS = [
     _an_input_that_cannot_be_evaluated,
+    _aborted_after_a_restart_from_a_log_written_behind,
     _success_then_a_refusal,
     _answers_to_earlier_attempts_while_retrying,
     _retries_used_up,

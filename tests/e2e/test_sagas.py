@@ -62,7 +62,9 @@ def test_success(world: SagaWorld, saga_name: Names) -> None:
     assert [(d["cents"], d["refunded"]) for d in books["debits"]] == [(700, False)]
     assert [(c["cents"], c["reversed"]) for c in books["credits"]] == [(700, False)]
     reasons = [e["reason"] for e in world.events(name)]
-    assert "Started" in reasons and "Succeeded" in reasons
+    # Writing behind (the default), the Started Event is held with the start's write and dropped when the saga
+    # ends first (docs/architecture.md, "Writing the log behind"); strict, it is always posted.
+    assert "Succeeded" in reasons and reasons.count("Started") <= 1
 
 
 def test_business_failure_compensates_the_completed_step(world: SagaWorld, saga_name: Names) -> None:

@@ -165,6 +165,10 @@ class Bench:
             SAGA_CONSUMER_GROUP=f"saga-bench-{self.run_id}-{phase}",
             SAGA_PARTICIPANTS=",".join(self.participants),
             SAGA_TOPIC_PARTITIONS=str(self.partitions),
+            # For the A/B of docs/performance.md: the status-write mode and window of the run's environment (empty:
+            # the operator's defaults).
+            SAGA_STATUS_WRITES=os.environ.get("SAGA_STATUS_WRITES", ""),
+            SAGA_STATUS_COALESCE_MS=os.environ.get("SAGA_STATUS_COALESCE_MS", ""),
         )
         # For A/B experiments (an operator with a change, or under a profiler): the command to run instead.
         override = os.environ.get("SAGA_BENCH_OPERATOR_COMMAND")

@@ -32,6 +32,11 @@ class Start:
     now: datetime
     participants: frozenset[str] = frozenset()
     template: TemplateLookup | None = None
+    #: The shell writes behind (SAGA_STATUS_WRITES=behind): recorded in the status as writtenBehind.
+    write_behind: bool = False
+    #: The shell found this saga unstarted after its own restart: a predecessor may have started it and lost
+    #: the write (only possible when writing behind), so it is resumed as from a log written behind.
+    resumed: bool = False
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,9 @@ class StepEvent(StrEnum):
     SKIP = "Skip"  # the saga is being undone before the step started
     INPUT_FAILED = "InputFailed"  # its input could not be evaluated: nothing was sent, nothing to undo
     COMPENSATION_DISPATCH = "CompensationDispatch"  # every step that depends on it is settled: undo it
+    # Undone after a restart from a log written behind: the step may have been sent unrecorded, so it is
+    # compensated, not skipped (a compensation of an action that never arrived leaves a tombstone).
+    COMPENSATE_UNRECORDED = "CompensateUnrecorded"
     COMPENSATED = "Compensated"  # the participant confirmed the compensation
     COMPENSATION_ATTEMPT_FAILED = "CompensationAttemptFailed"  # no reply in time, or an error: try again
     COMPENSATION_RETRY_DUE = "CompensationRetryDue"  # the backoff is over: the compensation is sent again
@@ -65,6 +68,7 @@ MOVES: Final[Mapping[tuple[StepState, StepEvent], StepState]] = MappingProxyType
         (S.PENDING, E.INPUT_FAILED): S.REFUSED,
         # ---- the undo
         (S.PENDING, E.SKIP): S.SKIPPED,
+        (S.PENDING, E.COMPENSATE_UNRECORDED): S.COMPENSATING,
         (S.SUCCEEDED, E.COMPENSATION_DISPATCH): S.COMPENSATING,
         # Applied or not, nobody knows: compensating is safe (compensations are idempotent, and the
         # participant refuses an action that arrives after its compensation).

@@ -438,6 +438,18 @@ class SagaStatus(_Model):
         description="The saga is being undone: an abort, a deletion, or a step that failed (refused, or its "
         "retries used up). Once true it stays true.",
     )
+    written_behind: bool | None = Field(
+        default=None,
+        description="True: the operator writes this log behind some of its commands (SAGA_STATUS_WRITES=behind), "
+        'so after a restart the log may not show every command sent (docs/architecture.md, "Writing the log '
+        'behind").',
+    )
+    resumed_behind: bool | None = Field(
+        default=None,
+        description="True: the saga was resumed from a log written behind its commands. When it is undone, a "
+        "Pending step that may have been sent unrecorded is compensated (a no-op if its action never arrived), "
+        "not skipped.",
+    )
     retries_granted: int = Field(
         default=0, ge=0, description="How often a person asked, by annotation, to retry a Failed saga."
     )

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 
 from saga_operator.domain import inputs, integrity, summary
 from saga_operator.domain.conditions import derive_conditions, observe_generation
+from saga_operator.domain.durability import maybe_dispatched
 from saga_operator.domain.events import (
     AbortRequested,
     CommandRefused,
@@ -86,7 +87,9 @@ class _Work:
 
     def send_compensation(self, spec: StepSpec, record: StepStatus, event: StepEvent, now: datetime) -> None:
         """A new attempt of the compensation: `event` is why (its first, a retry due, a person's retry)."""
-        assert spec.compensation is not None and record.attempt > 0, "only a dispatched step is compensated"
+        assert spec.compensation is not None, "only a step with a compensation is compensated"
+        # Dispatched, or (resumed from a log written behind) maybe dispatched unrecorded.
+        assert record.attempt > 0 or bool(self.status.resumed_behind), "only a dispatched step is compensated"
         move(record, event)
         record.compensation_attempt += 1
         record.compensation_dispatched_at = now  # dispatched_at keeps the action's time
@@ -220,10 +223,11 @@ def _expand(spec: SagaSpec, event: Start) -> ExpandedTemplate | tuple[str, str]:
 
 def _dispatch(work: _Work, event: Event, now: datetime) -> None:
     match event:
-        case Start(participants=participants):
-            _start(work, now, participants)
+        case Start(participants=participants, write_behind=write_behind, resumed=resumed):
+            _start(work, now, participants, write_behind=write_behind, resumed=resumed)
         case Resumed():
             _start(work, now)
+            _resume_behind(work)
             _resend_in_flight(work)
         case ReplyReceived(reply=reply):
             _apply_reply(work, reply, now)
@@ -268,10 +272,22 @@ def next_deadline(status: SagaStatus) -> datetime | None:
     return min(deadlines, default=None)
 
 
-def _start(work: _Work, now: datetime, participants: frozenset[str] = frozenset()) -> None:
+def _start(
+    work: _Work,
+    now: datetime,
+    participants: frozenset[str] = frozenset(),
+    *,
+    write_behind: bool = False,
+    resumed: bool = False,
+) -> None:
     status = work.status
     if status.phase != Phase.PENDING:
         return
+    if write_behind:
+        # In the first status written, whatever the mode of the operator that resumes it.
+        status.written_behind = True
+        if resumed:
+            status.resumed_behind = True
     problem = integrity.start_problem(work.spec, participants)
     if problem is not None:
         reject(status, *problem, now)
@@ -284,6 +300,27 @@ def _start(work: _Work, now: datetime, participants: frozenset[str] = frozenset(
     work.event(False, "Started", f"saga started with {_steps(len(work.spec.steps))}")
 
 
+def _resume_behind(work: _Work) -> None:
+    """A log written behind may not show every command sent before the restart: from now on, an undo
+    compensates the steps that may have been sent (`maybe_dispatched`) instead of skipping them, and a reply
+    to a command the log does not record is ignored (`Unrecorded`), not dead-lettered. Going forward needs
+    nothing new: `_advance_forward` sends every step whose prerequisites the log shows succeeded, with the
+    attempt (and so the idempotency key and command id) it had."""
+    status = work.status
+    if status.written_behind and not status.resumed_behind and status.phase not in TERMINAL_PHASES:
+        status.resumed_behind = True
+
+
+def _unsent(work: _Work, reason: str, could_be_unrecorded: bool) -> None:
+    """A reply to a command the log does not record: forged or misrouted, unless the log may lag and the command
+    is one a lagging log can miss. Only first attempts can be: any later attempt is written ahead (`retry`), and
+    so is the undo before any compensation goes out."""
+    if work.status.resumed_behind and could_be_unrecorded:
+        _ignore(work, "Unrecorded")
+    else:
+        _ignore(work, reason, invalid=True)
+
+
 def _resend_in_flight(work: _Work) -> None:
     """After a restart nobody knows whether the last commands left the building: send them again,
     with the same attempt number (and so the same idempotency key and reply correlation)."""
@@ -291,7 +328,10 @@ def _resend_in_flight(work: _Work) -> None:
         return
     for record in work.status.steps:
         spec = work.specs[record.name]
-        if record.state == StepState.DISPATCHED:
+        if record.state == StepState.DISPATCHED and not (work.status.undoing and spec.compensation is not None):
+            # (A compensable step still Dispatched while the saga is undone waits for its compensation, not for
+            # its answer: only after a restart from a log written behind, while a maybe dispatched step that
+            # depends on it is compensated first.)
             work.command(spec, record, CommandKind.ACTION)
         elif record.state == StepState.COMPENSATING and spec.compensation is not None:
             work.command(spec, record, CommandKind.COMPENSATION)
@@ -317,7 +357,7 @@ def _apply_reply(work: _Work, reply: Reply, now: datetime) -> None:
 
 def _apply_action_reply(work: _Work, spec: StepSpec, record: StepStatus, reply: Reply, now: datetime) -> None:
     if reply.attempt > record.attempt:
-        _ignore(work, "FutureAttempt", invalid=True)
+        _unsent(work, "FutureAttempt", could_be_unrecorded=reply.attempt == 1)
         return
     if work.status.phase in TERMINAL_PHASES:
         _ignore(work, "SagaFinished")
@@ -362,10 +402,10 @@ def _apply_action_reply(work: _Work, spec: StepSpec, record: StepStatus, reply: 
 
 def _apply_compensation_reply(work: _Work, spec: StepSpec, record: StepStatus, reply: Reply, now: datetime) -> None:
     if record.compensation_attempt == 0:
-        _ignore(work, "CompensationNotSent", invalid=True)
+        _unsent(work, "CompensationNotSent", could_be_unrecorded=work.status.undoing and reply.attempt == 1)
         return
     if reply.attempt > record.compensation_attempt:
-        _ignore(work, "FutureAttempt", invalid=True)
+        _ignore(work, "FutureAttempt", invalid=True)  # a compensation's next attempt is written ahead
         return
     if record.state == StepState.COMPENSATED:
         _ignore(work, "Duplicate")
@@ -629,8 +669,11 @@ def _advance_backward(work: _Work, now: datetime) -> None:
     if status.phase == Phase.RUNNING:
         status.phase = Phase.COMPENSATING
         work.event(False, "CompensationStarted", status.message or "compensating the completed steps")
+    # Pending steps that may have been sent before a restart (a log written behind) are undone like the
+    # dispatched ones; every other Pending step never started.
+    unrecorded = maybe_dispatched(work.spec, status)
     for record in status.steps:
-        if record.state == StepState.PENDING:
+        if record.state == StepState.PENDING and record.name not in unrecorded:
             move(record, StepEvent.SKIP)
     if work.pivot is not None and all(r.state == StepState.SUCCEEDED for r in status.steps):
         # The pivot's answer arrived after an abort: it is too late to undo. Without a pivot every step can be
@@ -643,15 +686,26 @@ def _advance_backward(work: _Work, now: datetime) -> None:
         return
     dependents = _dependents(work)
     states = {r.name: r.state for r in status.steps}
+
+    def settled(name: str) -> bool:
+        return states[name] in SETTLED and name not in unrecorded
+
     # Reverse spec order: for steps in a line, the latest first.
     for record in reversed(status.steps):
         spec = work.specs[record.name]
-        if spec.compensation is None or record.state not in TO_UNDO:
+        if spec.compensation is None:
             continue
-        if all(states[d] in SETTLED for d in dependents[record.name]):
-            work.send_compensation(spec, record, StepEvent.COMPENSATION_DISPATCH, now)
+        if record.state in TO_UNDO:
+            why = StepEvent.COMPENSATION_DISPATCH
+        elif record.name in unrecorded:
+            why = StepEvent.COMPENSATE_UNRECORDED
+        else:
+            continue
+        if all(settled(d) for d in dependents[record.name]):
+            work.send_compensation(spec, record, why, now)
             states[record.name] = record.state
-    if all(r.state in SETTLED for r in status.steps):
+            unrecorded.discard(record.name)
+    if all(settled(r.name) for r in status.steps):
         status.phase = Phase.COMPENSATED
         status.finished_at = now
         compensated = sum(r.state == StepState.COMPENSATED for r in status.steps)

@@ -136,6 +136,8 @@ class OperatorApp:
             ttl_seconds_after_finished=settings.ttl_seconds_after_finished,
             status_key=status_key,
             tracing=self.tracing,
+            write_behind=settings.status_writes == "behind",
+            coalesce_seconds=settings.status_coalesce_ms / 1000,
         )
         consumer = self._consumer = kafka.new_reply_consumer(brokers, settings.consumer_group)
         # Created before the resume: every command re-sent meanwhile adds its participant's reply topic.
@@ -179,6 +181,9 @@ class OperatorApp:
             await self._pump.stop()
         if self.coordinator is not None:
             await self.coordinator.drain()
+            with contextlib.suppress(Exception):
+                # Not needed for safety (a crash loses the same), only so that the log is up to date.
+                await asyncio.wait_for(self.coordinator.write_all_behind(), 10)
         if self._consumer is not None:
             with contextlib.suppress(Exception):
                 await self._consumer.stop()

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from saga_operator.adapters.kube import TRANSIENT_API_ERRORS, Conflict, Gone, SagaRef, is_too_large
 from saga_operator.domain import digest, integrity, ttl
+from saga_operator.domain.durability import WriteCause, maybe_dispatched
 from saga_operator.domain.events import (
     AbortRequested,
     CommandRefused,
@@ -54,6 +55,7 @@ from saga_operator.domain.template import SagaTemplateSpec
 from saga_operator.domain.transition import next_deadline, settle, transition
 from saga_operator.runtime.metrics import Metrics
 from saga_operator.runtime.ports import SagaStore
+from saga_operator.runtime.status_writer import StatusWriter
 from saga_operator.runtime.tracing import SagaTracing
 from saga_plumbing import Backoff, retry_transient
 from saga_protocol import Command, CommandKind, Reply, command_topic, idempotency_key, reply_problem, reply_topic
@@ -312,6 +314,8 @@ class Coordinator:
         status_key: bytes | None = None,
         tracing: SagaTracing | None = None,
         ttl_seconds_after_finished: int | None = None,
+        write_behind: bool = False,
+        coalesce_seconds: float = 1.0,
     ) -> None:
         self.kube = kube
         self._send = send
@@ -335,6 +339,13 @@ class Coordinator:
         self._last_event_at = datetime.min.replace(tzinfo=UTC)
         self._tasks: set[asyncio.Task[None]] = set()
         self.api_healthy = True
+        # When statuses are written (SAGA_STATUS_WRITES): ahead of every command, or behind where the rules allow.
+        self.status_writer = StatusWriter(
+            write_behind, coalesce_seconds, metrics, lambda uid: self._spawn(self._write_behind(uid))
+        )
+        # Sagas created before this (1 s resolution, so within a second of it too) may have been started by a
+        # predecessor that wrote behind and crashed before writing: started as resumed (Start.resumed).
+        self._started = time.time()
 
     # ---- entry points -------------------------------------------------------------------------
 
@@ -347,6 +358,7 @@ class Coordinator:
         if event_type == "DELETED":
             self.sagas.pop(uid, None)
             self._scheduled.pop(uid, None)
+            self.status_writer.forget(uid)
             return
         entry = self.sagas.get(uid)
         first_sight = entry is None
@@ -370,8 +382,18 @@ class Coordinator:
                     return
                 self._emit(entry, EmitEvent("Warning", verdict[0], f"{verdict[1]}; the operator keeps its own"))
                 await self._restore(entry)
-            await self._reconcile(entry, first_sight)
+            await self._reconcile(entry, first_sight, predates=first_sight and self._predates_me(meta))
         entry.rest()
+
+    def _predates_me(self, meta: dict[str, Any]) -> bool:
+        created = meta.get("creationTimestamp")
+        if not isinstance(created, str):
+            return True
+        try:
+            when = datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return True
+        return when < self._started + 1
 
     async def _restore(self, entry: SagaEntry) -> None:
         """Write our own log back over a stored status we did not take, so that what `kubectl get` shows is the
@@ -483,20 +505,25 @@ class Coordinator:
             log.exception("deadline of saga %s/%s could not be applied", entry.ref.namespace, entry.ref.name)
             self._schedule(uid, time.time() + self.max_backoff)
 
-    async def _reconcile(self, entry: SagaEntry, first_sight: bool) -> None:
+    async def _reconcile(self, entry: SagaEntry, first_sight: bool, predates: bool = False) -> None:
         if entry.spec is None:
             await self._refuse(entry)
             return
         status = entry.status
         if not entry.deleting and not entry.finalized and status.phase not in TERMINAL_PHASES:
             await self._set_finalizer(entry, add=True)
-        if entry.deleting and status.phase == Phase.PENDING:
+        # A saga that predates this process may have been started by a predecessor writing behind, which crashed
+        # before its first write: it is started as resumed (its first steps may be out), and undone if deleted.
+        resumed = predates and self.status_writer.behind
+        if entry.deleting and status.phase == Phase.PENDING and not resumed:
             # Deleted before it started: nothing to undo, nothing to start.
             if entry.finalized:
                 await self._set_finalizer(entry, add=False)
             return
         if status.phase == Phase.PENDING:
-            await self._apply(entry, Start(_now(), self.participants, await self._template(entry.spec, entry.ref)))
+            template = await self._template(entry.spec, entry.ref)
+            start = Start(_now(), self.participants, template, write_behind=self.status_writer.behind, resumed=resumed)
+            await self._apply(entry, start)
         elif first_sight:
             await self._apply(entry, Resumed(_now()))
         elif integrity.mismatch(effective_spec(entry.spec, status), status) is not None:
@@ -587,10 +614,11 @@ class Coordinator:
             return True
         spec = entry.run_spec
         compensable = {step.name for step in spec.steps if step.compensation is not None} if spec else set()
+        unrecorded = maybe_dispatched(spec, status) if spec is not None else set()
         outstanding = [
             r.name
             for r in status.steps
-            if r.state in TO_UNDO | {StepState.COMPENSATING, StepState.COMPENSATION_RETRYING}
+            if (r.state in TO_UNDO | {StepState.COMPENSATING, StepState.COMPENSATION_RETRYING} or r.name in unrecorded)
             and (r.name in compensable or spec is None)
         ]
         if not outstanding and status.reason != integrity.CORRUPT_STATUS:
@@ -648,30 +676,42 @@ class Coordinator:
     async def _apply(self, entry: SagaEntry, event: Event, received: float | None = None) -> list[Effect]:
         assert entry.spec is not None
         for _ in range(10):
+            old = entry.status
             new, effects = transition(
                 entry.spec,
-                entry.status,
+                old,
                 event,
                 entry.generation,
                 uid=entry.ref.uid,
                 name=entry.ref.name,
                 namespace=entry.ref.namespace,
             )
-            if new.seq == entry.status.seq:
+            if new.seq == old.seq:
                 await self._perform(entry, effects, received)
                 return effects
+            cause = self.status_writer.cause(entry.spec, old, new, effects)
+            if cause is None:
+                # Written behind (runtime/status_writer.py): in memory now, in the store within the window.
+                entry.status = new
+                # Spans follow the log in memory: an attempt that opens and ends inside one window has its span.
+                self.tracing.record(entry.ref, entry.spec, old, new, event, _now())
+                await self._perform(entry, self.status_writer.hold(entry.ref.uid, old, effects), received)
+                return effects
             try:
-                await self._write(entry, new, event)
+                await self._write(entry, new, cause)
             except Conflict:
                 # Someone else wrote (the user's spec change, another replica): read, apply again.
                 self.metrics.status_writes.labels("conflict").inc()
-                await self._reread(entry)
+                if await self._reread(entry):
+                    # Our unwritten changes gave way to another writer's status: resume from it, as after a crash.
+                    await self._apply(entry, Resumed(_now()))
                 if entry.spec is None:
                     return []
                 continue
             except StatusTooLarge as exc:
                 await self._status_too_large(entry, new, str(exc))
                 return []
+            self.tracing.record(entry.ref, entry.spec, old, new, event, _now())
             await self._perform(entry, effects, received)
             return effects
         raise RuntimeError(f"saga {entry.ref.name}: status kept changing under the operator")
@@ -694,12 +734,47 @@ class Coordinator:
             )
         self._emit(entry, EmitEvent("Warning", integrity.STATUS_TOO_LARGE, f"{message}. See docs/operations.md"))
 
-    async def _write(self, entry: SagaEntry, status: SagaStatus, event: Event | None = None) -> None:
+    async def _write_behind(self, uid: str) -> None:
+        """The coalescing window of a saga ended: write the whole status in memory."""
+        entry = self.sagas.get(uid)
+        if entry is None:
+            self.status_writer.forget(uid)
+            return
+        try:
+            async with entry.lock:
+                await self._write_unwritten(entry)
+            entry.rest()
+        except Gone:
+            self.sagas.pop(uid, None)
+            self.status_writer.forget(uid)
+        except Exception:
+            # The changes stay in memory (and the saga dirty): the next transition or window writes them.
+            log.exception("status of saga %s/%s could not be written", entry.ref.namespace, entry.ref.name)
+            self.status_writer.hold(uid, entry.status, [])
+
+    async def _write_unwritten(self, entry: SagaEntry) -> None:
+        for _ in range(10):
+            if not self.status_writer.dirty(entry.ref.uid) or entry.spec is None:
+                return
+            try:
+                await self._write(entry, entry.status, WriteCause.COALESCED)
+                return
+            except Conflict:
+                self.metrics.status_writes.labels("conflict").inc()
+                if await self._reread(entry):
+                    await self._apply(entry, Resumed(_now()))
+            except StatusTooLarge as exc:
+                await self._status_too_large(entry, entry.status, str(exc))
+                return
+
+    async def write_all_behind(self) -> None:
+        """Write every status still in memory only (a graceful stop)."""
+        for uid in self.status_writer.dirty_uids():
+            await self._write_behind(uid)
+
+    async def _write(self, entry: SagaEntry, status: SagaStatus, cause: str = "verdict") -> None:
         """One status write, signed; an API server away is waited out. Conflict, Gone and StatusTooLarge are
-        the caller's. Once written, the spans of what the write ended (`event`: the event it applied)."""
-        # What this write replaces, taken now: the watch event of the write itself may bring the new status into
-        # the entry (SagaEntry.adopt, outside the lock) before the API server's answer reaches us.
-        before = entry.status
+        the caller's. `status` is the whole status in memory: written, the saga is clean (`status_writer`)."""
         if self.status_key is not None:
             status = digest.sign(status, entry.status.digest, self.status_key)
 
@@ -734,19 +809,29 @@ class Coordinator:
         self.metrics.status_writes.labels("ok").inc()
         entry.status = status
         entry.resource_version = body["metadata"]["resourceVersion"]
-        self.tracing.record(entry.ref, entry.spec, before, status, event, _now())
+        for held in self.status_writer.written(entry.ref.uid, cause, status.phase):
+            self._emit(entry, held)
 
-    async def _reread(self, entry: SagaEntry) -> None:
+    async def _reread(self, entry: SagaEntry) -> bool:
+        """Read the saga again after a conflict. True: changes kept in memory only were dropped for another
+        writer's status (the caller resumes from it)."""
         try:
             body = await self.kube.get_saga(entry.ref)
         except Gone:
             self.sagas.pop(entry.ref.uid, None)
+            self.status_writer.forget(entry.ref.uid)
             raise
+        stored, _ = integrity.parse_status(body.get("status"))
+        uid = entry.ref.uid
+        # Our last write still stored (only the metadata or the spec moved): what is in memory stays ours.
+        ours = self.status_writer.ours(uid, stored, entry.status)
+        dropped = not ours and self.status_writer.forget(uid)
         # After a conflict the stored log is the truth, if the operator wrote it; otherwise it keeps its own.
-        verdict = entry.adopt(body, self.status_key, stored_wins=True)
+        verdict = entry.adopt(body, self.status_key, stored_wins=not ours)
         if verdict is not None and verdict[0] != STATUS_ACCEPTED:
             self.metrics.status_refused.labels(verdict[0]).inc()
             self._emit(entry, EmitEvent("Warning", verdict[0], f"{verdict[1]}; the operator keeps its own"))
+        return dropped
 
     async def _set_finalizer(self, entry: SagaEntry, add: bool) -> None:
         """Our finalizer keeps a deleted saga around until its effects are compensated."""

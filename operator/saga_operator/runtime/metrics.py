@@ -47,6 +47,14 @@ class Metrics:
         self.status_writes = Counter(
             "saga_operator_status_writes_total", "Status writes, by result.", ["result"], registry=r
         )
+        self.status_writes_by_cause = Counter(
+            "saga_operator_status_writes_by_cause_total",
+            "Status writes done, by why they were written then: strict (SAGA_STATUS_WRITES=strict), or, writing "
+            "behind, pivot, undo, retry, end (written ahead of their commands), coalesced (the window's write), "
+            "verdict (the operator's own verdict on a log).",
+            ["cause"],
+            registry=r,
+        )
         self.status_refused = Counter(
             "saga_operator_status_refused_total",
             "Stored statuses the operator did not adopt, by reason (StatusTampered: not written by it; "
