@@ -20,6 +20,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from saga_operator.adapters.kube import TRANSIENT_API_ERRORS, Conflict, Gone, SagaRef, is_too_large
+from saga_operator.adapters.shards import EVERYTHING, Ownership
 from saga_operator.domain import digest, integrity
 from saga_operator.domain.events import (
     AbortRequested,
@@ -308,11 +309,47 @@ class Coordinator:
         self._events: asyncio.Queue[tuple[SagaRef, EmitEvent]] = asyncio.Queue(maxsize=10_000)
         self._tasks: set[asyncio.Task[None]] = set()
         self.api_healthy = True
+        # The sagas this replica drives (adapters.shards): it knows every saga the watch shows, and acts (starts,
+        # dispatches, fires deadlines, resumes, releases the finalizer) only on those of the shards it owns.
+        self.ownership: Ownership = EVERYTHING
+
+    def owns(self, uid: str) -> bool:
+        return self.ownership.owns(uid)
+
+    def release(self, ownership: Ownership) -> None:
+        """Shards taken away (a rebalance): stop driving their sagas now. Their deadlines are dropped (the new
+        owner derives them from the log); a write already under way finishes, and the compare-and-set keeps a
+        brief overlap with the new owner safe."""
+        self.ownership = ownership
+        for uid in [uid for uid in self._scheduled if not ownership.owns(uid)]:
+            del self._scheduled[uid]
+
+    async def acquire(self, ownership: Ownership, bodies: list[dict[str, Any]], gained: Collection[int]) -> None:
+        """Shards given to this replica, with a fresh listing of the Sagas: those of the `gained` shards are
+        resumed from their status as after a restart (commands in flight sent again, their deadlines
+        scheduled); those of shards it kept are reconciled (whatever the watch brought while no shard was
+        owned, and their deadlines again)."""
+        self.ownership = ownership
+        gained = set(gained)
+
+        async def one(body: dict[str, Any]) -> None:
+            uid = (body.get("metadata") or {}).get("uid")
+            if not uid or not ownership.owns(uid):
+                return
+            try:
+                await self.observe(body, None, resume=ownership.shard_of(uid) in gained)
+            except Exception:
+                self.metrics.sagas_unresumable.inc()
+                log.exception("saga %s could not be resumed", uid)
+
+        await asyncio.gather(*(one(body) for body in bodies))
 
     # ---- entry points -------------------------------------------------------------------------
 
-    async def observe(self, body: dict[str, Any], event_type: str | None) -> None:
-        """A watch event (or an item of the start-up listing) for one Saga."""
+    async def observe(self, body: dict[str, Any], event_type: str | None, *, resume: bool = False) -> None:
+        """A watch event (or an item of the start-up listing) for one Saga. `resume`: its shard was just given to
+        this replica; resume it as after a restart. A saga of a shard owned by another replica is only kept
+        up to date."""
         meta = body.get("metadata") or {}
         uid = meta.get("uid")
         if not uid:
@@ -329,8 +366,11 @@ class Coordinator:
             self.sagas[uid] = entry
         elif _rv_newer(meta["resourceVersion"], entry.resource_version):
             verdict = entry.adopt(body, self.status_key)
-        elif entry.resting:
+        elif entry.resting and not resume:
             return  # nothing new for a finished saga (Kopf's listing after our own, or our own write)
+        if not self.owns(uid):
+            entry.rest()
+            return  # another replica's: it acts; this one keeps the log it saw, for the day the shard moves here
         async with entry.lock:
             if verdict is not None and verdict[0] == STATUS_ACCEPTED:
                 self._emit(entry, EmitEvent("Normal", STATUS_ACCEPTED, verdict[1]))
@@ -343,7 +383,7 @@ class Coordinator:
                     return
                 self._emit(entry, EmitEvent("Warning", verdict[0], f"{verdict[1]}; the operator keeps its own"))
                 await self._restore(entry)
-            await self._reconcile(entry, first_sight)
+            await self._reconcile(entry, first_sight or resume)
         entry.rest()
 
     async def _restore(self, entry: SagaEntry) -> None:
@@ -429,7 +469,7 @@ class Coordinator:
 
     async def _tick(self, uid: str) -> None:
         entry = self.sagas.get(uid)
-        if entry is None or entry.spec is None:
+        if entry is None or entry.spec is None or not self.owns(uid):
             return
         try:
             async with entry.lock:
@@ -720,7 +760,9 @@ class Coordinator:
         task.add_done_callback(self._tasks.discard)
 
     def phase_counts(self) -> dict[str, int]:
+        """The sagas this replica drives, by phase (summed over the replicas, each saga counts once)."""
         counts = {phase.value: 0 for phase in Phase}
-        for entry in self.sagas.values():
-            counts[entry.phase.value] += 1
+        for uid, entry in self.sagas.items():
+            if self.owns(uid):
+                counts[entry.phase.value] += 1
         return counts

@@ -90,6 +90,11 @@ class Metrics:
         )
         # Both read at each scrape: `ready` through set_function, `saga_operator_sagas` through count_sagas.
         self.ready = Gauge("saga_operator_ready", "1 when the operator can do its work.", registry=r)
+        self.shards_owned = Gauge(
+            "saga_operator_shards_owned",
+            "Shards (reply partitions) whose sagas this replica drives; 0 while it owns none.",
+            registry=r,
+        )
 
     def count_sagas(self, counts: PhaseCounts) -> None:
         """saga_operator_sagas{phase}: `counts()` at each scrape."""
