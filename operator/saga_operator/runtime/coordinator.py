@@ -383,8 +383,24 @@ class Coordinator:
                     return
                 self._emit(entry, EmitEvent("Warning", verdict[0], f"{verdict[1]}; the operator keeps its own"))
                 await self._restore(entry)
+            if resume and entry.spec is not None and entry.status.phase not in (*TERMINAL_PHASES, Phase.PENDING):
+                await self._fence(entry)
             await self._reconcile(entry, first_sight or resume)
         entry.rest()
+
+    async def _fence(self, entry: SagaEntry) -> None:
+        """Before resuming a saga handed over from another replica: one status write with only `seq` moved on,
+        compare-and-set on the log as listed (refused: read the stored log, write that). So the commands the
+        resume sends again are those of the stored log, not of a listing that raced the old owner's last write
+        (an action could otherwise go out after its compensation), and the old owner's next write is refused.
+        tests/domain/test_domain_replicas.py found the race and proves the fix."""
+        for _ in range(10):
+            try:
+                await self._write(entry, entry.status.model_copy(update={"seq": entry.status.seq + 1}))
+                return
+            except Conflict:
+                self.metrics.status_writes.labels("conflict").inc()
+                await self._reread(entry)
 
     async def _restore(self, entry: SagaEntry) -> None:
         """Write our own log back over a stored status we did not take, so that what `kubectl get` shows is the
