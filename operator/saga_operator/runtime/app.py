@@ -86,6 +86,7 @@ class OperatorApp:
         self.metrics.ready.set_function(lambda: 0.0 if self.not_ready() else 1.0)
         self.metrics.reply_lag.set_function(lambda: self._pump.lag() if self._pump else 0.0)
         self.metrics.replies_pending.set_function(lambda: self._pump.pending() if self._pump else 0)
+        self.metrics.list_shards(lambda: self.coordinator.ownership.shards if self.coordinator else ())
         self.metrics.count_sagas(lambda: self.coordinator.phase_counts() if self.coordinator else {})
         self.metrics.shards_owned.set_function(
             lambda: len(self.coordinator.ownership.shards) if self.coordinator else 0
