@@ -106,6 +106,8 @@ class Failover:
         killed_at = time.time()
         victim.kill()
         ownership = Ownership(self.partitions, frozenset(shards))
+        theirs = [b["metadata"]["name"] for b in self.sagas(names) if ownership.owns(b["metadata"]["uid"])]
+        print(f"  killed {victim.name} owning shards {sorted(shards)}, sagas {theirs}", flush=True)
         first: float | None = None
         deadline = time.monotonic() + 120
         while first is None and time.monotonic() < deadline:
@@ -118,7 +120,9 @@ class Failover:
                         first = done
             time.sleep(0.2)
         if first is None:
-            raise RuntimeError("no saga of the killed replica moved within 120 s")
+            for operator in self.world.operators:
+                print(f"--- {operator.name} shards {_owned(operator)}\n{operator.log_tail(60)}", file=sys.stderr)
+            raise RuntimeError(f"no saga of the killed replica moved within 120 s: {self.world.phases()}")
         self.world.wait_terminal(names, timeout=180)
         victim.start()
         _wait("every replica owns shards again", self.all_own_shards)
@@ -157,9 +161,12 @@ class Failover:
         return problems
 
 
-def run(replicas: int, kills: int, per_round: int, partitions: int, stack_dir: Path, restart: bool) -> int:
+def run(
+    replicas: int, kills: int, per_round: int, partitions: int, stack_dir: Path, restart: bool, keep: Path | None
+) -> int:
     with _endpoints(stack_dir) as endpoints, tempfile.TemporaryDirectory(prefix="saga-failover-") as tmp:
-        world = SagaWorld(endpoints, Path(tmp), operator_env={"SAGA_TOPIC_PARTITIONS": str(partitions)})
+        run_dir = keep.absolute() if keep is not None else Path(tmp)
+        world = SagaWorld(endpoints, run_dir, operator_env={"SAGA_TOPIC_PARTITIONS": str(partitions)})
         with world:
             for _ in range(replicas - 1):
                 world.add_operator().start()
@@ -199,9 +206,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=6, help="partitions of the reply topics: the shards")
     parser.add_argument("--no-rolling-restart", action="store_true")
     parser.add_argument("--stack-dir", type=Path, default=REPO / ".stack")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the logs and databases here")
     args = parser.parse_args(argv)
     return run(
-        args.replicas, args.kills, args.sagas, args.partitions, args.stack_dir.resolve(), not args.no_rolling_restart
+        args.replicas,
+        args.kills,
+        args.sagas,
+        args.partitions,
+        args.stack_dir.resolve(),
+        not args.no_rolling_restart,
+        args.keep,
     )
 
 
