@@ -336,8 +336,13 @@ class Coordinator:
             uid = (body.get("metadata") or {}).get("uid")
             if not uid or not ownership.owns(uid):
                 return
+            resume = ownership.shard_of(uid) in gained
+            if resume:
+                # A first sight, as after a restart: what this replica kept of it while another drove it is
+                # not its own log (a status it could not verify then, say, must end the saga as at start-up).
+                self.sagas.pop(uid, None)
             try:
-                await self.observe(body, None, resume=ownership.shard_of(uid) in gained)
+                await self.observe(body, None, resume=resume)
             except Exception:
                 self.metrics.sagas_unresumable.inc()
                 log.exception("saga %s could not be resumed", uid)
