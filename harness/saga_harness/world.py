@@ -158,6 +158,8 @@ class SagaWorld:
             **(operator_env or {}),
         }
         self.operator: Service = operator_service(run_dir, self._env(kafka_access.OPERATOR), **settings)
+        #: More replicas of the operator (add_operator): the same settings, so the same consumer group and key.
+        self.replicas: list[Service] = []
         self.participants: dict[str, Service] = {
             name: participant_service(
                 name,
@@ -248,8 +250,19 @@ class SagaWorld:
             service.wait_ready()
         return self
 
+    def add_operator(self) -> Service:
+        """Another replica of the operator (not started): the first one's settings, its own port and log."""
+        replica = operator_service(self.run_dir, self.operator.env)
+        replica.name = f"operator-{len(self.replicas) + 2}"
+        self.replicas.append(replica)
+        return replica
+
+    @property
+    def operators(self) -> list[Service]:
+        return [self.operator, *self.replicas]
+
     def stop(self) -> None:
-        for service in (self.operator, *self.participants.values()):
+        for service in (*self.operators, *self.participants.values()):
             service.stop()
 
     def __enter__(self) -> SagaWorld:

@@ -39,7 +39,26 @@ class Settings(BaseSettings):
         description="Where replies that cannot be applied are set aside (replies are read from "
         "`saga.replies.<participant>`, one topic per participant).",
     )
-    consumer_group: str = Field(default="saga-operator", description="The reply consumer's group.")
+    consumer_group: str = Field(
+        default="saga-operator",
+        description="The reply consumer's group. The replicas of one installation share it: with SAGA_PARTICIPANTS "
+        "set, the group shards the sagas among them by the partition of their uid (docs/architecture.md).",
+    )
+    group_session_timeout_seconds: float = Field(
+        default=10,
+        ge=6,
+        le=300,
+        description="A replica that sends the group no heartbeat for this long (killed, frozen, cut off) is "
+        "dropped and its shards go to the others: with the heartbeat below, the bound on a failover. Within the "
+        "broker's `group.min.session.timeout.ms`/`group.max.session.timeout.ms` (6 s and 30 min by default).",
+    )
+    group_heartbeat_seconds: float = Field(
+        default=1,
+        gt=0,
+        le=60,
+        description="How often a replica heartbeats to the group; also how soon it hears of a rebalance. Below a "
+        "third of SAGA_GROUP_SESSION_TIMEOUT_SECONDS.",
+    )
     participants: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
         description="Comma-separated participant names whose command and reply topics are read (and, with "

@@ -115,9 +115,20 @@ def test_kind_overlay_runs_the_loaded_image_without_pulling() -> None:
 def test_operator_deployment() -> None:
     docs = objects("overlays/kind")
     deployment = find(docs, "Deployment", "saga-operator")
-    # Kopf standalone: one active replica; Recreate never runs two during a rollout
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # Several replicas share the sagas (docs/architecture.md): a rollout starts the new pod before the old one
+    # goes, spread over the nodes, and a PodDisruptionBudget lets a drain take one at a time.
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    (spread,) = pod_spec(deployment)["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname" and spread["labelSelector"]["matchLabels"] == selector
+    budget = find(docs, "PodDisruptionBudget", "saga-operator")
+    assert budget["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}
+    (settings,) = [d["data"] for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("saga-op")]
+    assert settings["SAGA_PARTICIPANTS"]  # the replicas shard over these participants' reply topics
     spec = pod_spec(deployment)
     assert spec["serviceAccountName"] == "saga-operator"
     (container,) = spec["containers"]

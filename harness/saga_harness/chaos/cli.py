@@ -59,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--finish-timeout", type=float, default=900.0, help="seconds for every saga to end once the faults stop"
     )
+    parser.add_argument(
+        "--replicas", type=int, default=1, choices=(1, 2, 3), help="operator replicas sharing the sagas (default 1)"
+    )
     parser.add_argument("--no-kafka-restart", action="store_true")
     parser.add_argument("--no-apiserver-pause", action="store_true")
     args = parser.parse_args(argv)
@@ -70,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = ChaosConfig(sagas=args.sagas, seed=seed, finish_timeout=args.finish_timeout)
     if args.short:
         config = config.short()
+    config = ChaosConfig(**{**asdict(config), "replicas": args.replicas})
     if args.no_kafka_restart or args.no_apiserver_pause:
         config = ChaosConfig(
             **{

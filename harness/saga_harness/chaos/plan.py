@@ -31,6 +31,9 @@ class ChaosConfig:
     retry_limit: int = 4
     #: The operator runs for a random while in this range (seconds) between two SIGKILLs.
     operator_kill_every: tuple[float, float] = (3.0, 8.0)
+    #: Operator replicas sharing the sagas (docs/architecture.md, "Several replicas"). With more than one, each
+    #: SIGKILL hits a replica drawn from the seed, and every replica is restarted in turn once, mid-run.
+    replicas: int = 1
     restart_kafka: bool = True
     kill_participants: bool = True
     #: How long the API server stays frozen (0: not at all).

@@ -47,6 +47,7 @@ def run_chaos(
     if faults is None and (config.restart_kafka or config.apiserver_pause):
         log("  (a foreign stack: the Kafka restart and the API server pause are left out)")
     cw = ChaosWorld(endpoints, run_dir / "world", operator_env=operator_env)
+    cw.add_replicas(config.replicas - 1)
     accounts, plans = plan(config, cw.names)
     log(f"== chaos: {config.sagas} sagas, seed {config.seed}, namespace {cw.namespace}, run dir {run_dir}")
     cw.start(accounts)
@@ -73,7 +74,9 @@ def run_chaos(
         figures.update(
             {
                 "operatorKills": t.operator_kills,
-                "operatorStarts": cw.operator.starts,
+                "operatorStarts": sum(op.starts for op in cw.operators),
+                "operatorReplicas": len(cw.operators),
+                "rollingRestarts": t.rolling_restarts,
                 "participantKills": dict(t.participant_kills),
                 "kafkaRestarts": t.kafka_restarts,
                 "kafkaDownSeconds": round(t.kafka_down_seconds, 1),

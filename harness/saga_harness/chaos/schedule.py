@@ -27,11 +27,33 @@ async def restart(service: Service, down: float) -> None:
 
 
 async def kill_operator(storm: Storm) -> None:
+    """SIGKILL an operator replica (one drawn from the seed), start it again, and on."""
     rng = storm.rng("operator")
     low, high = storm.config.operator_kill_every
     while not await sleep_or_stop(storm.stop, rng.uniform(low, high)):
-        await restart(storm.cw.operator, rng.uniform(0.0, 1.0))
+        async with storm.operators_lock:
+            operators = storm.cw.operators
+            # (one replica: no draw, so a seed's schedule is the one it was before replicas)
+            victim = rng.choice(operators) if len(operators) > 1 else operators[0]
+            await restart(victim, rng.uniform(0.0, 1.0))
         storm.tally.operator_kills += 1
+
+
+async def rolling_restart(storm: Storm) -> None:
+    """With several replicas: once, mid-run, each replica stopped cleanly (SIGTERM) and started again, waiting
+    until it is ready before the next, as a Deployment's rollout does."""
+    operators = storm.cw.operators
+    if len(operators) < 2:
+        return
+    rng = storm.rng("rolling")
+    if await sleep_or_stop(storm.stop, storm.started + rng.uniform(0.4, 0.6) * storm.window - time.monotonic()):
+        return
+    for operator in operators:
+        async with storm.operators_lock:
+            await blocking(operator.stop)
+            operator.start(wait=False)
+            await blocking(operator.wait_ready, 300.0)
+    storm.tally.rolling_restarts += 1
 
 
 async def kill_participants(storm: Storm) -> None:

@@ -37,6 +37,7 @@ class Tally:
     """What the fault injector did."""
 
     operator_kills: int = 0
+    rolling_restarts: int = 0
     participant_kills: Counter[str] = field(default_factory=Counter)
     kafka_restarts: int = 0
     kafka_down_seconds: float = 0.0
@@ -73,6 +74,8 @@ class Storm:
         #: the storm's own Kafka clients (injector, redeliverer, lag observers): the admin
         self.kafka = kafka_access.client_options(cw.endpoints)
         self.stop = asyncio.Event()
+        # A SIGKILL and the rolling restart never hit the replicas at the same moment.
+        self.operators_lock = asyncio.Lock()
         self.summary: dict[str, tuple[str, str]] = {}
         self.in_flight: dict[str, str] = {}
         self.redeliverer = Redeliverer(
@@ -101,6 +104,7 @@ class Storm:
         dependencies = asyncio.create_task(schedule.break_dependencies(self), name="dependencies")
         faults = [
             asyncio.create_task(schedule.kill_operator(self), name="operator"),
+            asyncio.create_task(schedule.rolling_restart(self), name="rolling-restart"),
             asyncio.create_task(schedule.kill_participants(self), name="participants"),
             dependencies,
             asyncio.create_task(schedule.inject_malformed(self), name="malformed"),

@@ -58,8 +58,17 @@ class ChaosWorld:
         return self.world.participants
 
     @property
+    def operators(self) -> list[Service]:
+        return self.world.operators
+
+    def add_replicas(self, count: int) -> None:
+        """More operator replicas (started with the world): the first one's settings, so one consumer group."""
+        for _ in range(count):
+            self.world.add_operator()
+
+    @property
     def services(self) -> list[Service]:
-        return [self.operator, *self.participants.values()]
+        return [*self.operators, *self.participants.values()]
 
     @property
     def data_dir(self) -> Path:
@@ -104,6 +113,8 @@ class ChaosWorld:
             service.start(wait=False)
         if operator:
             self.operator.start(wait=False)
+            for replica in self.world.replicas:
+                replica.start(wait=False)
         for service in self.services:
             if service.running():
                 service.wait_ready()

@@ -11,6 +11,7 @@ arrived while the operator was down must still be applied).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -38,11 +39,23 @@ def new_producer(kafka: KafkaSettings) -> AIOKafkaProducer:
 METADATA_MAX_AGE_MS = 5000
 
 
-def new_reply_consumer(kafka: KafkaSettings, group: str) -> AIOKafkaConsumer:
-    """Subscribed by the reply pump, to `saga.replies.<p>` for each participant it follows."""
+def new_reply_consumer(
+    kafka: KafkaSettings,
+    group: str,
+    *,
+    assignor: Any = None,
+    session_timeout_seconds: float = 10.0,
+    heartbeat_seconds: float = 3.0,
+) -> AIOKafkaConsumer:
+    """Subscribed by the reply pump, to `saga.replies.<p>` for each participant it follows. `assignor`: the
+    group's assignment strategy (adapters.shards.ShardAssignor for sharded replicas; Kafka's range otherwise)."""
+    strategy: dict[str, Any] = {} if assignor is None else {"partition_assignment_strategy": (assignor,)}
     return AIOKafkaConsumer(
         **kafka.client_options(client_id(kafka)),
+        **strategy,
         group_id=group,
+        session_timeout_ms=int(session_timeout_seconds * 1000),
+        heartbeat_interval_ms=int(heartbeat_seconds * 1000),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=500,

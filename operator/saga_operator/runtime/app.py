@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from saga_operator.adapters import kafka
 from saga_operator.adapters.kube import TRANSIENT_API_ERRORS, KubeClient, ListingExpired
+from saga_operator.adapters.shards import EVERYTHING, Ownership, ShardAssignor
 from saga_operator.config import Settings, read_status_key
 from saga_operator.domain.model import TERMINAL_PHASES
 from saga_operator.runtime.coordinator import Coordinator
@@ -81,10 +82,19 @@ class OperatorApp:
         self._kafka_reachable = False
         self._api_reachable = False
         self._dlq = settings.reply_dead_letter_topic
+        # Several replicas share the sagas through the reply consumer's group (docs/architecture.md, "Several
+        # replicas"); that needs a fixed set of reply topics every replica reads: SAGA_PARTICIPANTS.
+        self._assignor = ShardAssignor() if settings.participants else None
+        self._held: Ownership = EVERYTHING if self._assignor is None else self._assignor.ownership
+        self.rebalances = 0
         self.metrics.ready.set_function(lambda: 0.0 if self.not_ready() else 1.0)
         self.metrics.reply_lag.set_function(lambda: self._pump.lag() if self._pump else 0.0)
         self.metrics.replies_pending.set_function(lambda: self._pump.pending() if self._pump else 0)
+        self.metrics.list_shards(lambda: self.coordinator.ownership.shards if self.coordinator else ())
         self.metrics.count_sagas(lambda: self.coordinator.phase_counts() if self.coordinator else {})
+        self.metrics.shards_owned.set_function(
+            lambda: len(self.coordinator.ownership.shards) if self.coordinator else 0
+        )
 
     # ---- life cycle ---------------------------------------------------------------------------
 
@@ -139,9 +149,24 @@ class OperatorApp:
             write_behind=settings.status_writes == "behind",
             coalesce_seconds=settings.status_coalesce_ms / 1000,
         )
-        consumer = self._consumer = kafka.new_reply_consumer(brokers, settings.consumer_group)
+        # Sharded: it owns nothing until the group assigns it shards; the listing below only loads the sagas.
+        self.coordinator.ownership = self._held
+        consumer = self._consumer = kafka.new_reply_consumer(
+            brokers,
+            settings.consumer_group,
+            assignor=self._assignor,
+            session_timeout_seconds=settings.group_session_timeout_seconds,
+            heartbeat_seconds=settings.group_heartbeat_seconds,
+        )
         # Created before the resume: every command re-sent meanwhile adds its participant's reply topic.
-        pump = self._pump = ReplyPump(consumer, self.coordinator, self._dead_letters, self.metrics, self._retry)
+        pump = self._pump = ReplyPump(
+            consumer,
+            self.coordinator,
+            self._dead_letters,
+            self.metrics,
+            self._retry,
+            rebalance=self if self._assignor is not None else None,
+        )
         pump.follow(settings.participants)
         self._starting = "resuming the sagas"
         await self._resume_all()
@@ -172,6 +197,8 @@ class OperatorApp:
         return await retry_transient(what, attempt, transient=transient, backoff=self._backoff)
 
     async def stop(self) -> None:
+        if self.coordinator is not None and self._assignor is not None:
+            self.coordinator.release(Ownership(partitions=0))  # drive nothing more: the others take over
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -184,6 +211,11 @@ class OperatorApp:
             with contextlib.suppress(Exception):
                 # Not needed for safety (a crash loses the same), only so that the log is up to date.
                 await asyncio.wait_for(self.coordinator.write_all_behind(), 10)
+        if self._pump is not None and self._consumer is not None and self._starting is None:
+            # What is done is committed before the group hears this replica leave (consumer.stop): its
+            # partitions' next owners start after it instead of reading it again.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pump.commit(), 5)
         if self._consumer is not None:
             with contextlib.suppress(Exception):
                 await self._consumer.stop()
@@ -205,6 +237,8 @@ class OperatorApp:
             return f"Kafka at {self.settings.kafka.bootstrap_servers} does not answer"
         if not (self._api_reachable and self.coordinator.api_healthy):
             return "the Kubernetes API server does not answer"
+        if self.coordinator.ownership.sharded and not self.coordinator.ownership.shards:
+            return f"owns no shard of the sagas: waiting for the consumer group {self.settings.consumer_group}"
         lag = self._pump.lag() if self._pump is not None else 0.0
         if lag > self.settings.reply_stall_seconds:
             return f"a reply read {lag:.0f}s ago is not applied yet (its saga's status writes hang or fail)"
@@ -273,12 +307,56 @@ class OperatorApp:
         assert self._producer is not None
         await kafka.send_command(self._producer, topic, command, trace)
 
+    # ---- the shards (the pump's Rebalance) ---------------------------------------------------------
+
+    async def revoked(self) -> None:
+        """The group rebalances (a replica came, left or died; a reply topic was added): stop driving every
+        saga before the pump commits. The group's protocol is eager: all partitions go, then come back."""
+        assert self.coordinator is not None
+        self._held = self.coordinator.ownership
+        # The statuses written behind go to the store first, so the next owners resume from the latest log (not
+        # needed for safety: a log written behind is resumed as such; release() drops what could not be written).
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.coordinator.write_all_behind(), 5)
+        self.coordinator.release(Ownership(partitions=0))
+
+    async def assigned(self) -> None:
+        """The new shards: list the Sagas and resume those of shards gained; reconcile those of shards kept."""
+        assert self._assignor is not None and self.coordinator is not None and self._kube is not None
+        began = time.monotonic()
+        new, held = self._assignor.ownership, self._held
+        gained = new.shards if new.partitions != held.partitions else new.shards - held.shards
+        self.rebalances += 1
+        count = 0
+        token: str | None = None
+        while True:
+            items, token = await self._list_page(token)
+            count += sum(1 for body in items if new.owns((body.get("metadata") or {}).get("uid", "")))
+            await self.coordinator.acquire(new, items, gained)
+            del items
+            if token is None:
+                break
+        self._held = new
+        self._pump_follow_in_flight()
+        log.info(
+            "owning shards %s of %d (gained %s): %d sagas, resumed in %.2fs",
+            sorted(new.shards),
+            new.partitions or 0,
+            sorted(gained),
+            count,
+            time.monotonic() - began,
+        )
+
+    def _pump_follow_in_flight(self) -> None:
+        if self._pump is not None:
+            self._pump.follow(self._participants_in_flight())
+
     # ---- Kubernetes ---------------------------------------------------------------------------
 
     async def _resume_all(self) -> None:
         """Resume every Saga from its status, one page of the listing at a time."""
         assert self._kube is not None and self.coordinator is not None
-        kube, coordinator, namespace = self._kube, self.coordinator, self.settings.namespace
+        coordinator = self.coordinator
         gate = asyncio.Semaphore(RESUME_CONCURRENCY)
 
         async def resume(body: dict[str, Any]) -> None:
@@ -293,22 +371,26 @@ class OperatorApp:
                     coordinator.metrics.sagas_unresumable.inc()
                     log.exception("saga %s/%s could not be resumed", meta.get("namespace"), meta.get("name"))
 
-        async def page(token: str | None) -> tuple[list[dict[str, Any]], str | None]:
-            try:
-                return await kube.list_saga_page(namespace, token)
-            except ListingExpired:
-                # Start over: sagas already resumed are known, and observing one again changes nothing.
-                log.info("Saga listing expired part-way; listing again from the start")
-                return await kube.list_saga_page(namespace, None)
-
         token: str | None = None
         while True:
-            items, token = await self._retry("listing Sagas", functools.partial(page, token), TRANSIENT_API_ERRORS)
+            items, token = await self._list_page(token)
             await asyncio.gather(*(resume(body) for body in items))
             del items  # let this page's bodies go before the next one arrives
             if token is None:
                 break
         log.info("resumed %d sagas from their status", len(coordinator.sagas))
+
+    async def _list_page(self, token: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        return await self._retry("listing Sagas", functools.partial(self._page, token), TRANSIENT_API_ERRORS)
+
+    async def _page(self, token: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        assert self._kube is not None
+        try:
+            return await self._kube.list_saga_page(self.settings.namespace, token)
+        except ListingExpired:
+            # Start over: sagas already resumed are known, and observing one again changes nothing.
+            log.info("Saga listing expired part-way; listing again from the start")
+            return await self._kube.list_saga_page(self.settings.namespace, None)
 
 
 def _log_end(task: asyncio.Task[Any]) -> None:

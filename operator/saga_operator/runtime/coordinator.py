@@ -20,6 +20,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from saga_operator.adapters.kube import TRANSIENT_API_ERRORS, Conflict, Gone, SagaRef, is_too_large
+from saga_operator.adapters.shards import EVERYTHING, Ownership
 from saga_operator.domain import digest, integrity, ttl
 from saga_operator.domain.durability import WriteCause, maybe_dispatched
 from saga_operator.domain.events import (
@@ -346,11 +347,56 @@ class Coordinator:
         # Sagas created before this (1 s resolution, so within a second of it too) may have been started by a
         # predecessor that wrote behind and crashed before writing: started as resumed (Start.resumed).
         self._started = time.time()
+        # The sagas this replica drives (adapters.shards): it knows every saga the watch shows, and acts (starts,
+        # dispatches, fires deadlines, resumes, releases the finalizer) only on those of the shards it owns.
+        self.ownership: Ownership = EVERYTHING
+
+    def owns(self, uid: str) -> bool:
+        return self.ownership.owns(uid)
+
+    def release(self, ownership: Ownership) -> None:
+        """Shards taken away (a rebalance): stop driving their sagas now. Their deadlines are dropped (the new
+        owner derives them from the log); a write already under way finishes, and the compare-and-set keeps a
+        brief overlap with the new owner safe."""
+        self.ownership = ownership
+        for uid in [uid for uid in self._scheduled if not ownership.owns(uid)]:
+            del self._scheduled[uid]
+        # Changes kept in memory that could not be written before the hand-over stay unwritten: the new owner
+        # resumes from a log written behind, as after a crash (docs/architecture.md, "Writing behind").
+        for uid in [uid for uid in self.status_writer.dirty_uids() if not ownership.owns(uid)]:
+            self.status_writer.forget(uid)
+
+    async def acquire(self, ownership: Ownership, bodies: list[dict[str, Any]], gained: Collection[int]) -> None:
+        """Shards given to this replica, with a fresh listing of the Sagas: those of the `gained` shards are
+        resumed from their status as after a restart (commands in flight sent again, their deadlines
+        scheduled); those of shards it kept are reconciled (whatever the watch brought while no shard was
+        owned, and their deadlines again)."""
+        self.ownership = ownership
+        gained = set(gained)
+
+        async def one(body: dict[str, Any]) -> None:
+            uid = (body.get("metadata") or {}).get("uid")
+            if not uid or not ownership.owns(uid):
+                return
+            resume = ownership.shard_of(uid) in gained
+            if resume:
+                # A first sight, as after a restart: what this replica kept of it while another drove it is
+                # not its own log (a status it could not verify then, say, must end the saga as at start-up).
+                self.sagas.pop(uid, None)
+            try:
+                await self.observe(body, None, resume=resume)
+            except Exception:
+                self.metrics.sagas_unresumable.inc()
+                log.exception("saga %s could not be resumed", uid)
+
+        await asyncio.gather(*(one(body) for body in bodies))
 
     # ---- entry points -------------------------------------------------------------------------
 
-    async def observe(self, body: dict[str, Any], event_type: str | None) -> None:
-        """A watch event (or an item of the start-up listing) for one Saga."""
+    async def observe(self, body: dict[str, Any], event_type: str | None, *, resume: bool = False) -> None:
+        """A watch event (or an item of the start-up listing) for one Saga. `resume`: its shard was just given to
+        this replica; resume it as after a restart. A saga of a shard owned by another replica is only kept
+        up to date."""
         meta = body.get("metadata") or {}
         uid = meta.get("uid")
         if not uid:
@@ -368,8 +414,11 @@ class Coordinator:
             self.sagas[uid] = entry
         elif _rv_newer(meta["resourceVersion"], entry.resource_version):
             verdict = entry.adopt(body, self.status_key)
-        elif entry.resting:
+        elif entry.resting and not resume:
             return  # nothing new for a finished saga (Kopf's listing after our own, or our own write)
+        if not self.owns(uid):
+            entry.rest()
+            return  # another replica's: it acts; this one keeps the log it saw, for the day the shard moves here
         async with entry.lock:
             if verdict is not None and verdict[0] == STATUS_ACCEPTED:
                 self._emit(entry, EmitEvent("Normal", STATUS_ACCEPTED, verdict[1]))
@@ -382,8 +431,26 @@ class Coordinator:
                     return
                 self._emit(entry, EmitEvent("Warning", verdict[0], f"{verdict[1]}; the operator keeps its own"))
                 await self._restore(entry)
-            await self._reconcile(entry, first_sight, predates=first_sight and self._predates_me(meta))
+            if resume and entry.spec is not None and entry.status.phase not in (*TERMINAL_PHASES, Phase.PENDING):
+                await self._fence(entry)
+            # A saga handed over unstarted may have been started by its old owner, writing behind.
+            predates = (first_sight and self._predates_me(meta)) or resume
+            await self._reconcile(entry, first_sight or resume, predates=predates)
         entry.rest()
+
+    async def _fence(self, entry: SagaEntry) -> None:
+        """Before resuming a saga handed over from another replica: one status write with only `seq` moved on,
+        compare-and-set on the log as listed (refused: read the stored log, write that). So the commands the
+        resume sends again are those of the stored log, not of a listing that raced the old owner's last write
+        (an action could otherwise go out after its compensation), and the old owner's next write is refused.
+        tests/domain/test_domain_replicas.py found the race and proves the fix."""
+        for _ in range(10):
+            try:
+                await self._write(entry, entry.status.model_copy(update={"seq": entry.status.seq + 1}))
+                return
+            except Conflict:
+                self.metrics.status_writes.labels("conflict").inc()
+                await self._reread(entry)
 
     def _predates_me(self, meta: dict[str, Any]) -> bool:
         created = meta.get("creationTimestamp")
@@ -488,7 +555,7 @@ class Coordinator:
 
     async def _tick(self, uid: str) -> None:
         entry = self.sagas.get(uid)
-        if entry is None or entry.spec is None:
+        if entry is None or entry.spec is None or not self.owns(uid):
             return
         try:
             async with entry.lock:
@@ -702,11 +769,12 @@ class Coordinator:
             except Conflict:
                 # Someone else wrote (the user's spec change, another replica): read, apply again.
                 self.metrics.status_writes.labels("conflict").inc()
-                if await self._reread(entry):
-                    # Our unwritten changes gave way to another writer's status: resume from it, as after a crash.
+                if await self._reread(entry) and self.owns(entry.ref.uid):
+                    # Our unwritten changes gave way to another writer's status: resume from it, as after a crash
+                    # (only while this replica owns the saga: otherwise the other writer is its new owner).
                     await self._apply(entry, Resumed(_now()))
-                if entry.spec is None:
-                    return []
+                if entry.spec is None or not self.owns(entry.ref.uid):
+                    return []  # deleted, or handed over meanwhile: its new owner applies what comes
                 continue
             except StatusTooLarge as exc:
                 await self._status_too_large(entry, new, str(exc))
@@ -761,7 +829,7 @@ class Coordinator:
                 return
             except Conflict:
                 self.metrics.status_writes.labels("conflict").inc()
-                if await self._reread(entry):
+                if await self._reread(entry) and self.owns(entry.ref.uid):
                     await self._apply(entry, Resumed(_now()))
             except StatusTooLarge as exc:
                 await self._status_too_large(entry, entry.status, str(exc))
@@ -943,7 +1011,9 @@ class Coordinator:
         task.add_done_callback(self._tasks.discard)
 
     def phase_counts(self) -> dict[str, int]:
+        """The sagas this replica drives, by phase (summed over the replicas, each saga counts once)."""
         counts = {phase.value: 0 for phase in Phase}
-        for entry in self.sagas.values():
-            counts[entry.phase.value] += 1
+        for uid, entry in self.sagas.items():
+            if self.owns(uid):
+                counts[entry.phase.value] += 1
         return counts

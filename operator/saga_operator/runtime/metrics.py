@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -105,10 +105,32 @@ class Metrics:
         )
         # Both read at each scrape: `ready` through set_function, `saga_operator_sagas` through count_sagas.
         self.ready = Gauge("saga_operator_ready", "1 when the operator can do its work.", registry=r)
+        self.shards_owned = Gauge(
+            "saga_operator_shards_owned",
+            "Shards (reply partitions) whose sagas this replica drives; 0 while it owns none.",
+            registry=r,
+        )
+
+    def list_shards(self, shards: Callable[[], Iterable[int]]) -> None:
+        """saga_operator_shard_owned{shard}: 1 for each shard this replica owns, at each scrape."""
+        self.registry.register(_ShardsOwned(shards))
 
     def count_sagas(self, counts: PhaseCounts) -> None:
         """saga_operator_sagas{phase}: `counts()` at each scrape."""
         self.registry.register(_SagasByPhase(counts))
+
+
+class _ShardsOwned(Collector):
+    def __init__(self, shards: Callable[[], Iterable[int]]) -> None:
+        self._shards = shards
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "saga_operator_shard_owned", "1 for each shard (reply partition) this replica drives.", labels=["shard"]
+        )
+        for shard in sorted(self._shards()):
+            family.add_metric([str(shard)], 1.0)
+        yield family
 
 
 class _SagasByPhase(Collector):

@@ -70,6 +70,16 @@ class DeadLetters(Protocol):
     async def write(self, record: Any, reason: str, detail: str) -> None: ...
 
 
+class Rebalance(Protocol):
+    """What the replica does when the group moves shards (app.OperatorApp): `revoked` before the pump commits
+    and forgets the partitions taken away (stop driving their sagas), `assigned` before it reads the new ones
+    (resume their sagas)."""
+
+    async def revoked(self) -> None: ...
+
+    async def assigned(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Unreadable:
     """Stands in for a record the client could not read: its place, no key, an empty value."""
@@ -98,6 +108,7 @@ class _Partition:
 @dataclass
 class _Item:
     record: Any
+    tp: TopicPartition
     part: _Partition
     received: float  # wall clock, for the latency metrics
 
@@ -113,6 +124,7 @@ class ReplyPump:
         *,
         max_pending: int = MAX_PENDING,
         step_wait_ms: int = 1000,
+        rebalance: Rebalance | None = None,
     ) -> None:
         self.consumer = consumer
         self.coordinator = coordinator
@@ -130,6 +142,11 @@ class ReplyPump:
         self._room.set()
         self._pending = 0
         self.healthy = True
+        self.rebalance = rebalance
+        # Set while the assigned partitions' sagas are resumed: records read meanwhile wait (their saga may not
+        # be loaded yet, and a reply for an unknown saga would be dead-lettered).
+        self._settled = asyncio.Event()
+        self._settled.set()
 
     # ---- the subscription ---------------------------------------------------------------------
 
@@ -155,6 +172,7 @@ class ReplyPump:
         while True:
             await self._room.wait()
             batch = await self._retry("reading replies", self._read, TRANSIENT_KAFKA_ERRORS)
+            await self._settled.wait()
             received = time.time()
             for tp, records in batch.items():
                 for record in records:
@@ -237,7 +255,7 @@ class ReplyPump:
         self._pending += 1
         if self._pending >= self.max_pending:
             self._room.clear()
-        item = _Item(record, part, received)
+        item = _Item(record, tp, part, received)
         lane_key = _lane_of(record)
         lane = self._lanes.get(lane_key)
         if lane is not None:
@@ -253,6 +271,11 @@ class ReplyPump:
         try:
             while lane:
                 item = lane[0]
+                if self._parts.get(item.tp) is not item.part:
+                    # Its partition was taken away (a rebalance) after it was read: not applied, not committed
+                    # here; the partition's new owner reads it from the last commit.
+                    lane.pop(0)
+                    continue
                 try:
                     await self.handle(item.record, item.received)
                 except asyncio.CancelledError:
@@ -370,6 +393,9 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.pump = pump
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        self.pump._settled.clear()
+        if self.pump.rebalance is not None:
+            await self.pump.rebalance.revoked()
         mine = [tp for tp in revoked if tp in self.pump._parts]
         if mine:
             try:
@@ -380,6 +406,11 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self.pump.forget(assigned)
+        try:
+            if self.pump.rebalance is not None:
+                await self.pump.rebalance.assigned()
+        finally:
+            self.pump._settled.set()
 
 
 def _lane_of(record: Any) -> str:
