@@ -458,7 +458,7 @@ class IsolationRun:
                     c.ok = c.ok and moved == [PRICE, PRICE]
 
     def edits(self, victim: str, payload_victim: str) -> None:
-        frozen = "the steps of a saga cannot change once it is created (only spec.abort may change"
+        frozen = "the steps of a saga cannot change once it is created (only spec.abort, from false to true"
         for what, patch, needle in (
             ("rename", [{"op": "replace", "path": "/spec/steps/1/name", "value": "debit-someone"}], "step debit-buyer"),
             ("remove", [{"op": "remove", "path": "/spec/steps/2"}], "step credit-agent was renamed, edited or removed"),
