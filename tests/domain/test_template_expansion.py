@@ -145,3 +145,29 @@ def test_a_templated_spec_reads_back_from_its_own_dump() -> None:
     """A finished saga rests as the JSON of its spec (SagaEntry.rest): a templated one dumps `steps: []`."""
     spec = templated({"buyer": "alice", "price": 1})
     assert SagaSpec.model_validate_json(spec.model_dump_json(by_alias=True)) == spec
+
+
+def test_writing_behind_reads_a_templated_sagas_steps_from_its_status() -> None:
+    """A templated saga's spec has no steps: the durability rules (which step is the pivot, which Pending step a
+    lagging log may hide) read the steps its status records, as the core does."""
+    from saga_operator.domain.durability import maybe_dispatched, write_ahead_cause
+    from saga_operator.domain.template import SagaTemplateSpec as Template
+
+    with_pivot = Template.model_validate(
+        {**TEMPLATE.model_dump(by_alias=True, exclude_none=True), "steps": [
+            *TEMPLATE.model_dump(by_alias=True, exclude_none=True)["steps"],
+            {"name": "agents", "participant": "agents", "action": "credit"},
+        ]}
+    )  # fmt: skip
+    spec = templated({"buyer": "alice", "price": 1500})
+    assert spec.steps == []
+    status, effects = start(spec, with_pivot)
+    assert write_ahead_cause(spec, SagaStatus(), status, effects) is None  # the first step may be written behind
+    assert status.template is not None
+    run = SagaSpec(steps=status.template.steps)
+    for name, result in (("videos", {"purchaseId": "p-9"}), ("users", None)):
+        before = status
+        status, effects = transition(spec, status, ReplyReceived(reply(run, name, result=result), at(1)), uid=SAGA_UID)
+    assert sends(effects) == [("agents", CommandKind.ACTION, 1)]
+    assert write_ahead_cause(spec, before, status, effects) is not None  # the pivot's dispatch is written ahead
+    assert maybe_dispatched(spec, status.model_copy(update={"resumed_behind": True})) == set()

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 
 from saga_operator.domain.events import Effect, SendCommand
-from saga_operator.domain.model import TERMINAL_PHASES, SagaSpec, SagaStatus, StepState
+from saga_operator.domain.model import TERMINAL_PHASES, SagaSpec, SagaStatus, StepState, effective_spec
 from saga_protocol import CommandKind
 
 
@@ -50,7 +50,8 @@ def write_ahead_cause(spec: SagaSpec, old: SagaStatus, new: SagaStatus, effects:
         return WriteCause.UNDO
     if new.retries_granted != old.retries_granted or new.retry_token != old.retry_token:
         return WriteCause.RETRY
-    pivot = spec.steps[-1].name if spec.steps[-1].compensation is None else None
+    spec = effective_spec(spec, new)  # a templated saga runs the steps its status records
+    pivot = spec.steps[-1].name if spec.steps and spec.steps[-1].compensation is None else None
     for effect in effects:
         if not isinstance(effect, SendCommand):
             continue
@@ -85,6 +86,7 @@ def maybe_dispatched(spec: SagaSpec, status: SagaStatus) -> set[str]:
     log may have run s1 and s2 too). The pivot never is: its dispatch is always written ahead."""
     if not status.resumed_behind:
         return set()
+    spec = effective_spec(spec, status)
     states = {record.name: record.state for record in status.steps}
     maybe: set[str] = set()
     dependencies = spec.dependencies()

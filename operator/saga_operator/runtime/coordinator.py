@@ -761,7 +761,7 @@ class Coordinator:
                 # Written behind (runtime/status_writer.py): in memory now, in the store within the window.
                 entry.status = new
                 # Spans follow the log in memory: an attempt that opens and ends inside one window has its span.
-                self.tracing.record(entry.ref, entry.spec, old, new, event, _now())
+                self.tracing.record(entry.ref, entry.run_spec, old, new, event, _now())
                 await self._perform(entry, self.status_writer.hold(entry.ref.uid, old, effects), received)
                 return effects
             try:
@@ -779,7 +779,7 @@ class Coordinator:
             except StatusTooLarge as exc:
                 await self._status_too_large(entry, new, str(exc))
                 return []
-            self.tracing.record(entry.ref, entry.spec, old, new, event, _now())
+            self.tracing.record(entry.ref, entry.run_spec, old, new, event, _now())
             await self._perform(entry, effects, received)
             return effects
         raise RuntimeError(f"saga {entry.ref.name}: status kept changing under the operator")
