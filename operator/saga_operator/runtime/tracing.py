@@ -12,9 +12,12 @@ So its spans are made from the log, never held open in memory (docs/architecture
   so the command carries its span's context (`traceparent`) before the span exists, a re-send after a restart
   carries the same one, and the participant's span is a child of the attempt's span;
 * the attempt's span, `step <step>` or `compensate <step>`, is recorded when the log says the attempt ended
-  (its reply applied, its timeout, the undo overtaking it), from the command's `dispatchedAt` to that write.
+  (its reply applied, its timeout, the undo overtaking it), from the command's `dispatchedAt` (a compensation's
+  `compensationDispatchedAt`) to that transition.
 
-`ended_attempts` finds those ends by comparing the status before and after a write: pure, over the log. With
+`ended_attempts` finds those ends by comparing the status before and after each transition (the coordinator
+calls `record` whether the new status is written at once or held to be written behind, so an attempt that
+opens and ends inside one coalescing window has its span too): pure, over the log. With
 tracing off (no provider) nothing here computes anything.
 """
 
@@ -209,8 +212,9 @@ class SagaTracing:
         event: Event | None,
         now: datetime,
     ) -> None:
-        """After a status write from `before` to `after`: the spans of the attempts it ended, then the saga's own
-        when it reached a terminal phase. Never raises (tracing must not stop a saga)."""
+        """After a transition from `before` to `after` (written, or held in memory to be written behind): the
+        spans of the attempts it ended, then the saga's own when it reached a terminal phase. Never raises
+        (tracing must not stop a saga)."""
         if not self.enabled:
             return
         try:
