@@ -9,6 +9,8 @@ saga ends Succeeded or Compensated with the books to match.
 
 from __future__ import annotations
 
+from typing import Any
+
 from domain_support import SAGA_UID
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -16,11 +18,15 @@ from hypothesis.stateful import rule
 from test_domain_world import Crash
 from test_domain_world import SagaWorld as OneOperatorWorld
 
-from saga_operator.domain.events import Event, Resumed
+from saga_operator.domain.events import STALE_VIEW_REASONS, Event, ReplyIgnored, Resumed
 from saga_operator.domain.model import Phase, SagaStatus
 from saga_operator.domain.transition import transition
 
 WHO = st.integers(0, 1)
+
+
+def _stale_view_verdict(effects: list[Any]) -> bool:
+    return any(isinstance(e, ReplyIgnored) and e.invalid and e.reason in STALE_VIEW_REASONS for e in effects)
 
 
 class TwoCoordinators(OneOperatorWorld):
@@ -44,6 +50,11 @@ class TwoCoordinators(OneOperatorWorld):
         for _ in range(3):
             view = self.views[who] or self.status
             after, effects = transition(self.spec, view, event, uid=SAGA_UID)
+            if after.seq == view.seq and view.seq != self.status.seq and _stale_view_verdict(effects):
+                # A reply its view says was never sent (Coordinator.apply_reply): read the stored log, apply again.
+                self.conflicts += 1
+                self.views[who] = self.status
+                continue
             if after.seq == view.seq:
                 # Nothing to write (a duplicate, a late reply, a resume): the effects go out on this view alone.
                 self.check_transition(event, view, after, effects)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from saga_operator.domain.template import SagaTemplateSpec
 from saga_protocol import CommandKind, Reply
@@ -130,6 +130,11 @@ class ReplyIgnored:
     invalid: bool
     #: For a person (a dead letter's dlq_detail); empty: the reason says it all.
     detail: str = ""
+
+
+#: Verdicts that a log behind the stored one gives to a genuine reply (an attempt another replica sent after this
+#: one last saw the saga): the shell checks the stored log before it dead-letters a reply for one of them.
+STALE_VIEW_REASONS: Final = frozenset({"FutureAttempt", "CompensationNotSent"})
 
 
 Effect = SendCommand | EmitEvent | ReplyIgnored

@@ -24,6 +24,7 @@ from saga_operator.adapters.shards import EVERYTHING, Ownership
 from saga_operator.domain import digest, integrity, ttl
 from saga_operator.domain.durability import WriteCause, maybe_dispatched
 from saga_operator.domain.events import (
+    STALE_VIEW_REASONS,
     AbortRequested,
     CommandRefused,
     Effect,
@@ -290,6 +291,10 @@ def _reply_refused(
 _EMPTY_STATUS = SagaStatus()
 
 
+def _stale_view_verdict(effects: list[Effect]) -> bool:
+    return any(isinstance(e, ReplyIgnored) and e.invalid and e.reason in STALE_VIEW_REASONS for e in effects)
+
+
 def _brief(body: Any, limit: int = 300) -> str:
     text = body.decode(errors="replace") if isinstance(body, bytes) else str(body or "")
     return text if len(text) <= limit else text[:limit] + "..."
@@ -511,6 +516,10 @@ class Coordinator:
                 started = entry.sent_at.pop((reply.step, reply.kind.value), None)
                 with self.tracing.replying(trace):
                     effects = await self._apply(entry, ReplyReceived(reply, _now()), received=received)
+                    if _stale_view_verdict(effects) and await self._stored_is_newer(entry):
+                        # This replica's log may be behind the stored one (a hand-over, a zombie replica still
+                        # reading): what it calls a reply to a command never sent may answer a newer attempt.
+                        effects = await self._apply(entry, ReplyReceived(reply, _now()), received=received)
                 ignored = [e for e in effects if isinstance(e, ReplyIgnored)]
                 if not ignored:
                     self.metrics.step_outcomes.labels(reply.kind.value, reply.outcome.value).inc()
@@ -520,6 +529,15 @@ class Coordinator:
             return ignored
         finally:
             entry.rest()  # a late reply woke a finished saga: let it rest again
+
+    async def _stored_is_newer(self, entry: SagaEntry) -> bool:
+        """Read the saga again; True if the stored log was newer than this replica's and is now its own."""
+        seq = entry.status.seq
+        try:
+            await self._reread(entry)
+        except Gone:
+            return False
+        return entry.status.seq != seq
 
     async def run_deadlines(self) -> None:
         """The one timer of the process: a heap of (when, saga uid), rebuilt from `.status`."""
