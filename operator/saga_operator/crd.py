@@ -190,173 +190,165 @@ def _without_item_defaults(spec_schema: dict[str, Any]) -> dict[str, Any]:
     return spec_schema
 
 
+def _definition(
+    kind: str, plural: str, scope: str, short_names: list[str], in_all: bool, versions: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A CustomResourceDefinition of the saga.dev group; `in_all`: listed by `kubectl get all`."""
+    names: dict[str, Any] = {
+        "kind": kind,
+        "listKind": f"{kind}List",
+        "plural": plural,
+        "singular": kind.lower(),
+        "shortNames": short_names,
+    }
+    if in_all:
+        names["categories"] = ["all"]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}"},
+        "spec": {"group": GROUP, "scope": scope, "names": names, "versions": versions},
+    }
+
+
 def custom_resource_definition() -> dict[str, Any]:
     # The defaults are documented in the descriptions first (kubectl explain), then dropped from a step's fields.
     spec_schema = _without_item_defaults(_document_bounds(_schema(SagaSpec)))
     spec_schema["x-kubernetes-validations"] = [*spec_schema.get("x-kubernetes-validations", []), *immutability_rules()]
     status_schema = _without_rules(_schema(SagaStatus))
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}"},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": KIND.lower(),
-                "shortNames": ["sg"],
-                "categories": ["all"],
-            },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    # Read at a glance: where it is, how far, why it stopped (the machine-readable reason,
-                    # the sentence is in -o wide's MESSAGE), how long it ran. PROGRESS and DURATION are
-                    # written by the operator (saga_operator.domain.summary).
-                    "additionalPrinterColumns": [
-                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-                        {"name": "Step", "type": "string", "jsonPath": ".status.currentStep"},
-                        {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
-                        {"name": "Reason", "type": "string", "jsonPath": ".status.reason"},
-                        {"name": "Duration", "type": "string", "jsonPath": ".status.duration"},
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                        {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
-                    ],
-                    # kubectl get sagas --field-selector status.phase=Failed: served by Kubernetes 1.32+ (GA).
-                    "selectableFields": [{"jsonPath": ".status.phase"}],
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "description": "A saga: a business transaction split into steps, each with a "
-                            "compensation. saga-operator runs the steps and, if one fails, undoes the completed "
-                            "ones in reverse order.",
-                            "type": "object",
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": spec_schema,
-                                "status": status_schema,
-                            },
-                        }
-                    },
-                }
-            ],
-        },
-    }
+    return _definition(
+        KIND,
+        PLURAL,
+        "Namespaced",
+        ["sg"],
+        True,
+        [
+            {
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                # Read at a glance: where it is, how far, why it stopped (the machine-readable reason,
+                # the sentence is in -o wide's MESSAGE), how long it ran. PROGRESS and DURATION are
+                # written by the operator (saga_operator.domain.summary).
+                "additionalPrinterColumns": [
+                    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                    {"name": "Step", "type": "string", "jsonPath": ".status.currentStep"},
+                    {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
+                    {"name": "Reason", "type": "string", "jsonPath": ".status.reason"},
+                    {"name": "Duration", "type": "string", "jsonPath": ".status.duration"},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
+                ],
+                # kubectl get sagas --field-selector status.phase=Failed: served by Kubernetes 1.32+ (GA).
+                "selectableFields": [{"jsonPath": ".status.phase"}],
+                "schema": {
+                    "openAPIV3Schema": {
+                        "description": "A saga: a business transaction split into steps, each with a "
+                        "compensation. saga-operator runs the steps and, if one fails, undoes the completed "
+                        "ones in reverse order.",
+                        "type": "object",
+                        "required": ["spec"],
+                        "properties": {
+                            "apiVersion": {"type": "string"},
+                            "kind": {"type": "string"},
+                            "metadata": {"type": "object"},
+                            "spec": spec_schema,
+                            "status": status_schema,
+                        },
+                    }
+                },
+            }
+        ],
+    )
 
 
 def participant_definition() -> dict[str, Any]:
     """The Participant CRD: cluster-scoped (saga_operator.domain.participant says why)."""
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PARTICIPANT_PLURAL}.{GROUP}"},
-        "spec": {
-            "group": GROUP,
-            "scope": "Cluster",
-            "names": {
-                "kind": PARTICIPANT_KIND,
-                "listKind": f"{PARTICIPANT_KIND}List",
-                "plural": PARTICIPANT_PLURAL,
-                "singular": PARTICIPANT_KIND.lower(),
-                "shortNames": ["sgp"],
-            },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "additionalPrinterColumns": [
-                        # Whole lists: a column whose path matches several values shows only the first.
-                        {"name": "Namespaces", "type": "string", "jsonPath": ".spec.namespaces"},
-                        {"name": "Actions", "type": "string", "jsonPath": ".spec.actions"},
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    ],
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "description": "A participant service of saga-operator: the actions it serves, with "
-                            "their compensations, and the namespaces whose Sagas may send it commands (topic "
-                            "saga.commands.<name>). Checked when a Saga is created.",
-                            "type": "object",
-                            "required": ["spec"],
-                            "x-kubernetes-validations": [
-                                {
-                                    # A step's participant is a DNS label: another name could never be used.
-                                    "rule": f"self.metadata.name.matches('{DNS_LABEL}')",
-                                    "message": "a participant's name is a DNS label (lower case letters, digits "
-                                    "and '-', at most 63): the name its Saga steps give in `participant`",
-                                }
-                            ],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": _schema(ParticipantSpec),
-                            },
-                        }
-                    },
-                }
-            ],
-        },
-    }
+    return _definition(
+        PARTICIPANT_KIND,
+        PARTICIPANT_PLURAL,
+        "Cluster",
+        ["sgp"],
+        False,
+        [
+            {
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "additionalPrinterColumns": [
+                    # Whole lists: a column whose path matches several values shows only the first.
+                    {"name": "Namespaces", "type": "string", "jsonPath": ".spec.namespaces"},
+                    {"name": "Actions", "type": "string", "jsonPath": ".spec.actions"},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                ],
+                "schema": {
+                    "openAPIV3Schema": {
+                        "description": "A participant service of saga-operator: the actions it serves, with "
+                        "their compensations, and the namespaces whose Sagas may send it commands (topic "
+                        "saga.commands.<name>). Checked when a Saga is created.",
+                        "type": "object",
+                        "required": ["spec"],
+                        "x-kubernetes-validations": [
+                            {
+                                # A step's participant is a DNS label: another name could never be used.
+                                "rule": f"self.metadata.name.matches('{DNS_LABEL}')",
+                                "message": "a participant's name is a DNS label (lower case letters, digits "
+                                "and '-', at most 63): the name its Saga steps give in `participant`",
+                            }
+                        ],
+                        "properties": {
+                            "apiVersion": {"type": "string"},
+                            "kind": {"type": "string"},
+                            "metadata": {"type": "object"},
+                            "spec": _schema(ParticipantSpec),
+                        },
+                    }
+                },
+            }
+        ],
+    )
 
 
 def template_definition() -> dict[str, Any]:
     """The SagaTemplate CRD: namespaced, read by the operator when a Saga of it starts (no status of its own)."""
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{TEMPLATE_PLURAL}.{GROUP}"},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": TEMPLATE_KIND,
-                "listKind": f"{TEMPLATE_KIND}List",
-                "plural": TEMPLATE_PLURAL,
-                "singular": TEMPLATE_KIND.lower(),
-                "shortNames": ["sgt"],
-                "categories": ["all"],
-            },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "additionalPrinterColumns": [
-                        # A path matching several values shows only the first: the whole list of parameters.
-                        {"name": "Parameters", "type": "string", "jsonPath": ".spec.parameters"},
-                        {"name": "Steps", "type": "string", "jsonPath": ".spec.steps", "priority": 1},
-                        {"name": "Description", "type": "string", "jsonPath": ".spec.description", "priority": 1},
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    ],
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "description": "A saga defined once and started many times: its steps (with their "
-                            "inputs) and the parameters a Saga passes with spec.templateRef: {name, parameters}. "
-                            "A Saga copies what the template says when it starts (status.template): editing or "
-                            "deleting the template never changes a saga already started.",
-                            "type": "object",
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": _schema(SagaTemplateSpec),
-                            },
-                        }
-                    },
-                }
-            ],
-        },
-    }
+    return _definition(
+        TEMPLATE_KIND,
+        TEMPLATE_PLURAL,
+        "Namespaced",
+        ["sgt"],
+        True,
+        [
+            {
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "additionalPrinterColumns": [
+                    # A path matching several values shows only the first: the whole list of parameters.
+                    {"name": "Parameters", "type": "string", "jsonPath": ".spec.parameters"},
+                    {"name": "Steps", "type": "string", "jsonPath": ".spec.steps", "priority": 1},
+                    {"name": "Description", "type": "string", "jsonPath": ".spec.description", "priority": 1},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                ],
+                "schema": {
+                    "openAPIV3Schema": {
+                        "description": "A saga defined once and started many times: its steps (with their "
+                        "inputs) and the parameters a Saga passes with spec.templateRef: {name, parameters}. "
+                        "A Saga copies what the template says when it starts (status.template): editing or "
+                        "deleting the template never changes a saga already started.",
+                        "type": "object",
+                        "required": ["spec"],
+                        "properties": {
+                            "apiVersion": {"type": "string"},
+                            "kind": {"type": "string"},
+                            "metadata": {"type": "object"},
+                            "spec": _schema(SagaTemplateSpec),
+                        },
+                    }
+                },
+            }
+        ],
+    )
 
 
 FINALIZER_POLICY = f"{PLURAL}.{GROUP}-finalizer"
