@@ -353,6 +353,18 @@ logger.kafkaserver.level = info
 """
 
 
+#: etcd's flag for not syncing its log to disk (test data only); see `Stack`'s ``etcd_fsync``.
+ETCD_NO_FSYNC = "--unsafe-no-fsync=true"
+
+
+def etcd_syncs(records: Iterable[procs.ProcessRecord]) -> bool | None:
+    """Whether the stack's etcd (from its process records) syncs to disk; None when there is no etcd record."""
+    for record in records:
+        if record.name == "etcd":
+            return ETCD_NO_FSYNC not in record.argv
+    return None
+
+
 class Stack(StackEndpoints):
     """A local stack in ``directory``. Use ``with Stack(d) as stack:`` or ``start()``/``stop()``.
 
@@ -366,6 +378,8 @@ class Stack(StackEndpoints):
     ``saga-operator``), each with a random password; ``add_kafka_principal`` makes more later.
     ``plaintext_listener``: also open the benchmark's loopback PLAINTEXT baseline listener (see the
     module); only ``saga-bench --kafka-security off|both`` asks for it.
+    ``etcd_fsync``: etcd syncs its log to disk, as a real cluster's does (the benchmark's default). Off for
+    tests and ``make up``: their data is thrown away, and fsync on a 2-core box is the slow part.
     """
 
     managed = True
@@ -380,6 +394,7 @@ class Stack(StackEndpoints):
         startup_timeout: float = 90.0,
         kafka_principals: Iterable[str] = (),
         plaintext_listener: bool = False,
+        etcd_fsync: bool = False,
     ) -> None:
         self.directory = Path(directory).absolute()
         super().__init__(
@@ -391,6 +406,7 @@ class Stack(StackEndpoints):
             kafka_credentials_dir=self.directory / "kafka" / "credentials",
         )
         self.plaintext_listener = plaintext_listener
+        self.etcd_fsync = etcd_fsync
         wanted = [ADMIN_PRINCIPAL, BROKER_PRINCIPAL, OPERATOR_PRINCIPAL, *kafka_principals]
         self.initial_kafka_principals = tuple(dict.fromkeys(kafka_auth.check_principal(p) for p in wanted))
         self.detached = detached
@@ -549,7 +565,7 @@ class Stack(StackEndpoints):
                 f"--listen-peer-urls={peer_url}",
                 f"--initial-advertise-peer-urls={peer_url}",
                 f"--initial-cluster=default={peer_url}",
-                "--unsafe-no-fsync=true",  # test data only: fsync on a 2-core box is the slow part
+                *([] if self.etcd_fsync else [ETCD_NO_FSYNC]),
                 "--log-level=warn",
             ],
         )

@@ -30,6 +30,8 @@ def test_bench_writes_every_figure(stack: StackEndpoints, tmp_path: Path) -> Non
             "4",
             "--floor-round-trips",
             "12",
+            "--replicas",
+            "1,2",
             "--out",
             str(tmp_path),
         ]
@@ -57,6 +59,15 @@ def test_bench_writes_every_figure(stack: StackEndpoints, tmp_path: Path) -> Non
     per_step = sagas["apiserver_writes"]["per_step"]
     assert {"sagas_post", "sagas_patch_main", "sagas_patch_status", "operator_saga_writes"} <= per_step.keys()
     assert {"cpu_seconds", "peak_rss_mib"} <= sagas["operator"].keys()
+
+    # --replicas 1,2: the saga phase again with two replicas, side by side; each step applied by one of them
+    rows = written["variants"]["rows"]
+    assert [row["replicas"] for row in rows] == [1, 2]
+    assert sum(rows[1]["replica_steps_applied"]) == 3 * 6
+    assert {"status_patch", "event", "create", "all"} <= rows[1]["write_requests_per_saga"].keys()
+    assert written["sagas_variants"][0]["phases"] == {"Succeeded": 6}
+    assert [r["variant"] for r in written["variants"]["ratios"]] == [row["variant"] for row in rows]
+    assert written["stack"]["etcd_fsync"] is (False if isinstance(stack, Stack) else None)
 
     scale = written["scale"]
     assert scale["sagas"] == 8

@@ -10,26 +10,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
 import shutil
+import subprocess
 import sys
+import tarfile
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from saga_harness import kafka_access
+from saga_harness.services import Service
 from saga_harness.world import REPO, install_crd
 from saga_testenv import versions
-from saga_testenv.stack import Stack, StackEndpoints
+from saga_testenv.stack import Stack, StackEndpoints, etcd_syncs
 
 from . import procinfo
 from .floor import floor_kafka, floor_status_patches
 from .kube import Kube
 from .sagas import run_sagas
 from .scale import run_scale
-from .shared import SAGA_PHASES, STEPS, Bench
+from .shared import SAGA_PHASES, SOURCE_DIRS, STEPS, Bench, Variant
 
 DEFAULT_OUT = REPO / "harness" / "bench-results"
 MB_IN_MIB = 1e6 / 2**20  # the issue's 250 MB, in the MiB /proc reports
@@ -66,6 +70,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--partitions", type=int, default=3, help="partitions of the bench's topics (default 3)")
     parser.add_argument(
+        "--replicas",
+        type=_counts,
+        default=[1],
+        help="operator replicas of the saga phase; a list (1,2,3) runs the phase once per count, side by side "
+        "(default 1)",
+    )
+    parser.add_argument(
+        "--status-writes",
+        type=_modes,
+        default=[""],
+        help="SAGA_STATUS_WRITES of the saga phase (strict, behind); a list runs the phase once per mode "
+        "(default: the operator's default)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="COMMIT",
+        default="",
+        help="also run the saga phase first with the operator of this older commit (its operator/ and protocol/ "
+        "unpacked from git, the same interpreter), for an A/B of old and new in one run",
+    )
+    parser.add_argument(
+        "--etcd-fsync",
+        choices=("on", "off"),
+        default="on",
+        help="for a stack the bench starts itself: etcd syncs to disk, as a real cluster's (on, the default), or "
+        "not (off: --unsafe-no-fsync, as the tests' stacks); a stack that is up keeps its own (recorded)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="sample the operator with py-spy (installed separately) while measuring"
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"where the JSON goes (default {DEFAULT_OUT})")
@@ -79,7 +111,111 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _endpoints(stack_dir: Path, plaintext: bool) -> tuple[StackEndpoints, Stack | None, Stack | None]:
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of counts: {text!r}") from None
+    if not counts or any(c < 1 for c in counts):
+        raise argparse.ArgumentTypeError(f"replica counts are at least 1: {text!r}")
+    return counts
+
+
+def _modes(text: str) -> list[str]:
+    modes = [part.strip() for part in text.split(",")]
+    unknown = [m for m in modes if m not in ("strict", "behind")]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"status-write modes are strict and behind, not {', '.join(unknown)}")
+    return modes
+
+
+def variants(args: argparse.Namespace, source: Path | None, commit: str) -> list[Variant]:
+    """The saga phase's variants in the order they run: the old commit's operator first (one replica, its own
+    default), then every replica count with every status-write mode."""
+    first = [Variant(source=source, commit=commit)] if source is not None else []
+    return first + [
+        Variant(replicas=n, status_writes=mode)
+        for n in getattr(args, "replicas", [1])
+        for mode in getattr(args, "status_writes", [""])
+    ]
+
+
+def unpack_commit(commit: str, into: Path) -> tuple[Path, str]:
+    """The operator's folders of `commit` (any git revision) unpacked under `into`; (the tree, the full sha)."""
+    sha = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--verify", f"{commit}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    tree = into / f"source-{sha[:12]}"
+    tree.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", sha, *SOURCE_DIRS], capture_output=True, check=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(tree, filter="data")
+    return tree, sha
+
+
+def variant_row(variant: Variant, sagas: dict[str, Any]) -> dict[str, Any]:
+    """One variant's figures for the side-by-side table: per saga, per step, per replica."""
+    count = sagas["sagas"]
+    writes = sagas["apiserver_writes"]
+    lat = sagas["latency_seconds"]["end_to_end"]
+    overhead = sagas["overhead_seconds"]["reply_to_next_command"]
+    op = sagas["operator"]
+    per_saga = {
+        "status_patch": round(writes["sagas_patch_status"] / count, 2),
+        "main_patch": round(writes["sagas_patch_main"] / count, 2),
+        "create": round(writes["sagas_post"] / count, 2),
+        "event": round(writes["events_writes"] / count, 2),
+    }
+    per_saga["all"] = round(sum(per_saga.values()), 2)
+    return {
+        "variant": variant.label,
+        "replicas": variant.replicas,
+        "status_writes": variant.status_writes or "default",
+        "source": variant.commit or "this tree",
+        "sagas_per_second": sagas["sagas_per_second"],
+        "steps_per_second": sagas["steps_per_second"],
+        "saga_latency_seconds": {q: lat[q] for q in ("p50", "p95", "p99")},
+        "step_overhead_seconds": {q: overhead[q] for q in ("p50", "p99")},
+        "write_requests_per_saga": per_saga,
+        "operator_cpu_ms_per_step": op["cpu_ms_per_step"],
+        "replica_cpu_ms_per_step_applied": [r["cpu_ms_per_step_applied"] for r in op["by_replica"]],
+        "replica_steps_applied": [r["steps_applied"] for r in op["by_replica"]],
+        "peak_rss_mib": op["peak_rss_mib"],
+    }
+
+
+def comparison(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every variant against the first: the ratios of the figures that say faster, leaner or fewer."""
+    base = rows[0]
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a is not None and b else None
+
+    return {
+        "baseline": base["variant"],
+        "ratios": [
+            {
+                "variant": row["variant"],
+                "sagas_per_second": ratio(row["sagas_per_second"], base["sagas_per_second"]),
+                "saga_latency_p50": ratio(row["saga_latency_seconds"]["p50"], base["saga_latency_seconds"]["p50"]),
+                "write_requests_per_saga": ratio(
+                    row["write_requests_per_saga"]["all"], base["write_requests_per_saga"]["all"]
+                ),
+                "operator_cpu_ms_per_step": ratio(row["operator_cpu_ms_per_step"], base["operator_cpu_ms_per_step"]),
+            }
+            for row in rows
+        ],
+    }
+
+
+def _endpoints(
+    stack_dir: Path, plaintext: bool, etcd_fsync: bool = True
+) -> tuple[StackEndpoints, Stack | None, Stack | None]:
     """(endpoints, the stack we started or None, the local stack behind the endpoints if known)."""
     external = StackEndpoints.from_environment()
     if external is not None:
@@ -95,7 +231,7 @@ def _endpoints(stack_dir: Path, plaintext: bool) -> tuple[StackEndpoints, Stack 
     directory = Path(tempfile.mkdtemp(prefix="saga-bench-stack-"))
     # the plaintext baseline listener exists only here: a stack the bench starts for itself, for --kafka-security
     # off|both, on loopback (saga_testenv.stack); no other stack has one
-    stack = Stack(directory, detached=False, log=_log, plaintext_listener=plaintext).start()
+    stack = Stack(directory, detached=False, log=_log, plaintext_listener=plaintext, etcd_fsync=etcd_fsync).start()
     return stack, stack, stack
 
 
@@ -214,6 +350,9 @@ def print_report(result: dict[str, Any]) -> None:
         )
         if sagas.get("apiserver_cpu_ms_per_write") is not None:
             print(f"  API server           {sagas['apiserver_cpu_ms_per_write']} CPU ms per write request")
+    table = result.get("variants")
+    if table:
+        print_variants(table)
     cost = result.get("kafka_security_cost")
     if cost:
         print("Kafka security, the same saga phase both ways in this run (K, C as above)")
@@ -263,6 +402,33 @@ def print_report(result: dict[str, Any]) -> None:
     print()
 
 
+def print_variants(table: dict[str, Any]) -> None:
+    """The saga phase once per variant, one after the other, and each against the first."""
+    print("the saga phase per variant, same run (K, C as above)")
+    for row in table["rows"]:
+        lat, ov, w = row["saga_latency_seconds"], row["step_overhead_seconds"], row["write_requests_per_saga"]
+        replicas = ", ".join(
+            f"{_fmt(ms)} ms x {n} steps"
+            for ms, n in zip(row["replica_cpu_ms_per_step_applied"], row["replica_steps_applied"], strict=True)
+        )
+        print(f"  {row['variant']}")
+        print(
+            f"    {_fmt(row['sagas_per_second'])} sagas/s; saga p50 {_fmt(lat['p50'])}s p99 {_fmt(lat['p99'])}s; "
+            f"overhead per step p50 {_fmt(ov['p50'])}s p99 {_fmt(ov['p99'])}s"
+        )
+        print(
+            f"    write requests per saga {_fmt(w['all'])} (status {_fmt(w['status_patch'])}, main "
+            f"{_fmt(w['main_patch'])}, Events {_fmt(w['event'])}, create {_fmt(w['create'])}); operator "
+            f"{_fmt(row['operator_cpu_ms_per_step'])} CPU ms/step; per replica {replicas}"
+        )
+    for r in table["ratios"][1:]:
+        print(
+            f"  {r['variant']} / {table['baseline']}: sagas/s x{_fmt(r['sagas_per_second'])}, saga p50 "
+            f"x{_fmt(r['saga_latency_p50'])}, writes per saga x{_fmt(r['write_requests_per_saga'])}, "
+            f"CPU per step x{_fmt(r['operator_cpu_ms_per_step'])}"
+        )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return _parser().parse_args(argv)
 
@@ -300,6 +466,7 @@ async def run(
         "stack": {
             "kubernetes": await kube.server_version(),
             "etcd": versions.ETCD_VERSION if local is not None else None,
+            "etcd_fsync": etcd_syncs(local.records) if local is not None else None,
             "kafka": versions.KAFKA_VERSION if local is not None else None,
             "local_stack": local is not None,
             "fresh_for_this_run": owned,
@@ -311,9 +478,14 @@ async def run(
             "scale_sagas": args.scale_sagas,
             "partitions": args.partitions,
             "kafka_security": getattr(args, "kafka_security", "on"),
+            "replicas": getattr(args, "replicas", [1]),
+            "status_writes": getattr(args, "status_writes", [""]),
+            "baseline": getattr(args, "baseline", ""),
         },
     }
     main_operator = scale_operator = None
+    main_operators: list[Service] = []
+    plan: list[Variant] = []
     try:
         await asyncio.to_thread(install_crd, endpoints)
         await bench.start_echo()
@@ -322,22 +494,37 @@ async def run(
                 "status_patch": await floor_status_patches(bench, args.floor_sagas or args.sagas),
                 "kafka_round_trip": await floor_kafka(bench, args.floor_round_trips or 3 * args.sagas),
             }
-        sagas, main_operator = await run_sagas(bench, args.sagas)
-        result["sagas"] = sagas
+        baseline = getattr(args, "baseline", "")
+        source, commit = unpack_commit(baseline, run_dir) if baseline else (None, "")
+        plan = variants(args, source, commit)
+        rows = []
+        for index, variant in enumerate(plan):
+            # The first variant is the run's "sagas" (the targets, the ratio, --kafka-security both); each runs
+            # in a namespace and consumer group of its own, the previous one's operators stopped.
+            phase = "main" if index == 0 else variant.phase
+            bench.log(f"saga phase {index + 1}/{len(plan)}: {variant.label}")
+            figures, main_operators = await run_sagas(bench, args.sagas, phase=phase, variant=variant)
+            if index == 0:
+                sagas = result["sagas"] = figures
+            else:
+                result.setdefault("sagas_variants", []).append(figures)
+            rows.append(variant_row(variant, figures))
+            if not owned:
+                await bench.clean_namespace(phase, main_operators[0])
+            await bench.stop_all(main_operators)
+            main_operators = []
+        if len(rows) > 1:
+            result["variants"] = {"rows": rows, **comparison(rows)}
         if "floor" in result:
             result["ratio"] = round(
                 sagas["steps_per_second"] / result["floor"]["status_patch"]["aiohttp"]["patches_per_second"], 3
             )
-        if not owned:
-            await bench.clean_namespace("main", main_operator)
-        await bench.stop(main_operator)
-        main_operator = None
         if len(modes) > 1:
             # The same phase the other way: a fresh operator and echo on the plaintext listener.
             await bench.stop(bench.echo)
             bench.secured = modes[1]
             await bench.start_echo()
-            plain, main_operator = await run_sagas(bench, args.sagas, phase="plain")
+            plain, (main_operator,) = await run_sagas(bench, args.sagas, phase="plain")
             result["sagas_plain"] = plain
             result["kafka_security_cost"] = security_cost(sagas, plain)
             if not owned:
@@ -353,11 +540,12 @@ async def run(
             if not owned:
                 await bench.clean_namespace("scale", scale_operator)
     finally:
+        await bench.stop_all(main_operators)
         await bench.stop(main_operator)
         await bench.stop(scale_operator)
         await bench.stop(bench.echo)
         if not owned:
-            for phase in ("floor", *SAGA_PHASES, "scale"):
+            for phase in ("floor", *SAGA_PHASES, *(v.phase for v in plan), "scale"):
                 await bench.clean_namespace(phase, None, wait_seconds=0)
             await bench.delete_topics()
         await kube.close()
@@ -371,7 +559,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.sagas < 1 or args.concurrency < 1:
         print("--sagas and --concurrency must be at least 1", file=sys.stderr)
         return 2
-    endpoints, started, local = _endpoints(args.stack_dir.absolute(), plaintext=args.kafka_security != "on")
+    endpoints, started, local = _endpoints(
+        args.stack_dir.absolute(), plaintext=args.kafka_security != "on", etcd_fsync=args.etcd_fsync == "on"
+    )
     try:
         result = asyncio.run(run(args, endpoints, local, owned=started is not None))
     finally:

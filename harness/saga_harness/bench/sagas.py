@@ -32,7 +32,7 @@ from saga_harness.world import TERMINAL
 from . import procinfo, stats
 from .kube import Kube, KubeError
 from .operator_internals import PLURAL
-from .shared import STEPS, Bench, ms_per, role_cpu, saga_manifest, ts
+from .shared import STEPS, Bench, Variant, ms_per, role_cpu, saga_manifest, ts
 
 
 class Watcher:
@@ -139,19 +139,48 @@ async def _operator_snapshot(operator: Service) -> dict[str, Any]:
         "memory": procinfo.memory_mib(operator.record.pid),
         "overhead": stats.histogram_buckets(text, "saga_operator_step_overhead_seconds"),
         "step_latency": stats.histogram_buckets(text, "saga_operator_step_latency_seconds"),
+        "steps_applied": stats.counter_total(text, "saga_operator_step_outcomes_total"),
     }
 
 
-async def run_sagas(bench: Bench, count: int, warmup: int = 10, phase: str = "main") -> tuple[dict[str, Any], Service]:
+async def _wait_for_shards(bench: Bench, operators: list[Service]) -> None:
+    """With several replicas: wait until the group has settled, every shard owned and each replica owning some
+    (when there are shards enough), so that the measured sagas do not wait on the first rebalance."""
+    if len(operators) < 2:
+        return
+    limit = 120.0
+    deadline = time.monotonic() + limit
+    while True:
+        owned = [await asyncio.to_thread(o.metric, "saga_operator_shards_owned") for o in operators]
+        if sum(owned) == bench.partitions and (len(operators) > bench.partitions or all(owned)):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the replicas' shards did not settle in {limit:.0f}s: {owned}")
+        await asyncio.sleep(0.5)
+
+
+def _summed(snapshots: list[dict[str, Any]], key: str) -> dict[float, float]:
+    total: dict[float, float] = {}
+    for snapshot in snapshots:
+        for bound, count in snapshot[key].items():
+            total[bound] = total.get(bound, 0.0) + count
+    return total
+
+
+async def run_sagas(
+    bench: Bench, count: int, warmup: int = 10, phase: str = "main", variant: Variant | None = None
+) -> tuple[dict[str, Any], list[Service]]:
     """K sagas, C in flight (a closed loop: each worker creates its next saga when its last one is done),
-    in the Kafka mode of ``bench.secured``. Returns the figures and the operator, still running (the
-    caller cleans up with it, then stops it)."""
+    in the Kafka mode of ``bench.secured``, by the replicas ``variant`` says (one by default). Returns the
+    figures and the operators, still running (the caller cleans up with them, then stops them)."""
+    variant = variant or Variant()
     namespace = bench.namespace(phase)
     await bench.kube.create_namespace(namespace)
-    operator = bench.operator(phase)
-    await bench._start(operator, "operator")
-    assert operator.record is not None
-    idle = procinfo.memory_mib(operator.record.pid)
+    operators = bench.operators(phase, variant)
+    for replica in operators:
+        await bench._start(replica, replica.name)
+    await _wait_for_shards(bench, operators)
+    idle = [procinfo.memory_mib(o.record.pid) for o in operators if o.record is not None]
     watcher = Watcher(bench.kube, namespace)
     await watcher.start()
     created: dict[str, float] = {}
@@ -163,7 +192,7 @@ async def run_sagas(bench: Bench, count: int, warmup: int = 10, phase: str = "ma
         await asyncio.wait_for(asyncio.gather(*(watcher.expect(n) for n in names)), timeout=120)
 
         before_writes = await bench.kube.write_requests()
-        before_op = await _operator_snapshot(operator)
+        before_ops = [await _operator_snapshot(o) for o in operators]
         before_procs = procinfo.all_processes()
         load_before = procinfo.loadavg()
         next_index = 0
@@ -187,12 +216,15 @@ async def run_sagas(bench: Bench, count: int, warmup: int = 10, phase: str = "ma
             while True:
                 await asyncio.sleep(5)
                 if time.monotonic() - last_progress > 180:
-                    raise RuntimeError(f"no saga finished for 180 s ({done}/{count}); see {operator.record}")
+                    logs = ", ".join(str(o.run_dir) for o in operators)
+                    raise RuntimeError(f"no saga finished for 180 s ({done}/{count}); see the logs in {logs}")
 
         async def all_workers() -> None:
             await asyncio.gather(*(worker() for _ in range(bench.concurrency)))
 
-        profiler = bench.profiler(operator.record.pid, phase)
+        first = operators[0].record
+        assert first is not None
+        profiler = bench.profiler(first.pid, phase)  # the first replica
         started = time.time()
         guard = asyncio.create_task(stall_guard())
         workers = asyncio.create_task(all_workers())
@@ -204,7 +236,7 @@ async def run_sagas(bench: Bench, count: int, warmup: int = 10, phase: str = "ma
             guard.cancel()
             workers.cancel()
         ended = max(watcher.seen_at[n] for n in created)
-        after_op = await _operator_snapshot(operator)
+        after_ops = [await _operator_snapshot(o) for o in operators]
         if profiler is not None:
             await profiler.stop()
         after_procs = procinfo.all_processes()
@@ -231,9 +263,12 @@ async def run_sagas(bench: Bench, count: int, warmup: int = 10, phase: str = "ma
         from_creation.append(finished_at - (ts(body["metadata"]["creationTimestamp"]) or 0.0))
 
     overhead = await _message_timings(bench, bodies, created, phase)
-    op_overhead = stats.bucket_delta(after_op["overhead"], before_op["overhead"])
-    op_latency = stats.bucket_delta(after_op["step_latency"], before_op["step_latency"])
-    cpu = after_op["cpu"] - before_op["cpu"]
+    op_overhead = stats.bucket_delta(_summed(after_ops, "overhead"), _summed(before_ops, "overhead"))
+    op_latency = stats.bucket_delta(_summed(after_ops, "step_latency"), _summed(before_ops, "step_latency"))
+    replicas = [
+        _replica_figures(o.name, b, a, i) for o, b, a, i in zip(operators, before_ops, after_ops, idle, strict=True)
+    ]
+    cpu = sum(r["cpu_seconds"] for r in replicas)
     result: dict[str, Any] = {
         "sagas": count,
         "kafka_security": "SASL_SSL (SCRAM-SHA-512)" if bench.secured else "PLAINTEXT",
@@ -257,12 +292,16 @@ async def run_sagas(bench: Bench, count: int, warmup: int = 10, phase: str = "ma
         },
         "apiserver_writes": _write_summary(before_writes, after_writes, steps),
         "operator": {
+            "replicas": len(operators),
+            "source": variant.commit or "this tree",
+            "status_writes": variant.status_writes or "default",
             "cpu_seconds": round(cpu, 2),
             "cpu_ms_per_step": round(1000 * cpu / steps, 3),
             "cpu_utilisation": round(cpu / wall, 3),
-            "rss_idle_mib": round(idle.get("VmRSS", 0.0), 1),
-            "rss_mib": round(after_op["memory"].get("VmRSS", 0.0), 1),
-            "peak_rss_mib": round(after_op["memory"].get("VmHWM", 0.0), 1),
+            "rss_idle_mib": max(r["rss_idle_mib"] for r in replicas),
+            "rss_mib": max(r["rss_mib"] for r in replicas),
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in replicas),
+            "by_replica": replicas,
         },
         "cpu_seconds_by_process": procinfo.busiest(before_procs, after_procs, bench.roles, top=12),
         "loadavg": {"before": load_before, "after": load_after},
@@ -278,7 +317,25 @@ async def run_sagas(bench: Bench, count: int, warmup: int = 10, phase: str = "ma
         f"sagas: {result['sagas_per_second']} sagas/s, {result['steps_per_second']} steps/s, "
         f"e2e p50 {result['latency_seconds']['end_to_end']['p50']}s"
     )
-    return result, operator
+    return result, operators
+
+
+def _replica_figures(
+    name: str, before: dict[str, Any], after: dict[str, Any], idle: dict[str, float]
+) -> dict[str, Any]:
+    """One replica's CPU over the measured part and the steps it applied (its own counter), so that a
+    replica's CPU per step is known however the shards fell."""
+    cpu = after["cpu"] - before["cpu"]
+    applied = after["steps_applied"] - before["steps_applied"]
+    return {
+        "name": name,
+        "cpu_seconds": round(cpu, 2),
+        "steps_applied": int(applied),
+        "cpu_ms_per_step_applied": round(1000 * cpu / applied, 3) if applied else None,
+        "rss_idle_mib": round(idle.get("VmRSS", 0.0), 1),
+        "rss_mib": round(after["memory"].get("VmRSS", 0.0), 1),
+        "peak_rss_mib": round(after["memory"].get("VmHWM", 0.0), 1),
+    }
 
 
 _QS = {"p50": 0.5, "p90": 0.9, "p99": 0.99}

@@ -33,8 +33,39 @@ Log = Callable[[str], None]
 STEPS = 3
 #: The echo participant's principal (it answers for every participant of the run).
 ECHO_PRINCIPAL = "saga-bench-echo"
-#: The saga phases: "main" with the run's first Kafka mode, "plain" the other one under --kafka-security both.
+#: The saga phases: "main" with the run's first Kafka mode, "plain" the other one under --kafka-security both;
+#: the other variants' phases are named after them (`Variant.phase`).
 SAGA_PHASES = ("main", "plain")
+#: The folders of a source tree that hold the operator's packages (pyproject's `packages.find`).
+SOURCE_DIRS = ("operator", "protocol")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How the operator of one saga phase runs: how many replicas, which status-write mode (empty: its
+    default), and from which source tree (None: this one; else an older commit, unpacked, `commit` naming it)."""
+
+    replicas: int = 1
+    status_writes: str = ""
+    source: Path | None = None
+    commit: str = ""
+
+    @property
+    def label(self) -> str:
+        parts = [f"{self.commit[:10]} (old)" if self.commit else "this tree"]
+        parts.append(f"{self.replicas} replica" + ("s" if self.replicas > 1 else ""))
+        if self.status_writes:
+            parts.append(self.status_writes)
+        return ", ".join(parts)
+
+    @property
+    def phase(self) -> str:
+        """A name for the phase's namespace and consumer group (a DNS label part)."""
+        writes = f"-{self.status_writes}" if self.status_writes else ""
+        origin = f"old{self.commit[:7]}-" if self.commit else ""
+        return f"{origin}r{self.replicas}{writes}"
+
+
 PAYLOAD = {"buyer": "user-1", "video": "video-1", "agent": "agent-1", "priceCents": 499}
 
 
@@ -153,27 +184,42 @@ class Bench:
         self.echo = module_service(f"echo-{mode}", "saga_harness.bench.echo", args, self.run_dir, env)
         await self._start(self.echo, "echo participant")
 
+    def operators(self, phase: str, variant: Variant | None = None) -> list[Service]:
+        """The operator replicas of a saga phase: one consumer group and one namespace, each with its own port
+        and log directory (``<run>/<phase>/replica-<i>``), configured as ``variant`` says."""
+        variant = variant or Variant()
+        services = []
+        for index in range(variant.replicas):
+            run_dir = self.run_dir / phase / f"replica-{index + 1}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            service = operator_service(
+                run_dir,
+                self.kafka_env(kafka_access.OPERATOR),
+                SAGA_CREATE_TOPICS="false",
+                SAGA_REPLY_DEAD_LETTER_TOPIC=self.reply_dead_letter_topic,
+                SAGA_NAMESPACE=self.namespace(phase),
+                SAGA_CONSUMER_GROUP=f"saga-bench-{self.run_id}-{phase}",
+                SAGA_PARTICIPANTS=",".join(self.participants),
+                SAGA_TOPIC_PARTITIONS=str(self.partitions),
+                # The variant's status-write mode, else the run's environment's (empty: the operator's default).
+                SAGA_STATUS_WRITES=variant.status_writes or os.environ.get("SAGA_STATUS_WRITES", ""),
+                SAGA_STATUS_COALESCE_MS=os.environ.get("SAGA_STATUS_COALESCE_MS", ""),
+            )
+            if variant.source is not None:
+                # An older commit's operator: its own packages first on the path, the same interpreter and
+                # dependencies (the editable installs of this tree come after PYTHONPATH).
+                service.env["PYTHONPATH"] = os.pathsep.join(str(variant.source / d) for d in SOURCE_DIRS)
+            service.name = f"operator-{index + 1}" if variant.replicas > 1 else "operator"
+            # For A/B experiments (an operator with a change, or under a profiler): the command to run instead.
+            override = os.environ.get("SAGA_BENCH_OPERATOR_COMMAND")
+            if override:
+                service.argv = shlex.split(override)
+            services.append(service)
+        return services
+
     def operator(self, phase: str) -> Service:
-        run_dir = self.run_dir / phase
-        run_dir.mkdir(parents=True, exist_ok=True)
-        service = operator_service(
-            run_dir,
-            self.kafka_env(kafka_access.OPERATOR),
-            SAGA_CREATE_TOPICS="false",
-            SAGA_REPLY_DEAD_LETTER_TOPIC=self.reply_dead_letter_topic,
-            SAGA_NAMESPACE=self.namespace(phase),
-            SAGA_CONSUMER_GROUP=f"saga-bench-{self.run_id}-{phase}",
-            SAGA_PARTICIPANTS=",".join(self.participants),
-            SAGA_TOPIC_PARTITIONS=str(self.partitions),
-            # For the A/B of docs/performance.md: the status-write mode and window of the run's environment (empty:
-            # the operator's defaults).
-            SAGA_STATUS_WRITES=os.environ.get("SAGA_STATUS_WRITES", ""),
-            SAGA_STATUS_COALESCE_MS=os.environ.get("SAGA_STATUS_COALESCE_MS", ""),
-        )
-        # For A/B experiments (an operator with a change, or under a profiler): the command to run instead.
-        override = os.environ.get("SAGA_BENCH_OPERATOR_COMMAND")
-        if override:
-            service.argv = shlex.split(override)
+        """The one operator of a phase (the floor and the scale phase)."""
+        (service,) = self.operators(phase)
         return service
 
     async def _start(self, service: Service, role: str) -> None:
@@ -185,6 +231,10 @@ class Bench:
     async def stop(self, service: Service | None) -> None:
         if service is not None:
             await asyncio.to_thread(service.stop)
+
+    async def stop_all(self, services: Iterable[Service]) -> None:
+        for service in services:
+            await self.stop(service)
 
     async def delete_topics(self) -> None:
         from aiokafka.admin import AIOKafkaAdminClient

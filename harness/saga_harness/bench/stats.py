@@ -51,6 +51,16 @@ def histogram_buckets(metrics_text: str, name: str) -> Buckets:
     return buckets
 
 
+def counter_total(metrics_text: str, name: str) -> float:
+    """The sum over label sets of counter `name` (its `_total` samples) from a /metrics page."""
+    total = 0.0
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == name:
+                total += sample.value
+    return total
+
+
 def bucket_delta(after: Mapping[float, float], before: Mapping[float, float]) -> Buckets:
     return {bound: count - before.get(bound, 0.0) for bound, count in after.items()}
 
