@@ -97,11 +97,7 @@ class LaggingSagaWorld(SagaWorld):
         before = self.written
         if self.FORGET_THE_LAG:
             before = before.model_copy(update={"written_behind": None, "resumed_behind": None})
-        event: Event
-        if before.phase == SagaPhase.PENDING:
-            event = Start(self.clock, write_behind=True, resumed=not self.FORGET_THE_LAG)
-        else:
-            event = Resumed(self.clock)
+        event = self.restart_event(before)
         after, effects = transition(self.spec, before, event, uid=SAGA_UID)
         self.check_transition(event, before, after, effects)
         if before.phase != SagaPhase.PENDING:
@@ -114,6 +110,13 @@ class LaggingSagaWorld(SagaWorld):
         self.log_sent(effects)
         self.check_pivot_recorded(effects)
         self.perform(effects)
+
+    def restart_event(self, before: SagaStatus) -> Event:
+        """What the restarted operator applies first: Start to a saga its store shows unstarted (it predates
+        the new process: a predecessor may have started it and lost the write), else Resumed."""
+        if before.phase == SagaPhase.PENDING:
+            return Start(self.clock, write_behind=True, resumed=not self.FORGET_THE_LAG)
+        return Resumed(self.clock)
 
     @rule()
     def the_coalesced_write_lands(self) -> None:
@@ -128,6 +131,51 @@ LaggingSagaWorld.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_lagging_log = LaggingSagaWorld.TestCase
+
+
+class ModeSwitchingWorld(LaggingSagaWorld):
+    """The operator restarts, now and then, in the other SAGA_STATUS_WRITES mode (a crash at the switch: what
+    it had not flushed is lost). Strict, it writes every change before its effects; whatever the mode, a
+    saga its store shows unstarted is started as resumed, since a predecessor may have written behind."""
+
+    #: Wrong variant: a strict operator trusts an unstarted log (resumes as resumed only when writing behind).
+    STRICT_TRUSTS_AN_UNSTARTED_LOG = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.behind = True
+        self.switches = 0
+
+    def start_event(self) -> Event:
+        return Start(self.clock, write_behind=self.behind)
+
+    def cause(self, before: SagaStatus, after: SagaStatus, effects: list[Effect]) -> WriteCause | None:
+        return super().cause(before, after, effects) if self.behind else WriteCause.STRICT
+
+    def restart_event(self, before: SagaStatus) -> Event:
+        if before.phase == SagaPhase.PENDING:
+            resumed = self.behind or not self.STRICT_TRUSTS_AN_UNSTARTED_LOG
+            return Start(self.clock, write_behind=self.behind, resumed=resumed)
+        return Resumed(self.clock)
+
+    @rule()
+    def the_operator_restarts_in_the_other_mode(self) -> None:
+        self.switches += 1
+        self.behind = not self.behind
+        self.restart()
+
+
+ModeSwitchingWorld.TestCase.settings = settings(
+    max_examples=100,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_switching_modes = ModeSwitchingWorld.TestCase
+
+
+class StrictTrustsAnUnstartedLog(ModeSwitchingWorld):
+    STRICT_TRUSTS_AN_UNSTARTED_LOG = True
 
 
 class PivotWrittenBehind(LaggingSagaWorld):
@@ -174,8 +222,15 @@ _HUNT = settings(
             "Compensated, but effects remain|which depends on it|an action sent after its compensation|"
             "a genuine reply was classified invalid",
         ),
+        # A strict operator that takes an unstarted log (a predecessor writing behind lost its first write)
+        # at its word: the steps that predecessor sent are skipped by an undo, their answers taken as forged.
+        (
+            StrictTrustsAnUnstartedLog,
+            "Compensated, but effects remain|which depends on it|an action sent after its compensation|"
+            "a genuine reply was classified invalid",
+        ),
     ],
-    ids=["pivot-behind", "pivot-behind-consequences", "lag-forgotten"],
+    ids=["pivot-behind", "pivot-behind-consequences", "lag-forgotten", "strict-trusts-an-unstarted-log"],
 )
 def test_the_lagging_world_catches_a_wrong_operator(variant: type[LaggingSagaWorld], expected: str) -> None:
     with pytest.raises(AssertionError, match=expected):

@@ -106,6 +106,17 @@ def test_an_unstarted_saga_found_after_a_restart_is_resumed_as_lagging_when_writ
     assert sends(saga.effects) == [("b", COMPENSATION, 1)]
 
 
+def test_a_strict_operator_resumes_an_unstarted_saga_as_lagging_too() -> None:
+    # Its predecessor may have written behind and crashed before the first write (a switch of modes).
+    saga = Saga(saga_spec(step("a"), step("b")))
+    saga.apply(Start(saga.now, write_behind=False, resumed=True))
+    assert saga.status.written_behind and saga.status.resumed_behind
+    assert ignored(saga.reply("b")) == [ReplyIgnored("Unrecorded", invalid=False)]
+    saga.abort()
+    assert states(saga.status) == {"a": S.DISPATCHED, "b": S.COMPENSATING}  # b may have been sent: undone first
+    assert sends(saga.effects) == [("b", COMPENSATION, 1)]
+
+
 def test_a_reply_to_an_unrecorded_command_is_ignored_not_dead_lettered_after_a_lagging_resume() -> None:
     spec = saga_spec(step("a"), step("b"))
     saga = _behind(spec)

@@ -35,7 +35,8 @@ class Start:
     #: The shell writes behind (SAGA_STATUS_WRITES=behind): recorded in the status as writtenBehind.
     write_behind: bool = False
     #: The shell found this saga unstarted after its own restart: a predecessor may have started it and lost
-    #: the write (only possible when writing behind), so it is resumed as from a log written behind.
+    #: the write (possible when that predecessor wrote behind, which an operator now writing strictly cannot
+    #: rule out), so it is resumed as from a log written behind, in either mode.
     resumed: bool = False
 
 

@@ -283,8 +283,9 @@ def _start(
     status = work.status
     if status.phase != Phase.PENDING:
         return
-    if write_behind:
-        # In the first status written, whatever the mode of the operator that resumes it.
+    if write_behind or resumed:
+        # In the first status written, whatever the mode of the operator that resumes it. A resumed start may
+        # follow a predecessor that wrote behind and lost its first write, so its log may lag in either mode.
         status.written_behind = True
         if resumed:
             status.resumed_behind = True

@@ -599,7 +599,8 @@ class Coordinator:
             await self._set_finalizer(entry, add=True)
         # A saga that predates this process may have been started by a predecessor writing behind, which crashed
         # before its first write: it is started as resumed (its first steps may be out), and undone if deleted.
-        resumed = predates and self.status_writer.behind
+        # In strict mode too: the predecessor may have written behind (a switch of SAGA_STATUS_WRITES).
+        resumed = predates
         if entry.deleting and status.phase == Phase.PENDING and not resumed:
             # Deleted before it started: nothing to undo, nothing to start.
             if entry.finalized:
