@@ -79,11 +79,13 @@ class TemplateUsage:
         *,
         interval: float = RECOUNT_SECONDS,
         retry_seconds: float = RETRY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._ownership = ownership
         self.interval = interval
         self.retry_seconds = retry_seconds
+        self._clock = clock
         self._uses: dict[str, SagaUse] = {}  # saga uid -> the template it names
         self._templates: dict[Key, _Template] = {}
         # Sagas naming a template this replica has not seen (yet, or at all): moved over when it appears.
@@ -152,7 +154,7 @@ class TemplateUsage:
     def _mark(self, key: Key, not_before: float = 0.0) -> None:
         if key not in self._templates:
             return  # counted when the template appears
-        when = max(time.monotonic(), self._last.get(key, float("-inf")) + self.interval, not_before)
+        when = max(self._clock(), self._last.get(key, float("-inf")) + self.interval, not_before)
         if key not in self._due or when < self._due[key]:
             self._due[key] = when
         self._wake.set()
@@ -164,14 +166,14 @@ class TemplateUsage:
         while True:
             self._wake.clear()
             await self.recount_due()
-            delay = min(self._due.values()) - time.monotonic() if self._due else None
+            delay = min(self._due.values()) - self._clock() if self._due else None
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=delay if delay is None else max(delay, 0.0))
             except TimeoutError:
                 pass
 
     async def recount_due(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         for key in [key for key, when in self._due.items() if when <= now]:
             del self._due[key]
             await self._recount(key)
@@ -180,7 +182,7 @@ class TemplateUsage:
         template = self._templates.get(key)
         if template is None or not self._ownership().owns(template.uid):
             return  # another replica's to write
-        self._last[key] = time.monotonic()
+        self._last[key] = self._clock()
         uses = [self._uses[uid] for uid in template.sagas if uid in self._uses]
         status = template_status(template.spec, template.generation, uses, template.status)
         if status == template.status:
@@ -192,7 +194,7 @@ class TemplateUsage:
             return  # deleted: the watch says so next
         except TRANSIENT_API_ERRORS as exc:
             log.warning("SagaTemplate %s/%s: its status could not be written (%s); trying again", namespace, name, exc)
-            self._mark(key, not_before=time.monotonic() + self.retry_seconds)
+            self._mark(key, not_before=self._clock() + self.retry_seconds)
             return
         self.writes += 1
         if self._templates.get(key) is template:
