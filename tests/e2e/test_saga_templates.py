@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -203,13 +204,89 @@ def test_the_api_server_refuses_a_saga_with_both_steps_and_a_template(world: Sag
     assert result.returncode != 0 and "parameter names must be unique" in result.stderr
 
 
+def template_rows(world: SagaWorld, *names: str, wide: bool = False) -> tuple[list[str], dict[str, list[str]]]:
+    """`kubectl get sagatemplates` as a user reads it: the header and each row's cells, cut where the header's
+    columns start (kubectl aligns every cell under its header; an empty one is blank)."""
+    table = world.kubectl("get", "sagatemplates", *names, "-n", "default", *(["-o", "wide"] if wide else []))
+    header, *rows = table.splitlines()
+    starts = [match.start() for match in re.finditer(r"\S+", header)]
+    bounds = list(zip(starts, [*starts[1:], None], strict=True))
+    cells = {row.split()[0]: [row[a:b].strip() for a, b in bounds] for row in rows}
+    return header.split(), cells
+
+
+def wait_for_row(world: SagaWorld, name: str, check: Callable[[list[str]], bool], timeout: float = 60) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        row = template_rows(world, name)[1][name]
+        if check(row):
+            return row
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name}: {row}\n{world.operator.log_tail()}")
+        time.sleep(0.2)
+
+
+PARAMETERS = "buyer,video,price,agent,[simulate]"
+
+
 def test_kubectl_documents_and_lists_templates(world: SagaWorld, saga_name: Names) -> None:
     explained = " ".join(world.kubectl("explain", "sagatemplate.spec.parameters").split())  # kubectl wraps lines
     assert "the step inputs read it as payload.<name>" in explained
     assert "without a default the parameter is required" in explained
+    status = " ".join(world.kubectl("explain", "sagatemplate.status").split())
+    assert "The Sagas of this namespace whose spec.templateRef names this template" in status
     name = world.apply(template(saga_name("tpl")))
-    table = world.kubectl("get", "sagatemplates", name, "-n", "default")
-    print(table)
-    header, row = table.splitlines()[:2]
-    assert header.split() == ["NAME", "PARAMETERS", "AGE"]
-    assert row.startswith(name) and '"name":"buyer"' in row
+    # A new template: the operator writes its parameters and that no saga uses it yet.
+    row = wait_for_row(world, name, lambda cells: cells[1:4] == [PARAMETERS, "0", "0"])
+    header, _ = template_rows(world, name)
+    print(world.kubectl("get", "sagatemplates", name, "-n", "default"))
+    assert header == ["NAME", "PARAMETERS", "SAGAS", "RUNNING", "AGE"]
+    assert row[0] == name and len(row) == 5
+    wide_header, wide = template_rows(world, name, wide=True)
+    assert wide_header == ["NAME", "PARAMETERS", "SAGAS", "RUNNING", "AGE", "LAST-USED", "DESCRIPTION"]
+    assert wide[name][5] == ""  # no saga yet
+    assert wide[name][6] == "record a video purchase, debit the buyer, credit the seller's agent"
+
+
+def test_the_sagas_of_a_template_are_counted_as_they_start_finish_and_go(world: SagaWorld, saga_name: Names) -> None:
+    name = world.apply(template(saga_name("tpl")))
+    wait_for_row(world, name, lambda cells: cells[2:4] == ["0", "0"])
+    slow = {"videos": {"delaySeconds": 6}}
+    sagas = [saga_name("counted"), saga_name("counted")]
+    world.apply_all(
+        templated_saga(
+            saga,
+            name,
+            {"buyer": "alice", "video": saga_name("v"), "price": 10, "agent": "bob-agency", "simulate": slow},
+        )
+        for saga in sagas
+    )
+    own_steps = buy_video_saga(saga_name("own-steps"), {"buyer": "alice", "video": "v-1", "price": 1, "agent": "x"})
+    own_steps["metadata"]["namespace"] = "default"
+    world.apply(own_steps)
+    # Both running (the videos step takes 6 s), then both finished; a saga of its own steps is no template's.
+    running = wait_for_row(world, name, lambda cells: cells[2:4] == ["2", "2"])
+    print(world.kubectl("get", "sagatemplates", name, "-n", "default"))
+    assert running[1] == PARAMETERS
+    world.wait_terminal(sagas)
+    finished = wait_for_row(world, name, lambda cells: cells[2:4] == ["2", "0"])
+    print(world.kubectl("get", "sagatemplates", name, "-n", "default", "-o", "wide"))
+    assert finished[0] == name
+    # Each saga of it carries the template's label: kubectl lists a template's sagas by it.
+    labelled = world.kubectl("get", "sagas", "-n", "default", "-l", f"saga.dev/template={name}", "-o", "name")
+    assert sorted(labelled.split()) == sorted(f"saga.saga.dev/{saga}" for saga in sagas)
+    stored = json.loads(world.kubectl("get", "sagatemplate", name, "-n", "default", "-o", "json"))
+    assert stored["status"]["observedGeneration"] == stored["metadata"]["generation"]
+    last_used = stored["status"]["lastUsedAt"]
+    assert last_used == max(world.get(saga)["metadata"]["creationTimestamp"] for saga in sagas)
+
+    world.kubectl("delete", "saga", sagas[0], "-n", "default")
+    wait_for_row(world, name, lambda cells: cells[2:4] == ["1", "0"])
+    stored = json.loads(world.kubectl("get", "sagatemplate", name, "-n", "default", "-o", "json"))
+    assert stored["status"]["lastUsedAt"] == last_used  # a saga deleted does not take the last use back
+
+    # An edit of the template: its parameters column follows, at the new generation.
+    edited = template(name)
+    edited["spec"]["parameters"] = [p for p in edited["spec"]["parameters"] if p["name"] != "simulate"]
+    world.apply(edited)
+    wait_for_row(world, name, lambda cells: cells[1] == "buyer,video,price,agent")
