@@ -341,6 +341,7 @@ def template_definition() -> dict[str, Any]:
                     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     {"name": "Last-Used", "type": "date", "jsonPath": ".status.lastUsedAt", "priority": 1},
                     {"name": "Description", "type": "string", "jsonPath": ".spec.description", "priority": 1},
+                    {"name": "Problem", "type": "string", "jsonPath": ".status.problem", "priority": 1},
                 ],
                 "schema": {
                     "openAPIV3Schema": {

@@ -13,6 +13,7 @@ from saga_operator.domain.template import (
     SagaUse,
     parameter_summary,
     saga_use,
+    template_problem,
     template_status,
     template_status_patch,
 )
@@ -88,6 +89,7 @@ def test_the_patch_sets_the_whole_status_and_deletes_what_became_unset() -> None
             "sagas": 0,
             "running": 0,
             "lastUsedAt": None,
+            "problem": None,
             "observedGeneration": None,
         }
     }
@@ -95,3 +97,38 @@ def test_the_patch_sets_the_whole_status_and_deletes_what_became_unset() -> None
     written = template_status(SPEC, 2, [SagaUse("shop", "t", True, at(9))])
     stored = {k: v for k, v in template_status_patch(written)["status"].items() if v is not None}
     assert SagaTemplateStatus.model_validate({**stored, "lastUsedAt": "2026-12-01T09:00:00Z"}) == written
+
+
+def test_a_template_whose_input_reads_a_step_it_does_not_depend_on_has_the_start_refusal_as_its_problem() -> None:
+    steps: list[dict[str, Any]] = [
+        {"name": "record", "participant": "videos", "action": "record", "compensation": "remove"},
+        {
+            "name": "debit",
+            "participant": "users",
+            "action": "debit",
+            "compensation": "refund",
+            "dependsOn": [],
+            "input": {"reference": "${steps.record.result.id}", "who": "${payload.buyer}"},
+        },
+        {"name": "credit", "participant": "agents", "action": "credit", "input": {"debit": "${steps.debit.input}"}},
+    ]
+    assert template_problem({**SPEC, "steps": steps}) == (
+        "InvalidInput: step debit: input.reference: ${steps.record.result.id} refers to step record, which step "
+        "debit does not depend on (directly or through others)"
+    )
+    steps[1]["dependsOn"] = ["record"]
+    assert template_problem({**SPEC, "steps": steps}) is None  # the pivot depends on every other step
+    steps[2]["input"] = {"x": "${steps.nowhere.result}"}
+    assert template_problem({**SPEC, "steps": steps}) == (
+        "InvalidInput: step credit: input.x: ${steps.nowhere.result} refers to step nowhere, which is not a step of "
+        "this saga"
+    )
+    assert (
+        template_problem({"steps": []})
+        == "InvalidTemplate: spec.steps: List should have at least 1 item after validation, not 0"
+    )
+    status = template_status(SPEC, 1, [], problem="InvalidInput: ...")
+    assert (
+        status.problem == "InvalidInput: ..."
+        and template_status_patch(status)["status"]["problem"] == "InvalidInput: ..."
+    )

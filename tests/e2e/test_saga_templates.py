@@ -243,9 +243,10 @@ def test_kubectl_documents_and_lists_templates(world: SagaWorld, saga_name: Name
     assert header == ["NAME", "PARAMETERS", "SAGAS", "RUNNING", "AGE"]
     assert row[0] == name and len(row) == 5
     wide_header, wide = template_rows(world, name, wide=True)
-    assert wide_header == ["NAME", "PARAMETERS", "SAGAS", "RUNNING", "AGE", "LAST-USED", "DESCRIPTION"]
+    assert wide_header == ["NAME", "PARAMETERS", "SAGAS", "RUNNING", "AGE", "LAST-USED", "DESCRIPTION", "PROBLEM"]
     assert wide[name][5] == ""  # no saga yet
     assert wide[name][6] == "record a video purchase, debit the buyer, credit the seller's agent"
+    assert wide[name][7] == ""  # nothing a saga of it would be refused for
 
 
 def test_the_sagas_of_a_template_are_counted_as_they_start_finish_and_go(world: SagaWorld, saga_name: Names) -> None:
@@ -290,3 +291,41 @@ def test_the_sagas_of_a_template_are_counted_as_they_start_finish_and_go(world: 
     edited["spec"]["parameters"] = [p for p in edited["spec"]["parameters"] if p["name"] != "simulate"]
     world.apply(edited)
     wait_for_row(world, name, lambda cells: cells[1] == "buyer,video,price,agent")
+
+
+def test_a_template_reading_a_step_it_does_not_depend_on_says_so_before_any_saga_of_it(
+    world: SagaWorld, saga_name: Names
+) -> None:
+    broken = template(saga_name("tpl"))
+    # debit-buyer runs beside record-purchase (dependsOn: []), so it cannot read its result.
+    broken["spec"]["steps"][1]["dependsOn"] = []
+    broken["spec"]["steps"][1]["input"] = {"reference": "${steps['record-purchase'].result.purchaseId}"}
+    name = world.apply(broken)
+    message = (
+        "InvalidInput: step debit-buyer: input.reference: ${steps['record-purchase'].result.purchaseId} refers to "
+        "step record-purchase, which step debit-buyer does not depend on (directly or through others)"
+    )
+    deadline = time.monotonic() + 60
+    while (world_status := template_status_of(world, name)).get("problem") != message:
+        assert time.monotonic() < deadline, json.dumps(world_status)
+        time.sleep(0.2)
+    header, rows = template_rows(world, name, wide=True)
+    print(world.kubectl("get", "sagatemplates", name, "-n", "default", "-o", "wide"))
+    assert header[-1] == "PROBLEM" and rows[name][-1] == message
+    # A saga of it is refused at start with the same words.
+    parameters = {"buyer": "alice", "video": saga_name("v"), "price": 100, "agent": "bob-agency"}
+    saga = world.apply(templated_saga(saga_name("of-broken"), name, parameters))
+    status = world.wait_terminal([saga])[saga]["status"]
+    assert status["phase"] == "Rejected" and status["message"] == message
+    # Fixed: the problem goes.
+    world.apply(template(name))
+    deadline = time.monotonic() + 60
+    while "problem" in (world_status := template_status_of(world, name)):
+        assert time.monotonic() < deadline, json.dumps(world_status)
+        time.sleep(0.2)
+
+
+def template_status_of(world: SagaWorld, name: str) -> dict[str, Any]:
+    body = json.loads(world.kubectl("get", "sagatemplate", name, "-n", "default", "-o", "json"))
+    status: dict[str, Any] = body.get("status") or {}
+    return status

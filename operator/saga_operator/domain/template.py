@@ -23,8 +23,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final, Self, cast
 
-from pydantic import ConfigDict, Field, JsonValue, model_validator
+from pydantic import ConfigDict, Field, JsonValue, ValidationError, model_validator
 
+from saga_operator.domain import inputs
 from saga_operator.domain.model import (
     _DEPENDS_ON_EARLIER,
     _EARLIER_STEP,
@@ -33,6 +34,7 @@ from saga_operator.domain.model import (
     TERMINAL_PHASES,
     ExpandedTemplate,
     Phase,
+    SagaSpec,
     StepSpec,
     TemplateRef,
     _Model,
@@ -231,8 +233,13 @@ class SagaTemplateStatus(_Model):
     last_used_at: datetime | None = Field(
         default=None, description="When the newest Saga of this template that the operator saw was created."
     )
+    problem: str | None = Field(
+        default=None,
+        description="Why every Saga of this template would be refused when it starts, as that refusal says it "
+        "(reason: message; e.g. a step input reading a step it does not depend on: InvalidInput); absent: none.",
+    )
     observed_generation: int | None = Field(
-        default=None, description="The template's metadata.generation that `parameters` was read from."
+        default=None, description="The template's metadata.generation that `parameters` and `problem` were read from."
     )
 
 
@@ -281,11 +288,27 @@ def parameter_summary(spec: Mapping[str, Any]) -> str:
     return ",".join(names)
 
 
+def template_problem(spec: Mapping[str, Any]) -> str | None:
+    """What a Saga of this template would be refused for at start whatever its parameters, with the reason and
+    message of that refusal (`expand` then `integrity.start_problem`'s input check, the same code), or None. The
+    API server's schema checked the rest at apply; a step input's references it cannot check (they are CEL)."""
+    try:
+        template = SagaTemplateSpec.model_validate(spec)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        return f"{INVALID_TEMPLATE}: spec{'.' + where if where else ''}: {message}"
+    found = inputs.problem(SagaSpec(steps=template.steps))
+    return None if found is None else f"{found[0]}: {found[1]}"
+
+
 def template_status(
     spec: Mapping[str, Any],
     generation: int | None,
     uses: Iterable[SagaUse],
     previous: SagaTemplateStatus | None = None,
+    problem: str | None = None,
 ) -> SagaTemplateStatus:
     """The template's status from its spec and the uses of it. `last_used_at` never goes back: a saga deleted
     (by its TTL, say) leaves the time it was created as the latest use."""
@@ -298,6 +321,7 @@ def template_status(
         sagas=len(counted),
         running=sum(1 for use in counted if use.running),
         last_used_at=max(created, default=None),
+        problem=problem,
         observed_generation=generation,
     )
 

@@ -3,7 +3,9 @@
 Counted from what the operator already watches, with no request of its own: every replica sees every Saga (the
 start-up listing, then the watch) and every SagaTemplate (a watch of its own), and keeps of each templated Saga
 only which template it names, whether it is finished and when it was created (`domain.template.SagaUse`),
-indexed by template. A recount is then a walk over that template's sagas in memory.
+indexed by template. A recount is then a walk over that template's sagas in memory. The status also says
+what every saga of the template would be refused for at start (`template_problem`: a step input reading a
+step it does not depend on), checked once per version of the template.
 
 Invariants:
 - only the replica that owns the template's shard (its uid's, as for a saga: adapters.shards) writes its
@@ -35,7 +37,13 @@ from pydantic import ValidationError
 
 from saga_operator.adapters.kube import TRANSIENT_API_ERRORS, Gone
 from saga_operator.adapters.shards import Ownership
-from saga_operator.domain.template import SagaTemplateStatus, SagaUse, saga_use, template_status
+from saga_operator.domain.template import (
+    SagaTemplateStatus,
+    SagaUse,
+    saga_use,
+    template_problem,
+    template_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,7 @@ class _Template:
     uid: str
     generation: int | None
     spec: Mapping[str, Any]
+    problem: str | None  # template_problem(spec): checked once per version of the template
     #: The status as stored (the watch's latest), or as this replica last wrote it; None: none readable.
     status: SagaTemplateStatus | None
     sagas: set[str] = field(default_factory=set)
@@ -127,10 +136,13 @@ class TemplateUsage:
             return
         known = self._templates.get(key)
         sagas = known.sagas if known is not None else self._orphans.pop(key, set())
+        spec = body.get("spec") or {}
+        same = known is not None and known.spec == spec
         self._templates[key] = _Template(
             uid=meta.get("uid") or "",
             generation=meta.get("generation"),
-            spec=body.get("spec") or {},
+            spec=spec,
+            problem=known.problem if known is not None and same else template_problem(spec),
             status=_stored_status(body.get("status")),
             sagas=sagas,
         )
@@ -184,7 +196,7 @@ class TemplateUsage:
             return  # another replica's to write
         self._last[key] = self._clock()
         uses = [self._uses[uid] for uid in template.sagas if uid in self._uses]
-        status = template_status(template.spec, template.generation, uses, template.status)
+        status = template_status(template.spec, template.generation, uses, template.status, template.problem)
         if status == template.status:
             return
         namespace, name = key
