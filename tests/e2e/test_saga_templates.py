@@ -20,6 +20,7 @@ from saga_harness import kafka_access
 from saga_harness.manifests import buy_video_saga
 from saga_harness.topics import read_topic
 from saga_harness.world import REPO, SagaWorld
+from saga_operator.adapters.shards import Ownership
 from saga_protocol import command_topic, decode_command
 from saga_testenv import run_sync
 
@@ -329,3 +330,48 @@ def template_status_of(world: SagaWorld, name: str) -> dict[str, Any]:
     body = json.loads(world.kubectl("get", "sagatemplate", name, "-n", "default", "-o", "json"))
     status: dict[str, Any] = body.get("status") or {}
     return status
+
+
+def test_with_two_replicas_the_counts_follow_and_survive_a_replica_killed(world: SagaWorld, saga_name: Names) -> None:
+    """Each template's status is written by the replica owning its shard; killed, its templates are recounted
+    by the survivor, which gains their shards."""
+    shards = 3  # SAGA_TOPIC_PARTITIONS of the world's reply topics
+    first = world.operator
+    second = world.add_operator()
+    second.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (first.metric("saga_operator_shards_owned") and second.metric("saga_operator_shards_owned")):
+            assert time.monotonic() < deadline, "both replicas own shards"
+            time.sleep(0.2)
+        theirs = frozenset(s for s in range(shards) if second.metric("saga_operator_shard_owned", shard=str(s)))
+        # Templates until each replica owns at least one (a template's shard is its uid's).
+        names: list[str] = []
+        owners: set[bool] = set()
+        while owners != {True, False}:
+            assert len(names) < 20, "no template fell in each replica's shards"
+            names.append(world.apply(template(saga_name("tpl"))))
+            uid = json.loads(world.kubectl("get", "sagatemplate", names[-1], "-n", "default", "-o", "json"))
+            owners.add(Ownership(shards).shard_of(uid["metadata"]["uid"]) in theirs)
+
+        def one_saga_each() -> None:
+            world.apply_all(
+                templated_saga(
+                    saga_name("shared"),
+                    name,
+                    {"buyer": "alice", "video": saga_name("v"), "price": 10, "agent": "bob-agency"},
+                )
+                for name in names
+            )
+
+        one_saga_each()
+        for name in names:
+            wait_for_row(world, name, lambda cells: cells[2:4] == ["1", "0"], timeout=90)
+        second.kill()
+        one_saga_each()
+        for name in names:
+            wait_for_row(world, name, lambda cells: cells[2:4] == ["2", "0"], timeout=120)
+        print(world.kubectl("get", "sagatemplates", *names, "-n", "default"))
+    finally:
+        second.kill()
+        world.replicas.remove(second)

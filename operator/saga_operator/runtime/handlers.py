@@ -56,8 +56,8 @@ async def saga_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     app: OperatorApp = memo["app"]
     assert app.coordinator is not None, "start-up handlers finish before watching starts"
     body = dict(event["object"])
+    app.saw_sagas([body], event.get("type"))  # first: the count does not depend on the saga's own handling
     await app.coordinator.observe(body, event.get("type"))
-    app.saw_sagas([body], event.get("type"))
 
 
 @kopf.on.event(GROUP, VERSION, TEMPLATE_PLURAL)
