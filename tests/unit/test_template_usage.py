@@ -13,7 +13,10 @@ from saga_operator.adapters.shards import EVERYTHING, Ownership
 from saga_operator.domain.template import SagaTemplateStatus, template_status_patch
 from saga_operator.runtime.template_usage import TemplateUsage
 
-SPEC: dict[str, Any] = {"parameters": [{"name": "buyer", "type": "string"}], "steps": []}
+SPEC: dict[str, Any] = {
+    "parameters": [{"name": "buyer", "type": "string"}],
+    "steps": [{"name": "debit", "participant": "users", "action": "debit"}],
+}
 
 
 class StatusStore:
@@ -75,6 +78,7 @@ async def test_the_counts_follow_the_sagas_and_an_unchanged_count_writes_nothing
     tracker.saw_template(template(), "ADDED")
     await tracker.recount_due()
     assert store.counts() == [("buy-video", 0, 0)]  # a new template shows 0 at once
+    assert store.written[0][2].parameters == "buyer" and store.written[0][2].problem is None
     tracker.saw_saga(saga("a"), "ADDED")
     tracker.saw_saga(saga("b"), "ADDED")
     tracker.saw_saga(saga("other", "another-template"), "ADDED")
@@ -158,12 +162,20 @@ async def test_a_failed_write_is_tried_again_later_and_a_deleted_template_is_let
     clock.now += 1
     await tracker.recount_due()
     assert store.counts() == [("buy-video", 0, 0)]
+    store.errors = [RuntimeError("a bug")]  # not a transient error: logged, tried again, the task goes on
+    tracker.saw_saga(saga("b", phase="Failed"), "ADDED")
+    await tracker.recount_due()
+    clock.now += 30
+    await tracker.recount_due()
+    assert store.counts()[1:] == [("buy-video", 1, 0)]
+    tracker.saw_saga(saga("b"), "DELETED")
+    await tracker.recount_due()
     store.errors = [Gone("buy-video")]
     tracker.saw_saga(saga("a"), "ADDED")
     await tracker.recount_due()
     tracker.saw_template(template(), "DELETED")
     await tracker.recount_due()
-    assert len(store.written) == 1 and tracker.counted("shop", "buy-video") == 1
+    assert len(store.written) == 3 and tracker.counted("shop", "buy-video") == 1
 
 
 async def test_a_status_someone_else_wrote_is_put_right(clock: Clock) -> None:

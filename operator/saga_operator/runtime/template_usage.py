@@ -115,8 +115,11 @@ class TemplateUsage:
         if old == new:
             return  # nothing the count shows changed (most events: a step moved on)
         if old is not None:
-            self._sagas_of((old.namespace, old.template)).discard(uid)
-            self._mark((old.namespace, old.template))
+            key = (old.namespace, old.template)
+            self._sagas_of(key).discard(uid)
+            if key in self._orphans and not self._orphans[key]:
+                del self._orphans[key]  # no saga names that missing template any more
+            self._mark(key)
         if new is None:
             self._uses.pop(uid, None)
             return
@@ -188,7 +191,12 @@ class TemplateUsage:
         now = self._clock()
         for key in [key for key, when in self._due.items() if when <= now]:
             del self._due[key]
-            await self._recount(key)
+            try:
+                await self._recount(key)
+            except Exception:
+                # A bug here must not stop the task (/readyz would name it): the counts are for people to read.
+                log.exception("SagaTemplate %s/%s: recount failed; trying again", *key)
+                self._mark(key, not_before=self._clock() + self.retry_seconds)
 
     async def _recount(self, key: Key) -> None:
         template = self._templates.get(key)
