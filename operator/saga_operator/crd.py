@@ -1,5 +1,6 @@
-"""Generate the Saga and Participant CustomResourceDefinitions from the pydantic models (the one source of
-truth), and the admission policy that gives every new Saga the operator's finalizer.
+"""Generate the Saga, Participant and SagaTemplate CustomResourceDefinitions from the pydantic models (the one
+source of truth), and the admission policies that give every new Saga the operator's finalizer and a templated
+one its template's label.
 
 `python -m saga_operator.crd > crds/saga.dev_sagas.yaml`,
 `python -m saga_operator.crd --participants > crds/saga.dev_participants.yaml`,
@@ -32,7 +33,13 @@ from saga_operator.domain.model import (
     SagaStatus,
 )
 from saga_operator.domain.participant import PARTICIPANT_KIND, PARTICIPANT_PLURAL, ParticipantSpec
-from saga_operator.domain.template import TEMPLATE_KIND, TEMPLATE_PLURAL, SagaTemplateSpec
+from saga_operator.domain.template import (
+    TEMPLATE_KIND,
+    TEMPLATE_LABEL,
+    TEMPLATE_PLURAL,
+    SagaTemplateSpec,
+    SagaTemplateStatus,
+)
 
 _DROP = {"title", "additionalProperties", "$defs"}
 
@@ -311,7 +318,8 @@ def participant_definition() -> dict[str, Any]:
 
 
 def template_definition() -> dict[str, Any]:
-    """The SagaTemplate CRD: namespaced, read by the operator when a Saga of it starts (no status of its own)."""
+    """The SagaTemplate CRD: namespaced, read by the operator when a Saga of it starts. Its status (how it is
+    used, runtime.template_usage) is the operator's to write."""
     return _definition(
         TEMPLATE_KIND,
         TEMPLATE_PLURAL,
@@ -323,12 +331,17 @@ def template_definition() -> dict[str, Any]:
                 "name": VERSION,
                 "served": True,
                 "storage": True,
+                "subresources": {"status": {}},
                 "additionalPrinterColumns": [
-                    # A path matching several values shows only the first: the whole list of parameters.
-                    {"name": "Parameters", "type": "string", "jsonPath": ".spec.parameters"},
-                    {"name": "Steps", "type": "string", "jsonPath": ".spec.steps", "priority": 1},
-                    {"name": "Description", "type": "string", "jsonPath": ".spec.description", "priority": 1},
+                    # The API server shows only the first value of a path matching several
+                    # (.spec.parameters[*].name: "buyer"), so the operator writes the names as one string.
+                    {"name": "Parameters", "type": "string", "jsonPath": ".status.parameters"},
+                    {"name": "Sagas", "type": "integer", "jsonPath": ".status.sagas"},
+                    {"name": "Running", "type": "integer", "jsonPath": ".status.running"},
                     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    {"name": "Last-Used", "type": "date", "jsonPath": ".status.lastUsedAt", "priority": 1},
+                    {"name": "Description", "type": "string", "jsonPath": ".spec.description", "priority": 1},
+                    {"name": "Problem", "type": "string", "jsonPath": ".status.problem", "priority": 1},
                 ],
                 "schema": {
                     "openAPIV3Schema": {
@@ -343,6 +356,7 @@ def template_definition() -> dict[str, Any]:
                             "kind": {"type": "string"},
                             "metadata": {"type": "object"},
                             "spec": _schema(SagaTemplateSpec),
+                            "status": _schema(SagaTemplateStatus),
                         },
                     }
                 },
@@ -401,6 +415,52 @@ def finalizer_policy() -> list[dict[str, Any]]:
     return [policy, binding]
 
 
+TEMPLATE_LABEL_POLICY = f"{PLURAL}.{GROUP}-template-label"
+
+
+def template_label_policy() -> list[dict[str, Any]]:
+    """A MutatingAdmissionPolicy (and its binding) labelling a Saga created with spec.templateRef with its
+    template's name (`saga.dev/template: buy-video`), so `kubectl get sagas -l saga.dev/template=buy-video` lists
+    a template's sagas. Any other value of the label is replaced: it always names the template the spec names
+    (the name is immutable). Without the policy the operator sets the label with its finalizer."""
+    label = f'{{"{TEMPLATE_LABEL}": object.spec.templateRef.name}}'
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingAdmissionPolicy",
+        "metadata": {"name": TEMPLATE_LABEL_POLICY},
+        "spec": {
+            "failurePolicy": "Ignore",
+            "reinvocationPolicy": "Never",
+            "matchConstraints": {
+                "resourceRules": [
+                    {"apiGroups": [GROUP], "apiVersions": ["*"], "operations": ["CREATE"], "resources": [PLURAL]}
+                ]
+            },
+            "matchConditions": [
+                {
+                    "name": "templated-and-unlabelled",
+                    "expression": "has(object.spec.templateRef) && (!has(object.metadata.labels) || "
+                    f'!("{TEMPLATE_LABEL}" in object.metadata.labels) || '
+                    f'object.metadata.labels["{TEMPLATE_LABEL}"] != object.spec.templateRef.name)',
+                }
+            ],
+            "mutations": [
+                {
+                    "patchType": "ApplyConfiguration",
+                    "applyConfiguration": {"expression": f"Object{{metadata: Object.metadata{{labels: {label}}}}}"},
+                }
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingAdmissionPolicyBinding",
+        "metadata": {"name": TEMPLATE_LABEL_POLICY},
+        "spec": {"policyName": TEMPLATE_LABEL_POLICY},
+    }
+    return [policy, binding]
+
+
 _HEADER = "# Generated from the pydantic models by `python -m saga_operator.crd{flag}`: edit those, not this.\n"
 
 
@@ -418,7 +478,7 @@ def render_templates() -> str:
 
 def render_finalizer_policy() -> str:
     return _HEADER.format(flag=" --finalizer-policy") + yaml.safe_dump_all(
-        finalizer_policy(), sort_keys=False, width=1000
+        [*finalizer_policy(), *template_label_policy()], sort_keys=False, width=1000
     )
 
 
@@ -426,7 +486,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m saga_operator.crd", description=__doc__.split("\n")[0])
     which = parser.add_mutually_exclusive_group()
     which.add_argument(
-        "--finalizer-policy", action="store_true", help="print the finalizer admission policy instead of the CRD"
+        "--finalizer-policy",
+        action="store_true",
+        help="print the admission policies setting the finalizer and the template label instead of the CRD",
     )
     which.add_argument("--participants", action="store_true", help="print the Participant CRD instead")
     which.add_argument("--templates", action="store_true", help="print the SagaTemplate CRD instead")

@@ -256,6 +256,7 @@ def test_operator_role_is_exactly_what_it_needs() -> None:
             (("saga.dev",), ("sagas",), ("delete", "get", "list", "patch", "watch")),  # delete: the TTL
             (("saga.dev",), ("sagas/status",), ("patch",)),
             (("saga.dev",), ("sagatemplates",), ("get", "list", "watch")),
+            (("saga.dev",), ("sagatemplates/status",), ("patch",)),  # the usage counts (SAGAS, RUNNING)
             (("",), ("events",), ("create",)),
         ]
     )

@@ -1,6 +1,7 @@
 """The role is sufficient: the operator, authenticated as its ServiceAccount (a token from the
 TokenRequest API, `kubectl create token`, not the admin certificate), runs the three example sagas
-from examples/ to the end they are meant to reach.
+from examples/ and the templated one of examples/templates/ to the end they are meant to reach, and writes the
+template's usage status.
 
 The operator and the participants run as local processes (saga_harness.world), as in the other
 end-to-end tests; only the operator's kubeconfig differs. Its own reply topic and consumer group keep
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,6 +90,20 @@ def test_examples_run_with_the_operator_authenticated_as_its_serviceaccount(
         # the books agree: one purchase paid and credited, everything else undone
         ledger = world.ledger()
         assert ledger["consistent"] and ledger["completedSagas"] == 1
+
+        # A saga of a template, and the template's usage status (sagatemplates/status) written by this identity.
+        for example in ("buy-video.yaml", "buy-video-from-template.yaml"):  # the template first
+            ok(kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "templates" / example)), f"applying {example}")
+        templated = world.wait_terminal(["buy-video-from-template"], namespace=namespace, timeout=120)
+        assert templated["buy-video-from-template"]["status"]["phase"] == "Succeeded", world.operator.log_tail()
+        deadline = time.monotonic() + 30
+        while True:
+            stored = json.loads(ok(kubectl("get", "sagatemplate", "buy-video", "-n", namespace, "-o", "json"), "get"))
+            usage = stored.get("status") or {}
+            if (usage.get("sagas"), usage.get("running")) == (1, 0):
+                break
+            assert time.monotonic() < deadline, f"usage status: {usage}\n{world.operator.log_tail()}"
+            time.sleep(0.2)
 
         assert world.operator.record is not None
         log = Path(world.operator.record.log).read_text()

@@ -43,6 +43,8 @@ NEEDED = [
     ("get", "sagatemplates.saga.dev", "-n", OTHER_NAMESPACE),
     ("list", "sagatemplates.saga.dev", "--all-namespaces"),
     ("watch", "sagatemplates.saga.dev", "--all-namespaces"),
+    # the usage counts on a SagaTemplate's status (SAGAS, RUNNING)
+    ("patch", "sagatemplates.saga.dev", "--subresource=status", "-n", OTHER_NAMESPACE),
     # Events on the Sagas (the coordinator's and Kopf's)
     ("create", "events", "-n", OTHER_NAMESPACE),
     ("create", "events", "-n", NAMESPACE),
@@ -77,10 +79,12 @@ NOT_NEEDED = [
     ("update", "sagas.saga.dev", "-n", OTHER_NAMESPACE),
     ("deletecollection", "sagas.saga.dev", "-n", OTHER_NAMESPACE),
     ("update", "sagas.saga.dev", "--subresource=status", "-n", OTHER_NAMESPACE),
-    # SagaTemplates: the tenants' to write; the operator only reads them
+    # SagaTemplates: the tenants' to write; the operator only reads them and PATCHes their status
     ("create", "sagatemplates.saga.dev", "-n", OTHER_NAMESPACE),
     ("patch", "sagatemplates.saga.dev", "-n", OTHER_NAMESPACE),
     ("delete", "sagatemplates.saga.dev", "-n", OTHER_NAMESPACE),
+    ("update", "sagatemplates.saga.dev", "-n", OTHER_NAMESPACE),
+    ("update", "sagatemplates.saga.dev", "--subresource=status", "-n", OTHER_NAMESPACE),
     # Events: created, never rewritten or removed; not the events.k8s.io API it does not use
     ("patch", "events", "-n", OTHER_NAMESPACE),
     ("delete", "events", "-n", OTHER_NAMESPACE),
@@ -141,5 +145,6 @@ def test_the_whole_list_of_rules(kubectl: Kubectl, operator_identity: None, name
         "sagas.saga.dev": {"get", "list", "watch", "patch", "delete"},
         "sagas.saga.dev/status": {"patch"},
         "sagatemplates.saga.dev": {"get", "list", "watch"},
+        "sagatemplates.saga.dev/status": {"patch"},
         "events": {"create"},
     }

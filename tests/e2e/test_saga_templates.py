@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from saga_harness import kafka_access
 from saga_harness.manifests import buy_video_saga
 from saga_harness.topics import read_topic
 from saga_harness.world import REPO, SagaWorld
+from saga_operator.adapters.shards import Ownership
 from saga_protocol import command_topic, decode_command
 from saga_testenv import run_sync
 
@@ -203,13 +205,173 @@ def test_the_api_server_refuses_a_saga_with_both_steps_and_a_template(world: Sag
     assert result.returncode != 0 and "parameter names must be unique" in result.stderr
 
 
+def template_rows(world: SagaWorld, *names: str, wide: bool = False) -> tuple[list[str], dict[str, list[str]]]:
+    """`kubectl get sagatemplates` as a user reads it: the header and each row's cells, cut where the header's
+    columns start (kubectl aligns every cell under its header; an empty one is blank)."""
+    table = world.kubectl("get", "sagatemplates", *names, "-n", "default", *(["-o", "wide"] if wide else []))
+    header, *rows = table.splitlines()
+    starts = [match.start() for match in re.finditer(r"\S+", header)]
+    bounds = list(zip(starts, [*starts[1:], None], strict=True))
+    cells = {row.split()[0]: [row[a:b].strip() for a, b in bounds] for row in rows}
+    return header.split(), cells
+
+
+def wait_for_row(world: SagaWorld, name: str, check: Callable[[list[str]], bool], timeout: float = 60) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        row = template_rows(world, name)[1][name]
+        if check(row):
+            return row
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name}: {row}\n{world.operator.log_tail()}")
+        time.sleep(0.2)
+
+
+PARAMETERS = "buyer,video,price,agent,[simulate]"
+
+
 def test_kubectl_documents_and_lists_templates(world: SagaWorld, saga_name: Names) -> None:
     explained = " ".join(world.kubectl("explain", "sagatemplate.spec.parameters").split())  # kubectl wraps lines
     assert "the step inputs read it as payload.<name>" in explained
     assert "without a default the parameter is required" in explained
+    status = " ".join(world.kubectl("explain", "sagatemplate.status").split())
+    assert "The Sagas of this namespace whose spec.templateRef names this template" in status
     name = world.apply(template(saga_name("tpl")))
-    table = world.kubectl("get", "sagatemplates", name, "-n", "default")
-    print(table)
-    header, row = table.splitlines()[:2]
-    assert header.split() == ["NAME", "PARAMETERS", "AGE"]
-    assert row.startswith(name) and '"name":"buyer"' in row
+    # A new template: the operator writes its parameters and that no saga uses it yet.
+    row = wait_for_row(world, name, lambda cells: cells[1:4] == [PARAMETERS, "0", "0"])
+    header, _ = template_rows(world, name)
+    print(world.kubectl("get", "sagatemplates", name, "-n", "default"))
+    assert header == ["NAME", "PARAMETERS", "SAGAS", "RUNNING", "AGE"]
+    assert row[0] == name and len(row) == 5
+    wide_header, wide = template_rows(world, name, wide=True)
+    assert wide_header == ["NAME", "PARAMETERS", "SAGAS", "RUNNING", "AGE", "LAST-USED", "DESCRIPTION", "PROBLEM"]
+    assert wide[name][5] == ""  # no saga yet
+    assert wide[name][6] == "record a video purchase, debit the buyer, credit the seller's agent"
+    assert wide[name][7] == ""  # nothing a saga of it would be refused for
+
+
+def test_the_sagas_of_a_template_are_counted_as_they_start_finish_and_go(world: SagaWorld, saga_name: Names) -> None:
+    name = world.apply(template(saga_name("tpl")))
+    wait_for_row(world, name, lambda cells: cells[2:4] == ["0", "0"])
+    slow = {"videos": {"delaySeconds": 6}}
+    sagas = [saga_name("counted"), saga_name("counted")]
+    world.apply_all(
+        templated_saga(
+            saga,
+            name,
+            {"buyer": "alice", "video": saga_name("v"), "price": 10, "agent": "bob-agency", "simulate": slow},
+        )
+        for saga in sagas
+    )
+    own_steps = buy_video_saga(saga_name("own-steps"), {"buyer": "alice", "video": "v-1", "price": 1, "agent": "x"})
+    own_steps["metadata"]["namespace"] = "default"
+    world.apply(own_steps)
+    # Both running (the videos step takes 6 s), then both finished; a saga of its own steps is no template's.
+    running = wait_for_row(world, name, lambda cells: cells[2:4] == ["2", "2"])
+    print(world.kubectl("get", "sagatemplates", name, "-n", "default"))
+    assert running[1] == PARAMETERS
+    world.wait_terminal(sagas)
+    finished = wait_for_row(world, name, lambda cells: cells[2:4] == ["2", "0"])
+    print(world.kubectl("get", "sagatemplates", name, "-n", "default", "-o", "wide"))
+    assert finished[0] == name
+    # Each saga of it carries the template's label: kubectl lists a template's sagas by it.
+    labelled = world.kubectl("get", "sagas", "-n", "default", "-l", f"saga.dev/template={name}", "-o", "name")
+    assert sorted(labelled.split()) == sorted(f"saga.saga.dev/{saga}" for saga in sagas)
+    stored = json.loads(world.kubectl("get", "sagatemplate", name, "-n", "default", "-o", "json"))
+    assert stored["status"]["observedGeneration"] == stored["metadata"]["generation"]
+    last_used = stored["status"]["lastUsedAt"]
+    assert last_used == max(world.get(saga)["metadata"]["creationTimestamp"] for saga in sagas)
+
+    world.kubectl("delete", "saga", sagas[0], "-n", "default")
+    wait_for_row(world, name, lambda cells: cells[2:4] == ["1", "0"])
+    stored = json.loads(world.kubectl("get", "sagatemplate", name, "-n", "default", "-o", "json"))
+    assert stored["status"]["lastUsedAt"] == last_used  # a saga deleted does not take the last use back
+
+    # An edit of the template: its parameters column follows, at the new generation.
+    edited = template(name)
+    edited["spec"]["parameters"] = [p for p in edited["spec"]["parameters"] if p["name"] != "simulate"]
+    world.apply(edited)
+    wait_for_row(world, name, lambda cells: cells[1] == "buyer,video,price,agent")
+
+
+def test_a_template_reading_a_step_it_does_not_depend_on_says_so_before_any_saga_of_it(
+    world: SagaWorld, saga_name: Names
+) -> None:
+    broken = template(saga_name("tpl"))
+    # debit-buyer runs beside record-purchase (dependsOn: []), so it cannot read its result.
+    broken["spec"]["steps"][1]["dependsOn"] = []
+    broken["spec"]["steps"][1]["input"] = {"reference": "${steps['record-purchase'].result.purchaseId}"}
+    name = world.apply(broken)
+    message = (
+        "InvalidInput: step debit-buyer: input.reference: ${steps['record-purchase'].result.purchaseId} refers to "
+        "step record-purchase, which step debit-buyer does not depend on (directly or through others)"
+    )
+    deadline = time.monotonic() + 60
+    while (world_status := template_status_of(world, name)).get("problem") != message:
+        assert time.monotonic() < deadline, json.dumps(world_status)
+        time.sleep(0.2)
+    header, rows = template_rows(world, name, wide=True)
+    print(world.kubectl("get", "sagatemplates", name, "-n", "default", "-o", "wide"))
+    assert header[-1] == "PROBLEM" and rows[name][-1] == message
+    # A saga of it is refused at start with the same words.
+    parameters = {"buyer": "alice", "video": saga_name("v"), "price": 100, "agent": "bob-agency"}
+    saga = world.apply(templated_saga(saga_name("of-broken"), name, parameters))
+    status = world.wait_terminal([saga])[saga]["status"]
+    assert status["phase"] == "Rejected" and status["message"] == message
+    # Fixed: the problem goes.
+    world.apply(template(name))
+    deadline = time.monotonic() + 60
+    while "problem" in (world_status := template_status_of(world, name)):
+        assert time.monotonic() < deadline, json.dumps(world_status)
+        time.sleep(0.2)
+
+
+def template_status_of(world: SagaWorld, name: str) -> dict[str, Any]:
+    body = json.loads(world.kubectl("get", "sagatemplate", name, "-n", "default", "-o", "json"))
+    status: dict[str, Any] = body.get("status") or {}
+    return status
+
+
+def test_with_two_replicas_the_counts_follow_and_survive_a_replica_killed(world: SagaWorld, saga_name: Names) -> None:
+    """Each template's status is written by the replica owning its shard; killed, its templates are recounted
+    by the survivor, which gains their shards."""
+    shards = 3  # SAGA_TOPIC_PARTITIONS of the world's reply topics
+    first = world.operator
+    second = world.add_operator()
+    second.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (first.metric("saga_operator_shards_owned") and second.metric("saga_operator_shards_owned")):
+            assert time.monotonic() < deadline, "both replicas own shards"
+            time.sleep(0.2)
+        theirs = frozenset(s for s in range(shards) if second.metric("saga_operator_shard_owned", shard=str(s)))
+        # Templates until each replica owns at least one (a template's shard is its uid's).
+        names: list[str] = []
+        owners: set[bool] = set()
+        while owners != {True, False}:
+            assert len(names) < 20, "no template fell in each replica's shards"
+            names.append(world.apply(template(saga_name("tpl"))))
+            uid = json.loads(world.kubectl("get", "sagatemplate", names[-1], "-n", "default", "-o", "json"))
+            owners.add(Ownership(shards).shard_of(uid["metadata"]["uid"]) in theirs)
+
+        def one_saga_each() -> None:
+            world.apply_all(
+                templated_saga(
+                    saga_name("shared"),
+                    name,
+                    {"buyer": "alice", "video": saga_name("v"), "price": 10, "agent": "bob-agency"},
+                )
+                for name in names
+            )
+
+        one_saga_each()
+        for name in names:
+            wait_for_row(world, name, lambda cells: cells[2:4] == ["1", "0"], timeout=90)
+        second.kill()
+        one_saga_each()
+        for name in names:
+            wait_for_row(world, name, lambda cells: cells[2:4] == ["2", "0"], timeout=120)
+        print(world.kubectl("get", "sagatemplates", *names, "-n", "default"))
+    finally:
+        second.kill()
+        world.replicas.remove(second)

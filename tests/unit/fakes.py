@@ -156,12 +156,16 @@ class FakeStore:
         self.journal.add("status", ref.name, status.seq)
         return self.body(ref)
 
-    async def set_finalizers(self, ref: SagaRef, finalizers: list[str], resource_version: str) -> dict[str, Any]:
+    async def set_finalizers(
+        self, ref: SagaRef, finalizers: list[str], resource_version: str, labels: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         stored = self._checked_for_write(ref, resource_version)
         meta = stored["metadata"]
         if "deletionTimestamp" in meta and set(finalizers) - set(meta["finalizers"]):
             raise ValueError("Forbidden: no new finalizers can be added if the object is being deleted")
         meta["finalizers"] = list(finalizers)
+        if labels:
+            meta["labels"] = {**(meta.get("labels") or {}), **labels}
         meta["resourceVersion"] = self._next_version()
         self.journal.add("finalizers", ref.name, list(finalizers))
         body = self.body(ref)

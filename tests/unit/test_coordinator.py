@@ -19,6 +19,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from saga_operator.adapters.kube import Gone, SagaRef
 from saga_operator.domain.events import ReplyIgnored
 from saga_operator.domain.model import FINALIZER, TERMINAL_PHASES, Phase, SagaSpec, StepSpec
+from saga_operator.domain.template import TEMPLATE_LABEL
 from saga_operator.runtime import coordinator as coordinator_module
 from saga_operator.runtime.coordinator import Coordinator, SagaEntry
 from saga_operator.runtime.metrics import Metrics
@@ -309,6 +310,18 @@ TEMPLATE_BODY = {
         ],
     },
 }
+
+
+async def test_a_templated_saga_gets_its_templates_label_with_the_finalizer(shell: Shell) -> None:
+    """Without the admission policies (an older cluster) the finalizer PATCH labels a templated saga too."""
+    shell.store.templates[("shop", "order")] = TEMPLATE_BODY
+    spec = SagaSpec.model_validate({"templateRef": {"name": "order", "parameters": {"order": "o-8"}}})
+    ref = shell.store.create("order-8", spec)
+    await shell.coordinator.observe(shell.store.body(ref), "ADDED")
+    meta = shell.store.body(ref)["metadata"]
+    assert meta["finalizers"] == [FINALIZER] and meta["labels"] == {TEMPLATE_LABEL: "order"}
+    own = await started(shell, "order-7")  # a saga of its own steps: no label
+    assert "labels" not in shell.store.body(own)["metadata"]
 
 
 async def test_a_templated_saga_reads_its_template_once_and_then_runs_its_status(shell: Shell) -> None:

@@ -1,4 +1,5 @@
-"""The Kubernetes side: read Sagas, write their status with compare-and-set, finalizers, Events.
+"""The Kubernetes side: read Sagas, write their status with compare-and-set, finalizers, Events; a SagaTemplate's
+usage status.
 
 Async (kubernetes_asyncio) because it is called from the Kafka loop: a blocking client would stall
 the event loop and with it the consumer's heartbeats.
@@ -16,7 +17,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from saga_operator.domain.model import GROUP, KIND, PLURAL, VERSION, SagaStatus
-from saga_operator.domain.template import TEMPLATE_PLURAL
+from saga_operator.domain.template import TEMPLATE_PLURAL, SagaTemplateStatus, template_status_patch
 
 log = logging.getLogger(__name__)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -161,6 +162,19 @@ class KubeClient:
             raise
         return body
 
+    async def write_template_status(self, namespace: str, name: str, status: SagaTemplateStatus) -> None:
+        """One merge PATCH of a SagaTemplate's status subresource (not compare-and-set: it is recomputed whole, by one
+        replica); raises Gone when there is no such template."""
+        self.writes += 1
+        try:
+            await self._objects.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, TEMPLATE_PLURAL, name, template_status_patch(status), **_MERGE, **_TIMEOUT
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                raise Gone(name) from None
+            raise
+
     async def write_status(self, ref: SagaRef, status: SagaStatus, resource_version: str | None) -> dict[str, Any]:
         """One PATCH of the status subresource; raises Conflict when resource_version is stale."""
         self.writes += 1
@@ -179,9 +193,14 @@ class KubeClient:
             raise _translate(exc, ref) from None
         return body
 
-    async def set_finalizers(self, ref: SagaRef, finalizers: list[str], resource_version: str) -> dict[str, Any]:
+    async def set_finalizers(
+        self, ref: SagaRef, finalizers: list[str], resource_version: str, labels: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         self.writes += 1
-        patch = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
+        meta: dict[str, Any] = {"finalizers": finalizers, "resourceVersion": resource_version}
+        if labels:
+            meta["labels"] = labels  # merged into the saga's labels: the others stay
+        patch = {"metadata": meta}
         try:
             body: dict[str, Any] = await self._objects.patch_namespaced_custom_object(
                 GROUP, VERSION, ref.namespace, PLURAL, ref.name, patch, **_MERGE, **_TIMEOUT

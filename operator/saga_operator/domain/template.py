@@ -7,23 +7,34 @@ their declarations (missing, wrong type, not declared: phase Rejected, InvalidPa
 parameter), set on the payload, and the template's steps and that payload are recorded in the saga's
 status (`status.template`). From then on the saga runs what its status says: editing or deleting the
 template never changes a saga already started. Like the Saga CRD, the CRD is generated from these models
-(`saga_operator.crd --templates`). Pure: no I/O.
+(`saga_operator.crd --templates`).
+
+A template's status says how it is used (`template_status`): the Sagas of its namespace that name it, how many
+of them are not finished, when the newest was created, and its parameters' names for `kubectl get`. The
+operator counts them from the Sagas it watches (runtime.template_usage). Pure: no I/O.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final, Self, cast
 
-from pydantic import ConfigDict, Field, JsonValue, model_validator
+from pydantic import ConfigDict, Field, JsonValue, ValidationError, model_validator
 
+from saga_operator.domain import inputs
 from saga_operator.domain.model import (
     _DEPENDS_ON_EARLIER,
     _EARLIER_STEP,
     _STEP_RULES,
     MAX_STEPS,
+    TERMINAL_PHASES,
     ExpandedTemplate,
+    Phase,
+    SagaSpec,
     StepSpec,
     TemplateRef,
     _Model,
@@ -40,6 +51,10 @@ PARAMETER_NAME: Final = r"^[a-zA-Z_][a-zA-Z0-9_]{0,62}$"
 TEMPLATE_NOT_FOUND: Final = "TemplateNotFound"
 INVALID_TEMPLATE: Final = "InvalidTemplate"
 INVALID_PARAMETERS: Final = "InvalidParameters"
+#: Every Saga with spec.templateRef carries this label, its value the template's name (a DNS label, so a valid
+#: label value): set when it is created, by the admission policy (saga_operator.crd.template_label_policy) or,
+#: without one, by the operator with its finalizer. `kubectl get sagas -l saga.dev/template=buy-video`.
+TEMPLATE_LABEL: Final = "saga.dev/template"
 
 
 class ParameterType(StrEnum):
@@ -199,3 +214,119 @@ def expand(
         steps=[step.model_copy(deep=True) for step in template.steps],
         payload={**template.payload, **saga_payload, **values},
     )
+
+
+class SagaTemplateStatus(_Model):
+    """How the template is used, written by the operator (runtime.template_usage) for `kubectl get sagatemplates`."""
+
+    parameters: str = Field(
+        default="",
+        description="The parameters' names in their order, comma-separated, those with a default in brackets: "
+        "what the PARAMETERS column shows.",
+    )
+    sagas: int = Field(
+        default=0, ge=0, description="The Sagas of this namespace whose spec.templateRef names this template."
+    )
+    running: int = Field(
+        default=0, ge=0, description="Of those, the ones not finished (Pending, Running, Compensating)."
+    )
+    last_used_at: datetime | None = Field(
+        default=None, description="When the newest Saga of this template that the operator saw was created."
+    )
+    problem: str | None = Field(
+        default=None,
+        description="Why every Saga of this template would be refused when it starts, as that refusal says it "
+        "(reason: message; e.g. a step input reading a step it does not depend on: InvalidInput); absent: none.",
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The template's metadata.generation that `parameters` and `problem` were read from."
+    )
+
+
+@dataclass(frozen=True)
+class SagaUse:
+    """What the usage count needs of one Saga naming a template."""
+
+    namespace: str
+    template: str
+    running: bool
+    created: datetime | None
+
+
+def _timestamp(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def saga_use(body: Mapping[str, Any]) -> SagaUse | None:
+    """The template a Saga body names in spec.templateRef (None: a Saga of its own steps, or unreadable), read
+    from the raw body: a count must not depend on the rest of the spec parsing. Running: not in an end phase
+    (a saga without a status yet is Pending)."""
+    meta = body.get("metadata") or {}
+    ref = (body.get("spec") or {}).get("templateRef")
+    name = ref.get("name") if isinstance(ref, dict) else None
+    namespace = meta.get("namespace")
+    if not isinstance(name, str) or not name or not isinstance(namespace, str):
+        return None
+    phase = (body.get("status") or {}).get("phase") or Phase.PENDING.value
+    finished = phase in {p.value for p in TERMINAL_PHASES}
+    return SagaUse(namespace, name, not finished, _timestamp(meta.get("creationTimestamp")))
+
+
+def parameter_summary(spec: Mapping[str, Any]) -> str:
+    """`buyer,video,price,agent,[simulate]`: the declared parameters' names, those with a default (a Saga may
+    leave them out) in brackets. From the raw spec, as the API server stored it (its schema checked it)."""
+    names = []
+    for parameter in spec.get("parameters") or []:
+        if isinstance(parameter, dict) and isinstance(parameter.get("name"), str):
+            optional = parameter.get("default") is not None
+            names.append(f"[{parameter['name']}]" if optional else parameter["name"])
+    return ",".join(names)
+
+
+def template_problem(spec: Mapping[str, Any]) -> str | None:
+    """What a Saga of this template would be refused for at start whatever its parameters, with the reason and
+    message of that refusal (`expand` then `integrity.start_problem`'s input check, the same code), or None. The
+    API server's schema checked the rest at apply; a step input's references it cannot check (they are CEL)."""
+    try:
+        template = SagaTemplateSpec.model_validate(spec)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        return f"{INVALID_TEMPLATE}: spec{'.' + where if where else ''}: {message}"
+    found = inputs.problem(SagaSpec(steps=template.steps))
+    return None if found is None else f"{found[0]}: {found[1]}"
+
+
+def template_status(
+    spec: Mapping[str, Any],
+    generation: int | None,
+    uses: Iterable[SagaUse],
+    previous: SagaTemplateStatus | None = None,
+    problem: str | None = None,
+) -> SagaTemplateStatus:
+    """The template's status from its spec and the uses of it. `last_used_at` never goes back: a saga deleted
+    (by its TTL, say) leaves the time it was created as the latest use."""
+    counted = list(uses)
+    created = [use.created for use in counted if use.created is not None]
+    if previous is not None and previous.last_used_at is not None:
+        created.append(previous.last_used_at)
+    return SagaTemplateStatus(
+        parameters=parameter_summary(spec),
+        sagas=len(counted),
+        running=sum(1 for use in counted if use.running),
+        last_used_at=max(created, default=None),
+        problem=problem,
+        observed_generation=generation,
+    )
+
+
+def template_status_patch(status: SagaTemplateStatus) -> dict[str, Any]:
+    """A JSON merge patch that sets the whole status: fields that became unset are sent as null (deleted)."""
+    body = status.model_dump(by_alias=True, mode="json")
+    return {"status": body}

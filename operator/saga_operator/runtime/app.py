@@ -29,6 +29,7 @@ from saga_operator.domain.model import TERMINAL_PHASES
 from saga_operator.runtime.coordinator import Coordinator
 from saga_operator.runtime.metrics import Metrics
 from saga_operator.runtime.replies import ReplyPump
+from saga_operator.runtime.template_usage import TemplateUsage
 from saga_operator.runtime.tracing import SagaTracing
 from saga_plumbing import (
     TRANSIENT_KAFKA_ERRORS,
@@ -59,6 +60,8 @@ class OperatorApp:
         self.tracing = SagaTracing(tracer_provider)
         self.metrics = Metrics()
         self.coordinator: Coordinator | None = None
+        # The SAGAS and RUNNING of `kubectl get sagatemplates`, from the Sagas this process watches anyway.
+        self.usage: TemplateUsage | None = None
         self.started = asyncio.Event()
         self.resumed_in: float | None = None
         self._kube: KubeClient | None = None
@@ -151,6 +154,8 @@ class OperatorApp:
         )
         # Sharded: it owns nothing until the group assigns it shards; the listing below only loads the sagas.
         self.coordinator.ownership = self._held
+        coordinator = self.coordinator
+        self.usage = TemplateUsage(self._kube, lambda: coordinator.ownership)
         consumer = self._consumer = kafka.new_reply_consumer(
             brokers,
             settings.consumer_group,
@@ -179,6 +184,7 @@ class OperatorApp:
             asyncio.create_task(self._probe_dependencies(), name="probes"),
             asyncio.create_task(self.coordinator.run_deadlines(), name="deadlines"),
             asyncio.create_task(self.coordinator.post_events(), name="events"),
+            asyncio.create_task(self.usage.run(), name="template-usage"),
         ]
         for task in self._tasks:
             task.add_done_callback(_log_end)
@@ -333,10 +339,13 @@ class OperatorApp:
             items, token = await self._list_page(token)
             count += sum(1 for body in items if new.owns((body.get("metadata") or {}).get("uid", "")))
             await self.coordinator.acquire(new, items, gained)
+            self.saw_sagas(items)
             del items
             if token is None:
                 break
         self._held = new
+        if self.usage is not None:
+            self.usage.recount_all()  # the templates of the shards gained are this replica's to write now
         self._pump_follow_in_flight()
         log.info(
             "owning shards %s of %d (gained %s): %d sagas, resumed in %.2fs",
@@ -375,10 +384,17 @@ class OperatorApp:
         while True:
             items, token = await self._list_page(token)
             await asyncio.gather(*(resume(body) for body in items))
+            self.saw_sagas(items)
             del items  # let this page's bodies go before the next one arrives
             if token is None:
                 break
         log.info("resumed %d sagas from their status", len(coordinator.sagas))
+
+    def saw_sagas(self, bodies: list[dict[str, Any]], event_type: str | None = None) -> None:
+        """Sagas listed or watched: their templates' usage counts follow."""
+        if self.usage is not None:
+            for body in bodies:
+                self.usage.saw_saga(body, event_type)
 
     async def _list_page(self, token: str | None) -> tuple[list[dict[str, Any]], str | None]:
         return await self._retry("listing Sagas", functools.partial(self._page, token), TRANSIENT_API_ERRORS)

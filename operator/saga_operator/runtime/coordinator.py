@@ -53,7 +53,7 @@ from saga_operator.domain.model import (
     StepState,
     effective_spec,
 )
-from saga_operator.domain.template import SagaTemplateSpec
+from saga_operator.domain.template import TEMPLATE_LABEL, SagaTemplateSpec
 from saga_operator.domain.transition import next_deadline, settle, transition
 from saga_operator.runtime.metrics import Metrics
 from saga_operator.runtime.ports import SagaStore
@@ -921,11 +921,14 @@ class Coordinator:
         return dropped
 
     async def _set_finalizer(self, entry: SagaEntry, add: bool) -> None:
-        """Our finalizer keeps a deleted saga around until its effects are compensated."""
+        """Our finalizer keeps a deleted saga around until its effects are compensated. Added to a templated saga,
+        it comes with the template's label: where no admission policy set either at create, one PATCH sets both."""
+        ref = entry.spec.template_ref if add and entry.spec is not None else None
+        labels = {TEMPLATE_LABEL: ref.name} if ref is not None else None
         for _ in range(10):
             wanted = [f for f in entry.finalizers if f != FINALIZER] + ([FINALIZER] if add else [])
             try:
-                body = await self.kube.set_finalizers(entry.ref, wanted, entry.resource_version)
+                body = await self.kube.set_finalizers(entry.ref, wanted, entry.resource_version, labels)
             except Conflict:
                 await self._reread(entry)
                 continue

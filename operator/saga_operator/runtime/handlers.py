@@ -1,6 +1,6 @@
 """The Kopf entry points, kept thin: they hand everything to `OperatorApp` and its coordinator.
 
-Only `on.event` is used for Sagas: it costs no writes of Kopf's own (no progress or last-handled
+Only `on.event` is used, for Sagas and SagaTemplates: it costs no writes of Kopf's own (no progress or last-handled
 annotations), so one saga transition is one status PATCH. Kopf gives us the watch streams, their
 reconnection, and start-up/clean-up ordering.
 """
@@ -14,6 +14,7 @@ import kopf
 
 from saga_operator import config
 from saga_operator.domain.model import GROUP, PLURAL, VERSION
+from saga_operator.domain.template import TEMPLATE_PLURAL
 from saga_operator.runtime.app import OperatorApp
 
 
@@ -54,4 +55,15 @@ async def stop_operator(memo: kopf.Memo, **_: Any) -> None:
 async def saga_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     app: OperatorApp = memo["app"]
     assert app.coordinator is not None, "start-up handlers finish before watching starts"
-    await app.coordinator.observe(dict(event["object"]), event.get("type"))
+    body = dict(event["object"])
+    app.saw_sagas([body], event.get("type"))  # first: the count does not depend on the saga's own handling
+    await app.coordinator.observe(body, event.get("type"))
+
+
+@kopf.on.event(GROUP, VERSION, TEMPLATE_PLURAL)
+async def template_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """SagaTemplates are only watched for their usage status (runtime.template_usage): a saga of one reads it
+    fresh when it starts."""
+    app: OperatorApp = memo["app"]
+    assert app.usage is not None, "start-up handlers finish before watching starts"
+    app.usage.saw_template(dict(event["object"]), event.get("type"))

@@ -36,9 +36,12 @@ class SagaStore(Protocol):
         raises Conflict, Gone."""
         ...
 
-    async def set_finalizers(self, ref: SagaRef, finalizers: list[str], resource_version: str) -> dict[str, Any]:
-        """Replace `metadata.finalizers` if the object is still at `resource_version`; raises Conflict, Gone.
-        Removing the last finalizer of a saga whose deletion was requested lets the API server delete it."""
+    async def set_finalizers(
+        self, ref: SagaRef, finalizers: list[str], resource_version: str, labels: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Replace `metadata.finalizers` (and set `labels`, the others kept) if the object is still at
+        `resource_version`; raises Conflict, Gone. Removing the last finalizer of a saga whose deletion was
+        requested lets the API server delete it."""
         ...
 
     async def delete_saga(self, ref: SagaRef) -> None:
