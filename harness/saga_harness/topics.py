@@ -1,4 +1,5 @@
-"""Kafka topics read back without a consumer group: their partitions, their records, a group's lag, a header.
+"""Kafka topics read back without a consumer group: their partitions, their records, a group's lag, a header;
+and a new group's starting offsets set at the topics' ends.
 
 For runs that check what went over the wire after the fact: the chaos run's audit of the dead-letter
 topics and its drain before the audit, the benchmark's timings from the messages' own timestamps.
@@ -12,6 +13,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import OffsetAndMetadata
 
 #: Where and as whom the readers connect: a bootstrap ("host:port", no authentication) or aiokafka's
 #: client settings with ``bootstrap_servers`` (``kafka_access.client_options(endpoints)``: the admin).
@@ -73,6 +75,22 @@ async def read_records(kafka: KafkaClient, topics: Sequence[str], *, patience: f
 async def read_topic(kafka: KafkaClient, topic: str, patience: float = 60.0) -> list[Any]:
     """Every record of `topic` from the beginning up to its end offsets now (no consumer group)."""
     return await read_records(kafka, [topic], patience=patience)
+
+
+async def start_group_at_end(kafka: KafkaClient, group: str, topics: Sequence[str]) -> None:
+    """Commit `group`'s offsets at the end of `topics` now: a group that starts later reads only what comes after
+    (its reset policy, earliest for the operator, applies only to a group with no offsets)."""
+    tps = await partitions_of(kafka, topics)
+    if not tps:
+        return
+    consumer = AIOKafkaConsumer(**options(kafka), group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.commit({tp: OffsetAndMetadata(ends[tp], "") for tp in tps})
+    finally:
+        await consumer.stop()
 
 
 async def group_lag(kafka: KafkaClient, group: str, topics: Sequence[str]) -> int:

@@ -177,6 +177,7 @@ async def run_sagas(
     namespace = bench.namespace(phase)
     await bench.kube.create_namespace(namespace)
     operators = bench.operators(phase, variant)
+    await bench.fresh_group(phase)
     for replica in operators:
         await bench._start(replica, replica.name)
     await _wait_for_shards(bench, operators)

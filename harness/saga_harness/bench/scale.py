@@ -105,6 +105,7 @@ async def run_scale(bench: Bench, count: int) -> tuple[dict[str, Any], Service]:
     tracker.wanted = set(unfinished)
     await tracker.start()
     operator = bench.operator("scale")
+    await bench.fresh_group("scale")
     peak_sockets = 0
     samples: list[tuple[float, float, int]] = []  # (seconds since start, VmRSS MiB, open sockets)
     before_procs = procinfo.all_processes()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from saga_harness import kafka_access, manifests
+from saga_harness import topics as read_back
 from saga_harness.messages import succeeded_reply
 from saga_harness.services import Service, module_service, operator_service
 from saga_plumbing import KafkaSettings
@@ -198,7 +199,7 @@ class Bench:
                 SAGA_CREATE_TOPICS="false",
                 SAGA_REPLY_DEAD_LETTER_TOPIC=self.reply_dead_letter_topic,
                 SAGA_NAMESPACE=self.namespace(phase),
-                SAGA_CONSUMER_GROUP=f"saga-bench-{self.run_id}-{phase}",
+                SAGA_CONSUMER_GROUP=self.consumer_group(phase),
                 SAGA_PARTICIPANTS=",".join(self.participants),
                 SAGA_TOPIC_PARTITIONS=str(self.partitions),
                 # The variant's status-write mode, else the run's environment's (empty: the operator's default).
@@ -221,6 +222,15 @@ class Bench:
         """The one operator of a phase (the floor and the scale phase)."""
         (service,) = self.operators(phase)
         return service
+
+    def consumer_group(self, phase: str) -> str:
+        return f"saga-bench-{self.run_id}-{phase}"
+
+    async def fresh_group(self, phase: str) -> None:
+        """The phase's consumer group starts at the reply topics' ends: every phase (and the floor) replies on the
+        same topics, and an operator would set each earlier phase's reply aside as UnknownSaga, work its own
+        figures would be charged for."""
+        await read_back.start_group_at_end(self.kafka_options(), self.consumer_group(phase), self.reply_topics())
 
     async def _start(self, service: Service, role: str) -> None:
         service.start(wait=False)
