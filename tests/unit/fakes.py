@@ -62,7 +62,9 @@ class FakeStore:
         spec: SagaSpec,
         namespace: str = "shop",
         finalizers: list[str] | None = None,
+        created_at: str | None = None,
     ) -> SagaRef:
+        """`created_at`: its creationTimestamp (none: the saga predates any operator process)."""
         ref = SagaRef(namespace, name, str(uuid.uuid4()))
         self._objects[(namespace, name)] = {
             "metadata": {
@@ -72,6 +74,7 @@ class FakeStore:
                 "resourceVersion": self._next_version(),
                 "generation": 1,
                 "finalizers": list(finalizers or []),
+                **({"creationTimestamp": created_at} if created_at else {}),
             },
             "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
         }

@@ -4,6 +4,9 @@ its size; and deletion, which never silently drops a Failed saga that may still 
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+
 import pytest
 from fakes import FakeStore
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -18,6 +21,7 @@ from saga_operator.domain.model import (
     StepSpec,
 )
 from saga_operator.runtime.coordinator import Coordinator
+from saga_protocol import CommandKind
 
 KEY = b"s" * 32
 RENAMED = SagaSpec(
@@ -242,10 +246,25 @@ async def test_an_invalid_spec_saga_is_deleted_at_once_even_when_already_refused
 
 
 async def test_a_saga_deleted_before_it_started_is_released_without_starting(shell: Shell) -> None:
-    ref = shell.store.create("never", SPEC, finalizers=[FINALIZER])
+    # Created while this operator runs (two seconds after its start): no predecessor can have started it.
+    later = datetime.fromtimestamp(time.time() + 2, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    ref = shell.store.create("never", SPEC, finalizers=[FINALIZER], created_at=later)
     shell.store.request_deletion(ref)
     await shell.coordinator.observe(shell.store.body(ref), "MODIFIED")
     assert shell.sender.sent == [] and not shell.store.exists(ref)
+
+
+async def test_an_unstarted_saga_that_predates_the_operator_is_undone_when_deleted(shell: Shell) -> None:
+    # A predecessor may have sent its first step and lost the write (writing behind), whatever this mode is.
+    ref = shell.store.create("inherited", SPEC, finalizers=[FINALIZER])
+    shell.store.request_deletion(ref)
+    await shell.coordinator.observe(shell.store.body(ref), "MODIFIED")
+    # Started as resumed: reserve goes out as its predecessor would have sent it (the same key), then the deletion's
+    # undo compensates charge first, which reserve's success may have let out unrecorded; reserve waits for it.
+    sent = [(c.command.step, c.command.kind) for c in shell.sender.sent]
+    assert sent == [("reserve", CommandKind.ACTION), ("charge", CommandKind.COMPENSATION)]
+    status = shell.store.status(ref)
+    assert status.resumed_behind and status.undoing and shell.store.exists(ref)
 
 
 async def test_a_failed_saga_with_effects_is_kept_until_a_person_confirms_the_deletion(shell: Shell) -> None:
