@@ -55,8 +55,13 @@ def format_report(report: ChaosReport) -> str:
         f"  mix         {', '.join(f'{k} {v}' for k, v in sorted(f['tags'].items()))}; aborts sent {f['abortsSent']} "
         f"(missed their moment {f['abortsMissed']})",
         f"  outcomes    {outcomes}; commands sent again (retries) {f['retries']}",
-        f"  faults      operator SIGKILLed {f['operatorKills']} times (started {f['operatorStarts']} times); "
-        f"participants SIGKILLed and restarted: {kills}",
+        f"  faults      operator SIGKILLed {f['operatorKills']} times (started {f['operatorStarts']} times"
+        + (
+            f"; {f['operatorReplicas']} replicas, rolling restarts {f['rollingRestarts']}"
+            if f.get("operatorReplicas", 1) > 1
+            else ""
+        )
+        + f"); participants SIGKILLed and restarted: {kills}",
         f"              Kafka broker killed and restarted {f['kafkaRestarts']} (down {f['kafkaDownSeconds']} s); "
         f"API server frozen {f['apiserverPauses']} ({f['apiserverPausedSeconds']} s)",
         f"  duplicates  re-delivered: commands {dups.get('commands', 0)}, replies {dups.get('replies', 0)}; "
