@@ -45,7 +45,7 @@ clean-cache: $(STAMP) ## delete the cached binaries of the pinned versions (the 
 .PHONY: test
 test: $(STAMP) ## run the whole test suite against the real local stack (started if needed)
 	$(PY) -m saga_testenv build
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
 
 .PHONY: demo
 demo: $(STAMP) ## the buy-video sagas end to end on the local stack: kubectl get sagas as they move, then the ledgers
