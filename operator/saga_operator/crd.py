@@ -368,6 +368,36 @@ def template_definition() -> dict[str, Any]:
 FINALIZER_POLICY = f"{PLURAL}.{GROUP}-finalizer"
 
 
+def _on_saga_create(name: str, condition: tuple[str, str], mutation: dict[str, Any]) -> list[dict[str, Any]]:
+    """A MutatingAdmissionPolicy applying `mutation` to a Saga being created when `condition` (name, CEL) holds,
+    and its binding. Every namespace, as the operator of manifests/base watches every namespace; an operator
+    watching one namespace wants spec.matchResources.namespaceSelector in the binding (docs/operations.md).
+    failurePolicy Ignore: a policy never blocks a create; the operator does the same where it did not run."""
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Ignore",
+            "reinvocationPolicy": "Never",
+            "matchConstraints": {
+                "resourceRules": [
+                    {"apiGroups": [GROUP], "apiVersions": ["*"], "operations": ["CREATE"], "resources": [PLURAL]}
+                ]
+            },
+            "matchConditions": [{"name": condition[0], "expression": condition[1]}],
+            "mutations": [mutation],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {"policyName": name},
+    }
+    return [policy, binding]
+
+
 def finalizer_policy() -> list[dict[str, Any]]:
     """A MutatingAdmissionPolicy (and its binding) adding the finalizer when a Saga is created.
 
@@ -377,42 +407,17 @@ def finalizer_policy() -> list[dict[str, Any]]:
     """
     add_to_list = f'[JSONPatch{{op: "add", path: "/metadata/finalizers/-", value: "{FINALIZER}"}}]'
     new_list = f'[JSONPatch{{op: "add", path: "/metadata/finalizers", value: ["{FINALIZER}"]}}]'
-    policy = {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingAdmissionPolicy",
-        "metadata": {"name": FINALIZER_POLICY},
-        "spec": {
-            "failurePolicy": "Ignore",
-            "reinvocationPolicy": "Never",
-            "matchConstraints": {
-                "resourceRules": [
-                    {"apiGroups": [GROUP], "apiVersions": ["*"], "operations": ["CREATE"], "resources": [PLURAL]}
-                ]
-            },
-            "matchConditions": [
-                {
-                    "name": "finalizer-missing",
-                    "expression": f'!has(object.metadata.finalizers) || !("{FINALIZER}" in object.metadata.finalizers)',
-                }
-            ],
-            "mutations": [
-                {
-                    "patchType": "JSONPatch",
-                    "jsonPatch": {"expression": f"has(object.metadata.finalizers) ? {add_to_list} : {new_list}"},
-                }
-            ],
+    return _on_saga_create(
+        FINALIZER_POLICY,
+        (
+            "finalizer-missing",
+            f'!has(object.metadata.finalizers) || !("{FINALIZER}" in object.metadata.finalizers)',
+        ),
+        {
+            "patchType": "JSONPatch",
+            "jsonPatch": {"expression": f"has(object.metadata.finalizers) ? {add_to_list} : {new_list}"},
         },
-    }
-    binding = {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingAdmissionPolicyBinding",
-        "metadata": {"name": FINALIZER_POLICY},
-        # Every namespace, as the operator of manifests/base watches every namespace. An operator
-        # watching one namespace wants spec.matchResources.namespaceSelector here: a Saga no operator
-        # watches would otherwise carry a finalizer nobody removes (docs/operations.md).
-        "spec": {"policyName": FINALIZER_POLICY},
-    }
-    return [policy, binding]
+    )
 
 
 TEMPLATE_LABEL_POLICY = f"{PLURAL}.{GROUP}-template-label"
@@ -424,41 +429,19 @@ def template_label_policy() -> list[dict[str, Any]]:
     a template's sagas. Any other value of the label is replaced: it always names the template the spec names
     (the name is immutable). Without the policy the operator sets the label with its finalizer."""
     label = f'{{"{TEMPLATE_LABEL}": object.spec.templateRef.name}}'
-    policy = {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingAdmissionPolicy",
-        "metadata": {"name": TEMPLATE_LABEL_POLICY},
-        "spec": {
-            "failurePolicy": "Ignore",
-            "reinvocationPolicy": "Never",
-            "matchConstraints": {
-                "resourceRules": [
-                    {"apiGroups": [GROUP], "apiVersions": ["*"], "operations": ["CREATE"], "resources": [PLURAL]}
-                ]
-            },
-            "matchConditions": [
-                {
-                    "name": "templated-and-unlabelled",
-                    "expression": "has(object.spec.templateRef) && (!has(object.metadata.labels) || "
-                    f'!("{TEMPLATE_LABEL}" in object.metadata.labels) || '
-                    f'object.metadata.labels["{TEMPLATE_LABEL}"] != object.spec.templateRef.name)',
-                }
-            ],
-            "mutations": [
-                {
-                    "patchType": "ApplyConfiguration",
-                    "applyConfiguration": {"expression": f"Object{{metadata: Object.metadata{{labels: {label}}}}}"},
-                }
-            ],
+    return _on_saga_create(
+        TEMPLATE_LABEL_POLICY,
+        (
+            "templated-and-unlabelled",
+            "has(object.spec.templateRef) && (!has(object.metadata.labels) || "
+            f'!("{TEMPLATE_LABEL}" in object.metadata.labels) || '
+            f'object.metadata.labels["{TEMPLATE_LABEL}"] != object.spec.templateRef.name)',
+        ),
+        {
+            "patchType": "ApplyConfiguration",
+            "applyConfiguration": {"expression": f"Object{{metadata: Object.metadata{{labels: {label}}}}}"},
         },
-    }
-    binding = {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingAdmissionPolicyBinding",
-        "metadata": {"name": TEMPLATE_LABEL_POLICY},
-        "spec": {"policyName": TEMPLATE_LABEL_POLICY},
-    }
-    return [policy, binding]
+    )
 
 
 _HEADER = "# Generated from the pydantic models by `python -m saga_operator.crd{flag}`: edit those, not this.\n"
