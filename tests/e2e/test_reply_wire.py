@@ -28,7 +28,7 @@ from aiokafka.protocol.produce import ProduceRequest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.util import calc_crc32c
 
-from saga_harness import kafka_access
+from saga_harness import kafka_access, librdkafka
 from saga_harness.manifests import saga_manifest
 from saga_harness.topics import read_topic
 from saga_harness.world import WIRE_PARTICIPANT, SagaWorld
@@ -40,34 +40,6 @@ CODECS = ("gzip", "snappy", "lz4", "zstd")
 
 #: The first bytes after a v2 batch's CRC (baseOffset 8, batchLength 4, partitionLeaderEpoch 4, magic 1, crc 4).
 CRC_AT, CRC_FROM = 17, 21
-
-
-def librdkafka_produce(
-    config: dict[str, str], topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]], codec: str
-) -> None:
-    """One record, produced by librdkafka with Kafka's murmur2 partitioner (docs/protocol.md §3.1, §16)."""
-    from confluent_kafka import Producer
-
-    producer = Producer(
-        {
-            **config,
-            "partitioner": "murmur2_random",
-            "enable.idempotence": True,
-            "compression.type": codec,
-            "linger.ms": 0,
-            "log_level": 0,
-        }
-    )
-    failures: list[object] = []
-
-    def delivered(error: object, _message: object) -> None:
-        if error is not None:
-            failures.append(error)
-
-    named: list[tuple[str, str | bytes | None]] = list(headers)
-    producer.produce(topic, value, key, headers=named, on_delivery=delivered)
-    assert producer.flush(30) == 0, "not delivered within 30 s"
-    assert failures == [], failures
 
 
 def _unreadable_batch(key: bytes, value: bytes, header_name: bytes, rest: list[tuple[str, bytes]]) -> bytes:
@@ -148,7 +120,8 @@ def _wait_phase(world: SagaWorld, name: str, phase: str, timeout: float = 90.0) 
 def test_replies_in_every_codec_from_another_client_are_applied_and_an_unreadable_one_is_skipped(
     world: SagaWorld,
 ) -> None:
-    admin, librdkafka = kafka_access.client_options(world.endpoints), kafka_access.librdkafka_config(world.endpoints)
+    admin = kafka_access.client_options(world.endpoints)
+    librdkafka_config = kafka_access.librdkafka_config(world.endpoints)
     participant = WIRE_PARTICIPANT
     steps = [(f"step-{codec}", participant, "do", "undo") for codec in CODECS]
     name = world.apply(saga_manifest(f"wire-{uuid.uuid4().hex[:8]}", {"n": 1}, steps, timeout_seconds=120))
@@ -163,8 +136,7 @@ def test_replies_in_every_codec_from_another_client_are_applied_and_an_unreadabl
         # Written behind (SAGA_STATUS_WRITES=behind): the log records the command within the coalescing window.
         assert command.message_id == _recorded_command_id(world, name, index)
         assert command.reply_topic == reply_topic(participant)
-        key, value, headers = _reply_record(command, participant)
-        librdkafka_produce(librdkafka, reply_topic(participant), key, value, headers, codec)
+        librdkafka.produce(librdkafka_config, reply_topic(participant), _reply_record(command, participant), codec)
 
     body = _wait_phase(world, name, "Succeeded")
     assert [step["result"] for step in body["status"]["steps"]] == [{"ok": True}] * len(CODECS)

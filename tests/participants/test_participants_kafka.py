@@ -31,6 +31,7 @@ from participants_support import (
 
 from saga_buyvideo import SERVICES, users
 from saga_buyvideo.demo import DEMO_AGENTS, DEMO_USERS, read_ledger, seed
+from saga_harness import librdkafka
 from saga_participants import KafkaSettings, Participant, RetryPolicy
 from saga_plumbing import DLQ_ORIGINAL_OFFSET, DLQ_ORIGINAL_TOPIC, DLQ_REASON, DLQ_SOURCE
 from saga_protocol import MAX_MESSAGE_BYTES, Command, Outcome, decode_reply, encode_command
@@ -336,33 +337,12 @@ async def test_stopped_between_the_database_commit_and_the_reply_the_redelivery_
     assert debit_rows(tmp_path) == 1
 
 
-def librdkafka_produce(
-    config: dict[str, str], topic: str, codec: str, record: tuple[bytes, bytes, list[tuple[str, bytes]]]
-) -> None:
-    """Produce one record as another client would: librdkafka (confluent-kafka), compressed with `codec`, in
-    a batch of its own. (kcat is librdkafka too, but Debian 12's links 2.0, whose SCRAM Kafka 4 refuses.)"""
-    from confluent_kafka import Producer
-
-    key, value, headers = record
-    producer = Producer({**config, "compression.type": codec, "linger.ms": 0, "log_level": 0})
-    failures: list[object] = []
-
-    def delivered(error: object, _message: object) -> None:
-        if error is not None:
-            failures.append(error)
-
-    named: list[tuple[str, str | bytes | None]] = list(headers)
-    producer.produce(topic, value, key, headers=named, on_delivery=delivered)
-    assert producer.flush(60) == 0, "not delivered within 60 s"
-    assert failures == [], failures
-
-
 async def test_commands_compressed_with_any_codec_are_applied(tmp_path: Path, kafka: KafkaHarness) -> None:
     p = await kafka.start(users_service(tmp_path, kafka))
     commands = {codec: debit(p, kafka, price=100) for codec in ("gzip", "snappy", "lz4", "zstd")}
     for codec, command in commands.items():
         await asyncio.to_thread(
-            librdkafka_produce, kafka.librdkafka_config(), p.command_topic, codec, encode_command(command)
+            librdkafka.produce, kafka.librdkafka_config(), p.command_topic, encode_command(command), codec
         )
 
     for codec, command in commands.items():
@@ -382,7 +362,7 @@ async def test_a_record_that_cannot_be_decompressed_is_dead_lettered_undecodable
     await kafka.send(before, p.command_topic)
     assert (await kafka.reply_to(before)).outcome is Outcome.SUCCEEDED
     await asyncio.to_thread(
-        librdkafka_produce, kafka.librdkafka_config(), p.command_topic, "snappy", encode_command(unreadable)
+        librdkafka.produce, kafka.librdkafka_config(), p.command_topic, encode_command(unreadable), "snappy"
     )
     await kafka.send(after, p.command_topic)
 
