@@ -3,11 +3,12 @@ written before their effects, and how a saga resumed from a log written behind i
 
 from __future__ import annotations
 
-from domain_support import COMPENSATION, Saga, ignored, pivot, saga_spec, sends, states, step
+from domain_support import COMPENSATION, Saga, at, ignored, pivot, saga_spec, sends, states, step
 
 from saga_operator.domain.durability import WriteCause, maybe_dispatched, write_ahead_cause
 from saga_operator.domain.events import Effect, ReplyIgnored, Start
 from saga_operator.domain.model import Phase, SagaSpec, SagaStatus, StepState
+from saga_operator.domain.transition import next_deadline
 from saga_protocol import Outcome
 
 S = StepState
@@ -115,6 +116,25 @@ def test_a_strict_operator_resumes_an_unstarted_saga_as_lagging_too() -> None:
     saga.abort()
     assert states(saga.status) == {"a": S.DISPATCHED, "b": S.COMPENSATING}  # b may have been sent: undone first
     assert sends(saga.effects) == [("b", COMPENSATION, 1)]
+
+
+def test_an_action_timing_out_while_it_waits_for_its_compensation_leaves_no_deadline_behind() -> None:
+    # s0 -> s1 -> s2 in a line, resumed from a lagging log with s0 Dispatched: s1 and s2 may have gone out. The
+    # undo compensates s2 first; s0 waits for s1 and s2. When s0's action times out meanwhile, its backoff must not
+    # stay the saga's next deadline: the one that matters is s2's compensation timeout.
+    saga = Saga(saga_spec(step("s0", timeout=1, retries=1, backoff=0), step("s1"), step("s2", timeout=3)))
+    saga.apply(Start(saga.now, write_behind=True, resumed=True))
+    saga.abort()
+    assert states(saga.status) == {"s0": S.DISPATCHED, "s1": S.PENDING, "s2": S.COMPENSATING}
+    saga.tick(1)  # s0's action times out: another attempt is allowed, but the saga is being undone
+    assert saga.record("s0").state == S.RETRYING and sends(saga.effects) == []
+    saga.tick(1)
+    assert saga.record("s0").deadline is None
+    assert next_deadline(saga.status) == saga.record("s2").deadline == at(3)
+    saga.tick(3)  # s2's compensation times out: time moves on, and it is tried again after its backoff
+    assert saga.record("s2").state == S.COMPENSATION_RETRYING
+    saga.tick(4)
+    assert sends(saga.effects) == [("s2", COMPENSATION, 2)]
 
 
 def test_a_reply_to_an_unrecorded_command_is_ignored_not_dead_lettered_after_a_lagging_resume() -> None:

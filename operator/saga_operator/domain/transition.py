@@ -451,7 +451,12 @@ def _apply_deadlines(work: _Work, now: datetime) -> None:
                 _action_attempt_failed(work, spec, record, timeout, now)
             case StepState.RETRYING:
                 if work.status.undoing and spec.compensation is not None:
-                    continue  # being undone: _advance_backward sends its compensation instead
+                    # Being undone: _advance_backward sends its compensation instead, once the steps that may
+                    # depend on it are settled. Its backoff is over and means nothing now: left in place, the
+                    # passed deadline would be the saga's next one at every tick, and no time would pass for the
+                    # deadlines that do matter (found by the lagging-log world, ModeSwitchingWorld).
+                    record.deadline = None
+                    continue
                 work.send_action(spec, record, StepEvent.RETRY_DUE, now)
             case StepState.COMPENSATING:
                 timeout = ErrorRecord(
