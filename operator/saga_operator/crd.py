@@ -218,6 +218,38 @@ def _definition(
     }
 
 
+def _version_with_status(
+    description: str,
+    spec: dict[str, Any],
+    status: dict[str, Any],
+    columns: list[dict[str, Any]],
+    **extra: Any,
+) -> dict[str, Any]:
+    """The one version of a kind whose spec a user writes and whose status (a subresource) the operator writes."""
+    return {
+        "name": VERSION,
+        "served": True,
+        "storage": True,
+        "subresources": {"status": {}},
+        "additionalPrinterColumns": columns,
+        **extra,
+        "schema": {
+            "openAPIV3Schema": {
+                "description": description,
+                "type": "object",
+                "required": ["spec"],
+                "properties": {
+                    "apiVersion": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "metadata": {"type": "object"},
+                    "spec": spec,
+                    "status": status,
+                },
+            }
+        },
+    }
+
+
 def custom_resource_definition() -> dict[str, Any]:
     # The defaults are documented in the descriptions first (kubectl explain), then dropped from a step's fields.
     spec_schema = _without_item_defaults(_document_bounds(_schema(SagaSpec)))
@@ -230,15 +262,15 @@ def custom_resource_definition() -> dict[str, Any]:
         ["sg"],
         True,
         [
-            {
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
+            _version_with_status(
+                "A saga: a business transaction split into steps, each with a compensation. saga-operator runs the "
+                "steps and, if one fails, undoes the completed ones in reverse order.",
+                spec_schema,
+                status_schema,
                 # Read at a glance: where it is, how far, why it stopped (the machine-readable reason,
                 # the sentence is in -o wide's MESSAGE), how long it ran. PROGRESS and DURATION are
                 # written by the operator (saga_operator.domain.summary).
-                "additionalPrinterColumns": [
+                [
                     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                     {"name": "Step", "type": "string", "jsonPath": ".status.currentStep"},
                     {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
@@ -248,24 +280,8 @@ def custom_resource_definition() -> dict[str, Any]:
                     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
                 ],
                 # kubectl get sagas --field-selector status.phase=Failed: served by Kubernetes 1.32+ (GA).
-                "selectableFields": [{"jsonPath": ".status.phase"}],
-                "schema": {
-                    "openAPIV3Schema": {
-                        "description": "A saga: a business transaction split into steps, each with a "
-                        "compensation. saga-operator runs the steps and, if one fails, undoes the completed "
-                        "ones in reverse order.",
-                        "type": "object",
-                        "required": ["spec"],
-                        "properties": {
-                            "apiVersion": {"type": "string"},
-                            "kind": {"type": "string"},
-                            "metadata": {"type": "object"},
-                            "spec": spec_schema,
-                            "status": status_schema,
-                        },
-                    }
-                },
-            }
+                selectableFields=[{"jsonPath": ".status.phase"}],
+            )
         ],
     )
 
@@ -327,12 +343,14 @@ def template_definition() -> dict[str, Any]:
         ["sgt"],
         True,
         [
-            {
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": [
+            _version_with_status(
+                "A saga defined once and started many times: its steps (with their inputs) and the parameters a "
+                "Saga passes with spec.templateRef: {name, parameters}. A Saga copies what the template says when "
+                "it starts (status.template): editing or deleting the template never changes a saga already "
+                "started.",
+                _schema(SagaTemplateSpec),
+                _schema(SagaTemplateStatus),
+                [
                     # The API server shows only the first value of a path matching several
                     # (.spec.parameters[*].name: "buyer"), so the operator writes the names as one string.
                     {"name": "Parameters", "type": "string", "jsonPath": ".status.parameters"},
@@ -343,24 +361,7 @@ def template_definition() -> dict[str, Any]:
                     {"name": "Description", "type": "string", "jsonPath": ".spec.description", "priority": 1},
                     {"name": "Problem", "type": "string", "jsonPath": ".status.problem", "priority": 1},
                 ],
-                "schema": {
-                    "openAPIV3Schema": {
-                        "description": "A saga defined once and started many times: its steps (with their "
-                        "inputs) and the parameters a Saga passes with spec.templateRef: {name, parameters}. "
-                        "A Saga copies what the template says when it starts (status.template): editing or "
-                        "deleting the template never changes a saga already started.",
-                        "type": "object",
-                        "required": ["spec"],
-                        "properties": {
-                            "apiVersion": {"type": "string"},
-                            "kind": {"type": "string"},
-                            "metadata": {"type": "object"},
-                            "spec": _schema(SagaTemplateSpec),
-                            "status": _schema(SagaTemplateStatus),
-                        },
-                    }
-                },
-            }
+            )
         ],
     )
 
