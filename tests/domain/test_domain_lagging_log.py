@@ -19,7 +19,7 @@ import pytest
 from domain_support import SAGA_UID
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import rule, run_state_machine_as_test
-from test_domain_world import ALLOWED_NEXT, Crash, SagaWorld, in_flight
+from test_domain_world import ALLOWED_NEXT, Crash, SagaWorld, in_flight, world_settings
 
 from saga_operator.domain.durability import WriteCause, write_ahead_cause
 from saga_operator.domain.events import Effect, Event, Resumed, SendCommand, Start
@@ -124,12 +124,7 @@ class LaggingSagaWorld(SagaWorld):
 
 
 # About 30 s on 2 cores (each example runs longer than the strict world's: more crashes, more re-drives).
-LaggingSagaWorld.TestCase.settings = settings(
-    max_examples=150,
-    stateful_step_count=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+LaggingSagaWorld.TestCase.settings = world_settings(150)
 test_lagging_log = LaggingSagaWorld.TestCase
 
 
@@ -165,12 +160,8 @@ class ModeSwitchingWorld(LaggingSagaWorld):
         super().restart()
 
 
-ModeSwitchingWorld.TestCase.settings = settings(
-    max_examples=500,  # about 10 s: enough to meet a switch between a send and its first write
-    stateful_step_count=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+# About 10 s: enough examples to meet a switch between a send and its first write.
+ModeSwitchingWorld.TestCase.settings = world_settings(500)
 test_switching_modes = ModeSwitchingWorld.TestCase
 
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from domain_support import SAGA_UID
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import rule
-from test_domain_world import Crash
+from test_domain_world import Crash, world_settings
 from test_domain_world import SagaWorld as OneOperatorWorld
 
 from saga_operator.domain.events import STALE_VIEW_REASONS, Event, ReplyIgnored, Resumed
@@ -109,10 +108,5 @@ class TwoCoordinators(OneOperatorWorld):
         self.operate(Resumed(self.clock))
 
 
-TwoCoordinators.TestCase.settings = settings(
-    max_examples=150,
-    stateful_step_count=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+TwoCoordinators.TestCase.settings = world_settings(150)
 test_two_coordinators = TwoCoordinators.TestCase

@@ -612,10 +612,15 @@ class SagaWorld(RuleBasedStateMachine):
 
 
 # About 10 s on 2 cores. A failure's shrinking can take minutes: that is the price of a minimal example.
-SagaWorld.TestCase.settings = settings(
-    max_examples=300,
-    stateful_step_count=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+def world_settings(max_examples: int) -> settings:
+    """The settings of every saga world: runs of 40 moves, no deadline (a world's example runs long)."""
+    return settings(
+        max_examples=max_examples,
+        stateful_step_count=40,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+
+
+SagaWorld.TestCase.settings = world_settings(300)
 test_saga_world = SagaWorld.TestCase
