@@ -294,6 +294,40 @@ def test_the_sagas_of_a_template_are_counted_as_they_start_finish_and_go(world: 
     wait_for_row(world, name, lambda cells: cells[1] == "buyer,video,price,agent")
 
 
+def test_a_forged_usage_status_is_put_right_and_a_forged_template_label_replaced(
+    world: SagaWorld, saga_name: Names
+) -> None:
+    name = world.apply(template(saga_name("tpl")))
+    wait_for_row(world, name, lambda cells: cells[1:4] == [PARAMETERS, "0", "0"])
+    # Anyone allowed to write sagatemplates/status writes counts of their own: the write lands, then the operator,
+    # seeing a status it did not write, counts again and writes what is true.
+    forged = json.dumps({"status": {"sagas": 9999, "running": 42, "parameters": "evil"}})
+    patched = world.kubectl(
+        "patch",
+        "sagatemplate",
+        name,
+        "-n",
+        "default",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        forged,
+        "-o",
+        "json",
+    )
+    assert json.loads(patched)["status"]["sagas"] == 9999
+    wait_for_row(world, name, lambda cells: cells[1:4] == [PARAMETERS, "0", "0"])
+    # A saga created with another template's name in its label: the label names the template its spec names.
+    manifest = templated_saga(
+        saga_name("labelled"), name, {"buyer": "alice", "video": saga_name("v"), "price": 10, "agent": "bob-agency"}
+    )
+    manifest["metadata"]["labels"] = {"saga.dev/template": "someone-elses"}
+    saga = world.apply(manifest)
+    assert world.get(saga)["metadata"]["labels"] == {"saga.dev/template": name}
+    world.wait_terminal([saga])
+    wait_for_row(world, name, lambda cells: cells[2:4] == ["1", "0"])
+
+
 def test_a_template_reading_a_step_it_does_not_depend_on_says_so_before_any_saga_of_it(
     world: SagaWorld, saga_name: Names
 ) -> None:
